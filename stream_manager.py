@@ -1,0 +1,264 @@
+"""Per-task event logs, fanned out to any number of SSE subscribers.
+
+Threads meet the event loop in exactly one place: ``MemoryEventBackend.publish`` (any thread)
+appends to a task's log under a short lock and, at most once per loop iteration, schedules
+``_TaskStream.wake`` on the loop with ``call_soon_threadsafe``. The publisher never waits for
+the loop or for a client. Subscribers hold only a cursor into the shared log, so a viewer that
+stops reading costs no memory and cannot slow the agents or other viewers; a late viewer
+replays the log from any sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from errors import StreamClosedError, TaskNotFoundError
+from models import TERMINAL_EVENT_TYPES
+
+# How many events one subscriber receives per wake-up; bounds the size of one SSE write.
+MAX_BATCH = 512
+
+
+def format_timestamp(ts: float) -> str:
+    millis = int(ts * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{millis:03d}Z"
+
+
+class Event:
+    """One published event. Encoded to SSE bytes at most once, lazily, on the loop thread."""
+
+    __slots__ = ("task_id", "sequence", "agent_name", "event_type", "content", "ts", "metadata", "_sse")
+
+    def __init__(
+        self,
+        task_id: str,
+        sequence: int,
+        agent_name: str,
+        event_type: str,
+        content: str,
+        ts: float,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.sequence = sequence
+        self.agent_name = agent_name
+        self.event_type = event_type
+        self.content = content
+        self.ts = ts
+        self.metadata = metadata
+        self._sse: bytes | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "task_id": self.task_id,
+            "sequence": self.sequence,
+            "agent_name": self.agent_name,
+            "event_type": self.event_type,
+            "content": self.content,
+            "timestamp": format_timestamp(self.ts),
+        }
+        if self.metadata:
+            data["metadata"] = self.metadata
+        return data
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            payload = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+            self._sse = (
+                f"id: {self.sequence}\nevent: {self.event_type}\ndata: {payload}\n\n".encode()
+            )
+        return self._sse
+
+
+class StreamSnapshot:
+    __slots__ = ("task_id", "closed", "subscribers", "last_sequence", "created_at", "closed_at")
+
+    def __init__(self, task_id: str, closed: bool, subscribers: int, last_sequence: int,
+                 created_at: float, closed_at: float | None) -> None:
+        self.task_id = task_id
+        self.closed = closed
+        self.subscribers = subscribers
+        self.last_sequence = last_sequence
+        self.created_at = created_at
+        self.closed_at = closed_at
+
+
+class EventBackend(ABC):
+    """Where task events live. Memory now; a Redis Streams backend shares this contract."""
+
+    @abstractmethod
+    def open(self, task_id: str) -> None: ...
+
+    @abstractmethod
+    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
+                metadata: dict[str, Any] | None = None) -> int:
+        """Append one event from any thread without blocking; return its sequence.
+
+        Raises StreamClosedError after the terminal event and TaskNotFoundError for unknown tasks.
+        """
+
+    @abstractmethod
+    def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        """Yield batches of events with sequence > after, then live ones, until the terminal event."""
+
+    @abstractmethod
+    def snapshot(self, task_id: str) -> StreamSnapshot: ...
+
+    @abstractmethod
+    def snapshots(self) -> list[StreamSnapshot]: ...
+
+    @abstractmethod
+    def evict_closed_before(self, deadline: float) -> list[str]:
+        """Forget streams closed before `deadline` (time.time()); return their task ids."""
+
+
+class _TaskStream:
+    __slots__ = ("task_id", "log", "lock", "closed", "created_at", "closed_at", "subscribers",
+                 "waiters", "wake_pending")
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.log: list[Event] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        self.created_at = time.time()
+        self.closed_at: float | None = None
+        self.subscribers = 0
+        self.waiters: list[asyncio.Future[None]] = []
+        self.wake_pending = False
+
+    def wake(self) -> None:
+        # Cleared before resolving, so a publish racing with this call schedules a fresh wake.
+        self.wake_pending = False
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class MemoryEventBackend(EventBackend):
+    def __init__(self) -> None:
+        self._streams: dict[str, _TaskStream] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+
+    def _get(self, task_id: str) -> _TaskStream:
+        stream = self._streams.get(task_id)
+        if stream is None:
+            raise TaskNotFoundError(task_id)
+        return stream
+
+    def open(self, task_id: str) -> None:
+        if task_id in self._streams:
+            raise ValueError(f"stream {task_id} already exists")
+        self._streams[task_id] = _TaskStream(task_id)
+
+    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
+                metadata: dict[str, Any] | None = None) -> int:
+        stream = self._get(task_id)
+        with stream.lock:
+            if stream.closed:
+                raise StreamClosedError(f"stream {task_id} already ended")
+            sequence = len(stream.log) + 1
+            stream.log.append(Event(task_id, sequence, agent_name, event_type, content,
+                                    time.time(), metadata))
+            if event_type in TERMINAL_EVENT_TYPES:
+                stream.closed = True
+                stream.closed_at = time.time()
+            schedule = not stream.wake_pending
+            stream.wake_pending = True
+        loop = self._loop
+        if schedule and loop is not None:
+            try:
+                loop.call_soon_threadsafe(stream.wake)
+            except RuntimeError:  # loop closed during shutdown: nobody is listening any more
+                pass
+        return sequence
+
+    async def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        stream = self._get(task_id)
+        loop = asyncio.get_running_loop()
+        stream.subscribers += 1
+        try:
+            cursor = max(after, 0)
+            while True:
+                log = stream.log
+                head = len(log)
+                if cursor < head:
+                    end = min(head, cursor + MAX_BATCH)
+                    yield log[cursor:end]
+                    cursor = end
+                    continue
+                if stream.closed:
+                    return
+                # No await between reading the head and registering: a publish in between
+                # schedules a wake that runs after we start waiting, so nothing is missed.
+                waiter = loop.create_future()
+                stream.waiters.append(waiter)
+                await waiter
+        finally:
+            stream.subscribers -= 1
+
+    def snapshot(self, task_id: str) -> StreamSnapshot:
+        s = self._get(task_id)
+        return StreamSnapshot(s.task_id, s.closed, s.subscribers, len(s.log), s.created_at,
+                              s.closed_at)
+
+    def snapshots(self) -> list[StreamSnapshot]:
+        return [self.snapshot(task_id) for task_id in list(self._streams)]
+
+    def evict_closed_before(self, deadline: float) -> list[str]:
+        expired = [tid for tid, s in list(self._streams.items())
+                   if s.closed and s.closed_at is not None and s.closed_at < deadline]
+        for task_id in expired:
+            self._streams.pop(task_id, None)
+        return expired
+
+
+class StreamManager:
+    """The process-wide registry of task streams (a singleton: use ``StreamManager.instance()``)."""
+
+    _instance: StreamManager | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self, backend: EventBackend | None = None) -> None:
+        self.backend: EventBackend = backend or MemoryEventBackend()
+
+    @classmethod
+    def instance(cls) -> StreamManager:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        if isinstance(self.backend, MemoryEventBackend):
+            self.backend.bind_loop(loop)
+
+    def open(self, task_id: str) -> None:
+        self.backend.open(task_id)
+
+    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
+                metadata: dict[str, Any] | None = None) -> int:
+        return self.backend.publish(task_id, agent_name, event_type, content, metadata)
+
+    def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        return self.backend.subscribe(task_id, after)
+
+    def snapshot(self, task_id: str) -> StreamSnapshot:
+        return self.backend.snapshot(task_id)
+
+    def snapshots(self) -> list[StreamSnapshot]:
+        return self.backend.snapshots()
+
+    def evict_expired(self, ttl_s: float) -> list[str]:
+        return self.backend.evict_closed_before(time.time() - ttl_s)

@@ -1,0 +1,86 @@
+"""Quick self-check from the seed README: `python test_import.py` prints a checklist and exits
+non-zero when any check fails. Runs offline on the scripted provider; no server needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import traceback
+
+os.environ.setdefault("LLM_PROVIDER", "scripted")
+
+
+def check_imports() -> None:
+    import agents_config  # noqa: F401
+    import crew_factory  # noqa: F401
+    import main  # noqa: F401
+    import stream_manager  # noqa: F401
+
+
+def check_agents() -> None:
+    from agents_config import AGENTS
+    from crew_factory import build_crew
+    from llm_providers import make_llm_factory
+    from settings import get_settings
+    from task_store import TaskRecord
+
+    record = TaskRecord(task_id="self-check", requirement="self check", skip_confirmation=True,
+                        language="en")
+    crew = build_crew(record, make_llm_factory(get_settings()))
+    roles = [agent.role for agent in crew.agents]
+    assert roles == [a["role"] for a in AGENTS], roles
+
+
+def check_stream_manager() -> None:
+    from stream_manager import MemoryEventBackend, StreamManager
+
+    manager = StreamManager(MemoryEventBackend())
+    manager.open("self-check")
+    for n in range(3):
+        manager.publish("self-check", "System", "thought", str(n))
+    manager.publish("self-check", "System", "end", "")
+
+    async def read() -> list[int]:
+        return [e.sequence async for batch in manager.subscribe("self-check") for e in batch]
+
+    assert asyncio.run(read()) == [1, 2, 3, 4]
+
+
+def check_routes() -> None:
+    from main import app
+
+    paths = {route.path for route in app.routes}
+    expected = {"/api/run_task", "/api/stream/{task_id}", "/api/task/{task_id}/status",
+                "/api/task/{task_id}/result", "/api/streams", "/healthz", "/test-ui"}
+    missing = expected - paths
+    assert not missing, f"missing routes: {missing}"
+
+
+CHECKS = [
+    ("Module Imports", check_imports),
+    ("Agent Creation", check_agents),
+    ("Stream Manager", check_stream_manager),
+    ("API Endpoints", check_routes),
+]
+
+
+def main() -> int:
+    failed = 0
+    for name, check in CHECKS:
+        try:
+            check()
+            print(f"[OK] {name}")
+        except Exception:  # noqa: BLE001 - report every failing check
+            failed += 1
+            print(f"[FAIL] {name}")
+            traceback.print_exc()
+    if failed:
+        print(f"[FAILED] {failed} of {len(CHECKS)} checks failed.")
+        return 1
+    print("[SUCCESS] All tests passed! System is ready.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
