@@ -21,6 +21,10 @@ from task_store import TaskRecord
 
 LOCAL_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# Loaded once per process and shared by every crew; a llama.cpp context is not thread-safe.
+_LLAMA_MODELS: dict[str, Any] = {}
+_LLAMA_LOCK = threading.Lock()
+
 
 class ProviderConfigError(ValueError):
     """The chosen provider cannot work with the current settings; the message says what to set."""
@@ -76,17 +80,14 @@ class LocalLlamaLLM(BaseLLM):
     sampling_temperature: float = 0.3
     repeat_penalty: float = 1.3
 
-    _models: dict[str, Any] = {}
-    _lock = threading.Lock()
-
     def _llama(self) -> Any:
         key = f"{self.model_path}:{self.n_ctx}:{self.n_threads}"
-        if key not in self._models:
+        if key not in _LLAMA_MODELS:
             from llama_cpp import Llama
 
-            self._models[key] = Llama(model_path=self.model_path, n_ctx=self.n_ctx,
+            _LLAMA_MODELS[key] = Llama(model_path=self.model_path, n_ctx=self.n_ctx,
                                       n_threads=self.n_threads or None, verbose=False)
-        return self._models[key]
+        return _LLAMA_MODELS[key]
 
     def _prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
         # A 135M model cannot follow CrewAI's long ReAct instructions; give it a short brief.
@@ -113,7 +114,7 @@ class LocalLlamaLLM(BaseLLM):
         self._emit_call_started_event(messages=messages, from_task=from_task, from_agent=from_agent)
         prompt = self._prompt(messages, from_task, from_agent)
         parts: list[str] = []
-        with self._lock:
+        with _LLAMA_LOCK:
             llama = self._llama()
             for piece in llama.create_completion(
                 prompt, max_tokens=self.max_new_tokens, temperature=self.sampling_temperature,

@@ -1,0 +1,175 @@
+"""SSE behaviour against a real uvicorn server: format, order, fan-out, replay, resume."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from sse_client import read_stream
+from test_api import run_task, wait_finished
+
+AGENTS = ["ProductManager", "QAEngineer", "SoftwareDeveloper", "Coordinator"]
+KEYS = {"task_id", "sequence", "agent_name", "event_type", "content", "timestamp"}
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def assert_well_formed_run(result, task_id: str) -> None:
+    assert result.status == 200 and result.closed_by_server
+    events = result.events
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    for message, event in zip(result.messages, events):
+        assert set(event) - {"metadata"} == KEYS
+        assert message.id == str(event["sequence"]) and message.event == event["event_type"]
+        assert event["task_id"] == task_id
+        assert TIMESTAMP.match(event["timestamp"])
+    types = [e["event_type"] for e in events]
+    assert types[0] == "start"
+    assert types[-1] == "end" and types.count("end") + types.count("error") == 1
+    # Per agent, in pipeline order: agent_start ... output, step_end
+    per_agent = [(e["agent_name"], e["event_type"]) for e in events[1:-1]]
+    expected_agents = [a for a, t in per_agent if t == "agent_start"]
+    assert expected_agents == AGENTS
+    for agent in AGENTS:
+        mine = [t for a, t in per_agent if a == agent]
+        assert mine[0] == "agent_start" and mine[-2:] == ["output", "step_end"]
+        assert "thought" in mine and mine.count("output") == 1
+    # the agents do not interleave: each agent's events form one block
+    blocks = [a for i, (a, _) in enumerate(per_agent) if i == 0 or per_agent[i - 1][0] != a]
+    assert blocks == AGENTS
+
+
+def test_a_run_streams_the_unified_format_in_order(server):
+    with httpx.Client(base_url=server.url) as c:
+        task_id = run_task(c)
+    result = read_stream(server.url, task_id)
+    assert_well_formed_run(result, task_id)
+    assert result.retry == 3000
+    # thoughts carry token deltas that add up to the agent's output
+    for agent in AGENTS:
+        thoughts = "".join(e["content"] for e in result.events
+                           if e["agent_name"] == agent and e["event_type"] == "thought")
+        output = next(e["content"] for e in result.events
+                      if e["agent_name"] == agent and e["event_type"] == "output")
+        assert thoughts.strip() == output.strip()
+
+
+def test_headers_suit_proxies_and_heartbeats_arrive(slow_server):
+    with httpx.Client(base_url=slow_server.url) as c:
+        task_id = run_task(c)
+    result = read_stream(slow_server.url, task_id)
+    assert result.headers["content-type"].startswith("text/event-stream")
+    assert result.headers["cache-control"] == "no-cache"
+    assert result.headers["x-accel-buffering"] == "no"
+    assert any(c.startswith("ping") for c in result.comments), result.comments  # heartbeat is 0.5 s here
+    assert_well_formed_run(result, task_id)
+
+
+def test_three_live_subscribers_receive_identical_logs(slow_server):
+    with httpx.Client(base_url=slow_server.url) as c:
+        task_id = run_task(c)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: read_stream(slow_server.url, task_id), range(3)))
+    logs = [[m.data for m in r.messages] for r in results]
+    assert logs[0] == logs[1] == logs[2]
+    assert_well_formed_run(results[0], task_id)
+
+
+def test_late_join_mid_run_and_after_finish_replays_from_sequence_one(slow_server):
+    with httpx.Client(base_url=slow_server.url) as c:
+        task_id = run_task(c)
+        while c.get(f"/api/task/{task_id}/status").json()["last_sequence"] < 50:
+            time.sleep(0.01)
+        mid = read_stream(slow_server.url, task_id)
+        wait_finished(c, task_id)
+    after = read_stream(slow_server.url, task_id)
+    assert_well_formed_run(mid, task_id)
+    assert [m.data for m in mid.messages] == [m.data for m in after.messages]
+
+
+def test_resume_with_last_event_id_or_after_misses_and_repeats_nothing(slow_server):
+    with httpx.Client(base_url=slow_server.url) as c:
+        task_id = run_task(c)
+    first = read_stream(slow_server.url, task_id, max_messages=40)
+    assert first.sequences == list(range(1, 41))
+    resumed = read_stream(slow_server.url, task_id, headers={"Last-Event-ID": "40"})
+    assert resumed.sequences[0] == 41
+    full = read_stream(slow_server.url, task_id)
+    assert [m.data for m in first.messages + resumed.messages] == [m.data for m in full.messages]
+    by_query = read_stream(slow_server.url, task_id, params={"after": 40})
+    assert [m.data for m in by_query.messages] == [m.data for m in resumed.messages]
+    # the header wins over ?after= (a reconnecting EventSource keeps its original URL)
+    both = read_stream(slow_server.url, task_id, params={"after": 0}, headers={"Last-Event-ID": "100"})
+    assert both.sequences[0] == 101
+    # resuming at the end of a finished log yields nothing and closes
+    end = read_stream(slow_server.url, task_id, headers={"Last-Event-ID": str(len(full.messages))})
+    assert end.messages == [] and end.closed_by_server
+
+
+def test_malformed_resume_points_are_rejected_with_400_or_422(server):
+    with httpx.Client(base_url=server.url) as c:
+        task_id = run_task(c)
+        r = c.get(f"/api/stream/{task_id}", headers={"Last-Event-ID": "abc"})
+        assert r.status_code == 400 and "Last-Event-ID" in r.json()["detail"]
+        r = c.get(f"/api/stream/{task_id}", headers={"Last-Event-ID": "-3"})
+        assert r.status_code == 400
+        assert c.get(f"/api/stream/{task_id}", params={"after": -1}).status_code == 422
+        assert c.get(f"/api/stream/{task_id}", params={"after": "x"}).status_code == 422
+
+
+def test_concurrent_crews_never_mix_their_events(start_server):
+    server = start_server(scripted_token_delay_ms=1, max_concurrent_tasks=4)
+    requirements = {
+        "alpha": "Build an alpha telescope scheduler with maintenance windows",
+        "beta": "Build a beta bakery ordering site with delivery slots",
+        "gamma": "Build a gamma greenhouse sensor dashboard with alerts",
+        "delta": "Build a delta dentist booking app with reminders",
+    }
+    with httpx.Client(base_url=server.url) as c:
+        ids = {name: run_task(c, req) for name, req in requirements.items()}
+    with ThreadPoolExecutor(len(ids)) as pool:
+        results = dict(zip(ids, pool.map(lambda tid: read_stream(server.url, tid), ids.values())))
+    for name, result in results.items():
+        assert_well_formed_run(result, ids[name])
+        text = "".join(e["content"] for e in result.events if e["event_type"] in ("thought", "output"))
+        assert name in text
+        for other in requirements:
+            if other != name:
+                assert other not in text, f"{other}'s tokens leaked into {name}'s stream"
+
+
+def test_a_stalled_subscriber_does_not_stall_the_others(slow_server):
+    """One client connects and never reads; the crew and the other viewers go on at full speed."""
+    with httpx.Client(base_url=slow_server.url) as c:
+        task_id = run_task(c)
+    stalled = socket.create_connection(("127.0.0.1", slow_server.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(f"GET /api/stream/{task_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    try:
+        readers = []
+        done = threading.Event()
+
+        def watch() -> None:
+            readers.append(read_stream(slow_server.url, task_id))
+            done.set()
+
+        threading.Thread(target=watch).start()
+        assert done.wait(60), "a healthy viewer was held up by the stalled one"
+        assert_well_formed_run(readers[0], task_id)
+        with httpx.Client(base_url=slow_server.url) as c:
+            assert c.get(f"/api/task/{task_id}/status").json()["status"] == "succeeded"
+        # the stalled client still gets a correct log when it finally reads
+        stalled.settimeout(10)
+        raw = b""
+        while b"event: end" not in raw:
+            chunk = stalled.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        assert b"event: end" in raw
+    finally:
+        stalled.close()
