@@ -3,7 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# llama-cpp-python compiles from source (~6 min on 2 cores; pip caches the wheel afterwards).
+# llama-cpp-python compiles from source (~8 min on 2 cores, once: the wheel is kept in
+# WHEEL_CACHE). The build is portable (AVX2/FMA): a native build may use AVX-512/AMX
+# instructions that fault ("Illegal instruction") in VMs and sandboxes that do not grant them.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+                     -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+WHEEL_CACHE ?= $(HOME)/.cache/multi-agent-delivery/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-avx2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install run test clean
@@ -11,6 +17,11 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@ls $(WHEEL_CACHE)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
+	  echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) (portable CPU build, ~8 min, once)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
+	    -w $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_CPP_VERSION); }
+	$(BIN)/python -m pip install --quiet $(WHEEL_CACHE)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 

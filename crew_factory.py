@@ -125,6 +125,7 @@ def build_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
             allow_delegation=False,
             verbose=False,
             max_iter=3,
+            max_retry_limit=1,  # one retry of a failed model call, then the task fails
         )
         template = TASK_TEMPLATES[spec["name"]]
         tasks.append(Task(

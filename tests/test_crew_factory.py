@@ -1,0 +1,84 @@
+"""The crew and the CrewAI-event mapping, in process with the scripted provider."""
+
+from __future__ import annotations
+
+import threading
+
+from crew_factory import CrewEventsHandler, build_crew, run_crew
+from llm_providers import make_llm_factory
+from models import EventType
+from settings import Settings
+from task_store import TaskRecord
+
+FACTORY = make_llm_factory(Settings(_env_file=None, llm_provider="scripted"))
+
+
+def record(requirement: str = "Build a wiki with search", task_id: str = "t") -> TaskRecord:
+    return TaskRecord(task_id=task_id, requirement=requirement, skip_confirmation=True,
+                      language="en")
+
+
+def test_crew_is_four_sequential_agents_each_task_seeing_the_earlier_ones():
+    crew = build_crew(record(), FACTORY)
+    assert [a.role for a in crew.agents] == ["Product Manager", "QA Engineer", "Software Developer",
+                                             "Delivery Coordinator"]
+    assert [len(t.context) for t in crew.tasks] == [0, 1, 2, 3]
+    assert all("Build a wiki with search" in t.description for t in crew.tasks)
+    assert all("Write everything in English" in t.description for t in crew.tasks)
+    zh = TaskRecord(task_id="z", requirement="开发维基", skip_confirmation=True, language="zh")
+    assert all("简体中文" in t.description for t in build_crew(zh, FACTORY).tasks)
+
+
+def test_events_map_to_our_types_and_update_the_record():
+    rec = record()
+    published: list[tuple[str, str, str]] = []
+    deliverables = run_crew(rec, CrewEventsHandler(rec, lambda a, t, c, m: published.append((a, t, c))),
+                            FACTORY)
+    kinds = [t for _, t, _ in published]
+    assert kinds.count("agent_start") == 4 and kinds.count("output") == 4 and kinds.count("step_end") == 4
+    assert kinds.count("action") == 4  # one model call per agent
+    assert kinds.count("thought") > 100
+    assert rec.completed_steps == 4
+    assert set(deliverables) == {"requirements_analysis", "test_plan", "technical_design", "delivery_review"}
+    outputs = [c for _, t, c in published if t == "output"]
+    assert outputs == [deliverables[k] for k in ("requirements_analysis", "test_plan",
+                                                 "technical_design", "delivery_review")]
+
+
+def test_a_subclass_can_customise_what_is_published():
+    class Quiet(CrewEventsHandler):
+        def on_thought(self, agent_name, delta):  # drop tokens
+            pass
+
+        def on_agent_output(self, agent_name, output):
+            self.publish(agent_name, EventType.output, output.upper())
+
+    rec = record()
+    published: list[tuple[str, str, str]] = []
+    run_crew(rec, Quiet(rec, lambda a, t, c, m: published.append((a, t, c))), FACTORY)
+    assert not [p for p in published if p[1] == "thought"]
+    assert all(c == c.upper() for _, t, c in published if t == "output")
+
+
+def test_crews_on_parallel_threads_route_events_to_their_own_handler():
+    names = ["alpha", "beta", "gamma", "delta"]
+    seen: dict[str, list[str]] = {n: [] for n in names}
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            rec = record(f"Build the {name} system with {name} reports", task_id=name)
+            run_crew(rec, CrewEventsHandler(rec, lambda a, t, c, m: seen[name].append(c)), FACTORY)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for name in names:
+        text = "".join(seen[name])
+        assert name in text
+        assert not [o for o in names if o != name and o in text]
