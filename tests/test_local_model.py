@@ -1,0 +1,27 @@
+"""One real crew, end to end, on the bundled SmolLM2 model through llama-cpp-python (offline)."""
+
+from __future__ import annotations
+
+import httpx
+
+from sse_client import read_stream
+from test_api import run_task
+from test_streaming import assert_well_formed_run
+
+
+def test_a_real_crew_runs_on_the_local_model(start_server):
+    # Short answers keep the suite quick on 2 cores; the path is the same as with the defaults.
+    server = start_server(llm_provider="local", local_max_tokens=48)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert c.get("/healthz").json()["provider"] == "local:SmolLM2-135M-Instruct"
+        task_id = run_task(c, "Build a command-line calculator")
+        result = read_stream(server.url, task_id, timeout=600)
+        assert result.events[-1]["event_type"] == "end", result.events[-1]
+        assert_well_formed_run(result, task_id)
+        thoughts = [e for e in result.events if e["event_type"] == "thought"]
+        assert len(thoughts) >= 4 * 8  # tokens really streamed, for every agent
+        body = c.get(f"/api/task/{task_id}/result").json()
+        assert body["status"] == "succeeded"
+        for name, text in body["deliverables"].items():
+            assert text and text.strip(), name
+            assert "scripted" not in text
