@@ -91,6 +91,15 @@ TASK_TEMPLATES: dict[str, dict[str, str]] = {
     },
 }
 
+# Appended to the QA, Developer and Coordinator tasks: the analysis the user approved.
+APPROVED_ANALYSIS = "\n\nThe approved requirements analysis:\n\n{analysis}"
+
+# Appended to the ProductManager's task when the user asked for changes.
+REVISION_REQUEST = (
+    "\n\nYour previous analysis:\n\n{previous}\n\nThe user reviewed it and asked for these "
+    "changes:\n\n{feedback}\n\nRevise the analysis accordingly, keeping the REQ-n numbering."
+)
+
 LANGUAGE_INSTRUCTIONS = {
     "zh": "\n\n请使用简体中文撰写全部内容。",
     "en": "\n\nWrite everything in English.",

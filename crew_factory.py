@@ -12,7 +12,10 @@ Mapping (CrewAI event -> our event_type):
     tool_usage_started  -> action       (the agent uses a tool)
     llm_stream_chunk    -> thought      (content = the token delta)
     task_completed      -> output       (content = the agent's full deliverable), then step_end
-The runner (task_runner.py) adds `start` before the crew and exactly one `end` or `error` after.
+A run is two crews: the ProductManager alone (repeated on each revision round), then QA,
+Developer and Coordinator once the analysis is approved (or straight away with
+skip_confirmation). The runner (task_runner.py) adds `start`, `awaiting_confirmation`,
+`confirmed` and exactly one terminal event (`end`, `error` or `cancelled`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import crewai_env  # noqa: F401  (must precede crewai)
 from crewai import Agent, Crew, Process, Task
 from crewai.events.stream_context import add_stream_sink, reset_stream_sinks
 
-from agents_config import AGENTS, LANGUAGE_INSTRUCTIONS, TASK_TEMPLATES
+from agents_config import AGENTS, APPROVED_ANALYSIS, LANGUAGE_INSTRUCTIONS, REVISION_REQUEST, TASK_TEMPLATES
 from models import EventType
 from task_store import TaskRecord
 
@@ -42,6 +45,7 @@ class CrewEventsHandler:
         self._publish = publish
         self._names_by_role = {a["role"]: a["name"] for a in AGENTS}
         self._deliverable_by_name = {a["name"]: a["deliverable"] for a in AGENTS}
+        self._step_by_name = {a["name"]: n for n, a in enumerate(AGENTS, 1)}
         self.current_agent = SYSTEM_AGENT
         self._dispatch: dict[str, Callable[[Any], None]] = {
             "task_started": self._task_started,
@@ -89,7 +93,8 @@ class CrewEventsHandler:
         if key:
             self.record.deliverables[key] = output
         self.on_agent_output(agent, output)
-        self.record.completed_steps += 1
+        # A revised analysis repeats step 1; it does not add a step.
+        self.record.completed_steps = max(self.record.completed_steps, self._step_by_name.get(agent, 0))
         self.on_step_end(agent, self.record.completed_steps, self.record.total_steps)
 
     # -- overridable hooks ------------------------------------------------------------------
@@ -112,41 +117,74 @@ class CrewEventsHandler:
                      {"completed_steps": completed, "total_steps": total})
 
 
-def build_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
+def _agent(spec: dict[str, str], record: TaskRecord, llm_factory: LLMFactory) -> Agent:
+    return Agent(
+        role=spec["role"],
+        goal=spec["goal"],
+        backstory=spec["backstory"],
+        llm=llm_factory(spec["name"], record),
+        allow_delegation=False,
+        verbose=False,
+        max_iter=3,
+        max_retry_limit=1,  # one retry of a failed model call, then the task fails
+    )
+
+
+def _description(name: str, record: TaskRecord) -> str:
+    return TASK_TEMPLATES[name]["description"].format(requirement=record.requirement)
+
+
+def build_analysis_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
+    """The ProductManager alone; on a revision round it sees its last analysis and the feedback."""
+    spec = AGENTS[0]
+    description = _description(spec["name"], record)
+    if record.feedback:
+        description += REVISION_REQUEST.format(
+            previous=record.deliverables.get(spec["deliverable"], ""),
+            feedback="\n".join(f"- {f}" for f in record.feedback))
+    agent = _agent(spec, record, llm_factory)
+    task = Task(description=description + LANGUAGE_INSTRUCTIONS[record.language],
+                expected_output=TASK_TEMPLATES[spec["name"]]["expected_output"], agent=agent)
+    return Crew(agents=[agent], tasks=[task], process=Process.sequential, verbose=False)
+
+
+def build_delivery_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
+    """QA, Developer and Coordinator, in order, each seeing the approved analysis and every
+    earlier deliverable of this crew."""
+    analysis = APPROVED_ANALYSIS.format(analysis=record.deliverables.get(AGENTS[0]["deliverable"], ""))
     agents: list[Agent] = []
     tasks: list[Task] = []
-    language_note = LANGUAGE_INSTRUCTIONS[record.language]
-    for spec in AGENTS:
-        agent = Agent(
-            role=spec["role"],
-            goal=spec["goal"],
-            backstory=spec["backstory"],
-            llm=llm_factory(spec["name"], record),
-            allow_delegation=False,
-            verbose=False,
-            max_iter=3,
-            max_retry_limit=1,  # one retry of a failed model call, then the task fails
-        )
-        template = TASK_TEMPLATES[spec["name"]]
+    for spec in AGENTS[1:]:
+        agent = _agent(spec, record, llm_factory)
         tasks.append(Task(
-            description=template["description"].format(requirement=record.requirement) + language_note,
-            expected_output=template["expected_output"],
+            description=_description(spec["name"], record) + analysis + LANGUAGE_INSTRUCTIONS[record.language],
+            expected_output=TASK_TEMPLATES[spec["name"]]["expected_output"],
             agent=agent,
-            context=list(tasks),  # every earlier deliverable
+            context=list(tasks),
         ))
         agents.append(agent)
     return Crew(agents=agents, tasks=tasks, process=Process.sequential, verbose=False)
 
 
-def run_crew(record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory) -> dict[str, str]:
-    """Run the crew on the calling thread; return the deliverables by key."""
-    crew = build_crew(record, llm_factory)
+def _kickoff(crew: Crew, handler: CrewEventsHandler) -> list[str]:
     token = add_stream_sink(handler)
     try:
         output = crew.kickoff()
     finally:
         reset_stream_sinks(token)
-    deliverables = {spec["deliverable"]: task_output.raw
-                    for spec, task_output in zip(AGENTS, output.tasks_output)}
-    record.deliverables.update(deliverables)
-    return deliverables
+    return [task_output.raw for task_output in output.tasks_output]
+
+
+def run_analysis(record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory) -> str:
+    """Run the ProductManager on the calling thread; return (and record) the analysis."""
+    (analysis,) = _kickoff(build_analysis_crew(record, llm_factory), handler)
+    record.deliverables[AGENTS[0]["deliverable"]] = analysis
+    return analysis
+
+
+def run_delivery(record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory) -> dict[str, str]:
+    """Run QA, Developer and Coordinator on the calling thread; return their deliverables."""
+    outputs = _kickoff(build_delivery_crew(record, llm_factory), handler)
+    produced = {spec["deliverable"]: text for spec, text in zip(AGENTS[1:], outputs)}
+    record.deliverables.update(produced)
+    return produced

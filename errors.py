@@ -28,3 +28,15 @@ class StreamClosedError(DomainError):
 
 class InvalidResumePointError(DomainError):
     pass
+
+
+class TaskStateConflictError(DomainError):
+    """The request does not fit the task's current state (HTTP 409)."""
+
+
+class InvalidRequestError(DomainError):
+    """Well-formed but unusable input (HTTP 422)."""
+
+
+class DeliverableNotFoundError(DomainError):
+    """No such deliverable, or not produced yet (HTTP 404)."""

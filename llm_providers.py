@@ -95,7 +95,8 @@ class LocalLlamaLLM(BaseLLM):
         goal = getattr(from_agent, "goal", "")
         if from_task is not None:
             brief = from_task.description
-            earlier = [t.output.raw for t in (from_task.context or []) if getattr(t, "output", None)]
+            context = from_task.context if isinstance(from_task.context, list) else []
+            earlier = [t.output.raw for t in context if getattr(t, "output", None)]
             if earlier:
                 brief += "\n\nEarlier work:\n" + earlier[-1][-1500:]
         else:
@@ -158,7 +159,9 @@ def make_llm_factory(settings: Settings):
 
     if provider is LLMProvider.scripted:
         def scripted(agent_name: str, record: TaskRecord) -> BaseLLM:
-            return ScriptedLLM(model="scripted-test-double", agent_name=agent_name, requirement=record.requirement,
+            # Feedback from revision rounds becomes part of what the double "understood".
+            requirement = "\n".join([record.requirement, *record.feedback])
+            return ScriptedLLM(model="scripted-test-double", agent_name=agent_name, requirement=requirement,
                                language=record.language, token_delay_ms=settings.scripted_token_delay_ms)
         return scripted
 

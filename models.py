@@ -14,12 +14,14 @@ MAX_REQUIREMENT_CHARS = 20_000
 class TaskStatus(str, Enum):
     queued = "queued"
     running = "running"
+    awaiting_confirmation = "awaiting_confirmation"
     succeeded = "succeeded"
     failed = "failed"
+    cancelled = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (TaskStatus.succeeded, TaskStatus.failed)
+        return self in (TaskStatus.succeeded, TaskStatus.failed, TaskStatus.cancelled)
 
 
 class EventType(str, Enum):
@@ -29,11 +31,15 @@ class EventType(str, Enum):
     action = "action"
     output = "output"
     step_end = "step_end"
+    awaiting_confirmation = "awaiting_confirmation"
+    confirmed = "confirmed"
     end = "end"
     error = "error"
+    cancelled = "cancelled"
 
 
-TERMINAL_EVENT_TYPES = frozenset({EventType.end.value, EventType.error.value})
+TERMINAL_EVENT_TYPES = frozenset({EventType.end.value, EventType.error.value,
+                                  EventType.cancelled.value})
 
 
 class RunTaskRequest(BaseModel):
@@ -43,8 +49,8 @@ class RunTaskRequest(BaseModel):
     )
     skip_confirmation: bool = Field(
         False,
-        description="Accepted for compatibility; the human confirmation gate is not implemented yet, "
-        "so every task currently runs straight through.",
+        description="false (default): pause after the ProductManager's analysis until someone "
+        "answers POST /api/task/{id}/confirm. true: run straight through.",
     )
 
     @field_validator("user_requirement")
@@ -89,12 +95,81 @@ class Deliverables(BaseModel):
     delivery_review: str | None = None
 
 
+class TraceRow(BaseModel):
+    requirement: str
+    test_cases: list[str]
+    design_elements: list[str]
+
+
+class TraceGap(BaseModel):
+    requirement: str
+    missing: list[str] = Field(description="'test_case' and/or 'design'")
+
+
+class Traceability(BaseModel):
+    """Computed by code from the documents, not taken from the model."""
+
+    requirements: list[str]
+    matrix: list[TraceRow]
+    gaps: list[TraceGap]
+    verdict: str = Field(description="GO or NO-GO")
+    reason: str
+
+
 class TaskResultResponse(BaseModel):
     task_id: str
     status: TaskStatus
     language: str = Field(description="'zh' or 'en': the language the deliverables are written in.")
     deliverables: Deliverables
+    traceability: Traceability | None
     error: str | None
+
+
+class ConfirmRequest(BaseModel):
+    approved: bool
+    feedback: str | None = Field(None, max_length=5000,
+                                 description="Required when approved is false: what to change.")
+
+    @field_validator("feedback")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        value = value.strip() if value else None
+        return value or None
+
+
+class TaskActionResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    message: str
+
+
+class DeliverableInfo(BaseModel):
+    name: str
+    filename: str
+    agent: str
+    size: int
+    url: str
+
+
+class DeliverableList(BaseModel):
+    task_id: str
+    status: TaskStatus
+    deliverables: list[DeliverableInfo]
+    zip_url: str
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    status: TaskStatus
+    requirement: str = Field(description="The first 200 characters of the requirement.")
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskSummary]
+    next_before: datetime | None = Field(description="Pass as ?before= for the next page.")
 
 
 class StreamInfo(BaseModel):
@@ -131,3 +206,4 @@ class Health(BaseModel):
     status: str
     provider: str
     active_tasks: int
+    busy_workers: int = Field(description="Worker threads currently running a crew.")

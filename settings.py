@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,8 +45,16 @@ class Settings(BaseSettings):
     # Scripted test double
     scripted_token_delay_ms: float = Field(0.0, ge=0.0)
 
-    # Execution
+    # Execution and task lifecycle
     max_concurrent_tasks: int = Field(4, ge=1, le=256)
+    task_timeout_s: float = Field(1800.0, gt=0)
+    confirmation_timeout_s: float = Field(1800.0, gt=0)
+    max_revision_rounds: int = Field(3, ge=0, le=20)
+
+    # History (SQLite in data_dir unless database_url is set)
+    data_dir: str = "./data"
+    database_url: str | None = None
+    task_retention_days: float = Field(30.0, gt=0)
 
     # Streaming
     stream_ttl_s: float = Field(3600.0, gt=0)
@@ -54,6 +63,12 @@ class Settings(BaseSettings):
 
     # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
     crewai_telemetry: bool = False
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    return f"sqlite:///{Path(settings.data_dir).resolve() / 'tasks.db'}"
 
 
 @lru_cache

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,10 +110,17 @@ class EventBackend(ABC):
         """Yield batches of events with sequence > after, then live ones, until the terminal event."""
 
     @abstractmethod
+    def restore(self, task_id: str, events: list[Any]) -> None:
+        """Hold a finished task's stored log so it can be replayed; no-op if already held."""
+
+    @abstractmethod
     def snapshot(self, task_id: str) -> StreamSnapshot: ...
 
     @abstractmethod
     def snapshots(self) -> list[StreamSnapshot]: ...
+
+    @abstractmethod
+    def events(self, task_id: str) -> list[Event]: ...
 
     @abstractmethod
     def evict_closed_before(self, deadline: float) -> list[str]:
@@ -144,9 +152,11 @@ class _TaskStream:
 
 
 class MemoryEventBackend(EventBackend):
-    def __init__(self) -> None:
+    def __init__(self, archive: deque | None = None) -> None:
         self._streams: dict[str, _TaskStream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Every published event is also appended here for the durable archive (see event_archive).
+        self.archive = archive
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
@@ -169,8 +179,10 @@ class MemoryEventBackend(EventBackend):
             if stream.closed:
                 raise StreamClosedError(f"stream {task_id} already ended")
             sequence = len(stream.log) + 1
-            stream.log.append(Event(task_id, sequence, agent_name, event_type, content,
-                                    time.time(), metadata))
+            event = Event(task_id, sequence, agent_name, event_type, content, time.time(), metadata)
+            stream.log.append(event)
+            if self.archive is not None:
+                self.archive.append(event)
             if event_type in TERMINAL_EVENT_TYPES:
                 stream.closed = True
                 stream.closed_at = time.time()
@@ -183,6 +195,19 @@ class MemoryEventBackend(EventBackend):
             except RuntimeError:  # loop closed during shutdown: nobody is listening any more
                 pass
         return sequence
+
+    def restore(self, task_id: str, events: list[Any]) -> None:
+        """Load a finished task's log (e.g. from the task store after a restart), read-only."""
+        if task_id in self._streams:
+            return
+        stream = _TaskStream(task_id)
+        stream.log = [Event(e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts,
+                            e.metadata) for e in events]
+        stream.closed = True
+        stream.closed_at = time.time()
+        if stream.log:
+            stream.created_at = stream.log[0].ts
+        self._streams[task_id] = stream
 
     async def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
         stream = self._get(task_id)
@@ -207,6 +232,9 @@ class MemoryEventBackend(EventBackend):
                 await waiter
         finally:
             stream.subscribers -= 1
+
+    def events(self, task_id: str) -> list[Event]:
+        return list(self._get(task_id).log)
 
     def snapshot(self, task_id: str) -> StreamSnapshot:
         s = self._get(task_id)
@@ -244,6 +272,10 @@ class StreamManager:
         if isinstance(self.backend, MemoryEventBackend):
             self.backend.bind_loop(loop)
 
+    def attach_archive(self, archive: deque | None) -> None:
+        if isinstance(self.backend, MemoryEventBackend):
+            self.backend.archive = archive
+
     def open(self, task_id: str) -> None:
         self.backend.open(task_id)
 
@@ -253,6 +285,20 @@ class StreamManager:
 
     def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
         return self.backend.subscribe(task_id, after)
+
+    def restore(self, task_id: str, events: list[Any]) -> None:
+        self.backend.restore(task_id, events)
+
+    def events(self, task_id: str) -> list[Event]:
+        """A copy of the log held in memory (raises TaskNotFoundError when not held)."""
+        return self.backend.events(task_id)
+
+    def holds(self, task_id: str) -> bool:
+        try:
+            self.backend.snapshot(task_id)
+        except TaskNotFoundError:
+            return False
+        return True
 
     def snapshot(self, task_id: str) -> StreamSnapshot:
         return self.backend.snapshot(task_id)

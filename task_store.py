@@ -1,14 +1,23 @@
-"""Task records: what was asked, where the run stands, what it produced.
+"""Durable task history: records, complete event logs and deliverables.
 
-In memory for now; a durable SQL store implements the same ``TaskStore`` interface later.
+SQLAlchemy Core over SQLite (the embedded default, in DATA_DIR) or any URL in DATABASE_URL.
+The event log is written in batches by ``event_archive.EventArchiver``, never on the event path.
 """
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event,
+    func, insert, select, update,
+)
+from sqlalchemy.engine import Engine
 
 from errors import TaskNotFoundError
 from models import TaskStatus
@@ -23,7 +32,8 @@ class TaskRecord:
     skip_confirmation: bool
     language: str
     status: TaskStatus = TaskStatus.queued
-    created_at: float = field(default_factory=time.time)
+    # Microsecond precision, like the ISO times the API shows and takes back as ?before=.
+    created_at: float = field(default_factory=lambda: round(time.time(), 6))
     started_at: float | None = None
     finished_at: float | None = None
     current_agent: str | None = None
@@ -32,45 +42,183 @@ class TaskRecord:
     error: str | None = None
     # deliverable key (see agents_config.DELIVERABLE_KEYS) -> Markdown
     deliverables: dict[str, str] = field(default_factory=dict)
+    feedback: list[str] = field(default_factory=list)  # one entry per requested revision
+    traceability: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    task_id: str
+    sequence: int
+    agent_name: str
+    event_type: str
+    content: str
+    ts: float
+    metadata: dict[str, Any] | None
 
 
 class TaskStore(ABC):
     @abstractmethod
-    def add(self, record: TaskRecord) -> None: ...
+    def save(self, record: TaskRecord) -> None:
+        """Insert or update the record."""
 
     @abstractmethod
     def get(self, task_id: str) -> TaskRecord:
         """Raise TaskNotFoundError for unknown ids."""
 
     @abstractmethod
-    def count_unfinished(self) -> int: ...
+    def list(self, status: TaskStatus | None, limit: int, before: float | None) -> list[TaskRecord]:
+        """Newest first; only tasks created strictly before `before` when given."""
 
     @abstractmethod
-    def remove(self, task_ids: list[str]) -> None: ...
+    def append_events(self, events: list[StoredEvent]) -> None: ...
+
+    @abstractmethod
+    def load_events(self, task_id: str) -> list[StoredEvent]: ...
+
+    @abstractmethod
+    def last_sequence(self, task_id: str) -> int: ...
+
+    @abstractmethod
+    def unfinished(self) -> list[TaskRecord]: ...
+
+    @abstractmethod
+    def purge_finished_before(self, ts: float) -> int:
+        """Delete finished tasks (and their events) that finished before ts; return how many."""
+
+    def close(self) -> None:
+        pass
 
 
-class MemoryTaskStore(TaskStore):
-    """Records are mutated in place by the worker thread that owns the run; each field is
-    assigned atomically, so readers see a consistent value per field."""
+metadata = MetaData()
+tasks_table = Table(
+    "tasks", metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("requirement", Text, nullable=False),
+    Column("skip_confirmation", Boolean, nullable=False),
+    Column("language", String(8), nullable=False),
+    Column("status", String(32), nullable=False, index=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("current_agent", String(64)),
+    Column("completed_steps", Integer, nullable=False),
+    Column("total_steps", Integer, nullable=False),
+    Column("error", Text),
+    Column("deliverables", Text, nullable=False),
+    Column("feedback", Text, nullable=False),
+    Column("traceability", Text),
+)
+events_table = Table(
+    "events", metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("sequence", Integer, primary_key=True),
+    Column("agent_name", String(64), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("metadata", Text),
+)
 
-    def __init__(self) -> None:
-        self._records: dict[str, TaskRecord] = {}
-        self._lock = threading.Lock()
+_JSON_COLUMNS = ("deliverables", "feedback", "traceability")
 
-    def add(self, record: TaskRecord) -> None:
-        with self._lock:
-            self._records[record.task_id] = record
+
+def _to_row(record: TaskRecord) -> dict[str, Any]:
+    row = asdict(record)
+    row["status"] = record.status.value
+    for name in _JSON_COLUMNS:
+        row[name] = None if row[name] is None else json.dumps(row[name], ensure_ascii=False)
+    return row
+
+
+def _from_row(row: Any) -> TaskRecord:
+    data = dict(row._mapping)
+    data["status"] = TaskStatus(data["status"])
+    for name in _JSON_COLUMNS:
+        data[name] = None if data[name] is None else json.loads(data[name])
+    return TaskRecord(**data)
+
+
+class SqlTaskStore(TaskStore):
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    def save(self, record: TaskRecord) -> None:
+        row = _to_row(record)
+        with self.engine.begin() as conn:
+            updated = conn.execute(update(tasks_table).where(tasks_table.c.task_id == record.task_id)
+                                   .values(**row)).rowcount
+            if not updated:
+                conn.execute(insert(tasks_table).values(**row))
 
     def get(self, task_id: str) -> TaskRecord:
-        record = self._records.get(task_id)
-        if record is None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(tasks_table).where(tasks_table.c.task_id == task_id)).first()
+        if row is None:
             raise TaskNotFoundError(task_id)
-        return record
+        return _from_row(row)
 
-    def count_unfinished(self) -> int:
-        return sum(1 for r in list(self._records.values()) if not r.status.finished)
+    def list(self, status: TaskStatus | None, limit: int, before: float | None) -> list[TaskRecord]:
+        query = select(tasks_table).order_by(tasks_table.c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(tasks_table.c.status == status.value)
+        if before is not None:  # half a microsecond absorbs float rounding of the ISO round trip
+            query = query.where(tasks_table.c.created_at < before - 5e-7)
+        with self.engine.connect() as conn:
+            return [_from_row(row) for row in conn.execute(query)]
 
-    def remove(self, task_ids: list[str]) -> None:
-        with self._lock:
-            for task_id in task_ids:
-                self._records.pop(task_id, None)
+    def append_events(self, events: list[StoredEvent]) -> None:
+        if not events:
+            return
+        rows = [{"task_id": e.task_id, "sequence": e.sequence, "agent_name": e.agent_name,
+                 "event_type": e.event_type, "content": e.content, "ts": e.ts,
+                 "metadata": None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False)}
+                for e in events]
+        with self.engine.begin() as conn:
+            conn.execute(insert(events_table), rows)
+
+    def load_events(self, task_id: str) -> list[StoredEvent]:
+        query = (select(events_table).where(events_table.c.task_id == task_id)
+                 .order_by(events_table.c.sequence))
+        with self.engine.connect() as conn:
+            return [StoredEvent(r.task_id, r.sequence, r.agent_name, r.event_type, r.content, r.ts,
+                                None if r.metadata is None else json.loads(r.metadata))
+                    for r in conn.execute(query)]
+
+    def last_sequence(self, task_id: str) -> int:
+        query = select(func.max(events_table.c.sequence)).where(events_table.c.task_id == task_id)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar() or 0
+
+    def unfinished(self) -> list[TaskRecord]:
+        finished = [s.value for s in TaskStatus if s.finished]
+        query = select(tasks_table).where(tasks_table.c.status.not_in(finished))
+        with self.engine.connect() as conn:
+            return [_from_row(row) for row in conn.execute(query)]
+
+    def purge_finished_before(self, ts: float) -> int:
+        old = select(tasks_table.c.task_id).where(tasks_table.c.finished_at < ts)
+        with self.engine.begin() as conn:
+            ids = [r.task_id for r in conn.execute(old)]
+            if ids:
+                conn.execute(delete(events_table).where(events_table.c.task_id.in_(ids)))
+                conn.execute(delete(tasks_table).where(tasks_table.c.task_id.in_(ids)))
+        return len(ids)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    # WAL lets readers (status, replay) proceed while the archiver writes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -20,15 +20,16 @@ def check_imports() -> None:
 
 def check_agents() -> None:
     from agents_config import AGENTS
-    from crew_factory import build_crew
+    from crew_factory import build_analysis_crew, build_delivery_crew
     from llm_providers import make_llm_factory
     from settings import get_settings
     from task_store import TaskRecord
 
     record = TaskRecord(task_id="self-check", requirement="self check", skip_confirmation=True,
                         language="en")
-    crew = build_crew(record, make_llm_factory(get_settings()))
-    roles = [agent.role for agent in crew.agents]
+    factory = make_llm_factory(get_settings())
+    crews = [build_analysis_crew(record, factory), build_delivery_crew(record, factory)]
+    roles = [agent.role for crew in crews for agent in crew.agents]
     assert roles == [a["role"] for a in AGENTS], roles
 
 
@@ -50,9 +51,12 @@ def check_stream_manager() -> None:
 def check_routes() -> None:
     from main import app
 
-    paths = {route.path for route in app.routes}
+    paths = set(app.openapi()["paths"]) | {getattr(r, "path", "") for r in app.routes}
     expected = {"/api/run_task", "/api/stream/{task_id}", "/api/task/{task_id}/status",
-                "/api/task/{task_id}/result", "/api/streams", "/healthz", "/test-ui"}
+                "/api/task/{task_id}/result", "/api/task/{task_id}/confirm",
+                "/api/task/{task_id}/cancel", "/api/task/{task_id}/deliverables",
+                "/api/task/{task_id}/deliverables.zip", "/api/tasks", "/api/streams", "/healthz",
+                "/test-ui"}
     missing = expected - paths
     assert not missing, f"missing routes: {missing}"
 

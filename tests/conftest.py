@@ -59,14 +59,23 @@ class Server:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash or an OOM kill)."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +83,10 @@ def start_server(tmp_path_factory) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def start(**env: str) -> Server:
-        log = tmp_path_factory.mktemp("server") / "server.log"
-        server = Server({k.upper(): str(v) for k, v in env.items()}, log)
+        """Start a server; pass data_dir=<path> to share (or reuse) a task history."""
+        folder = tmp_path_factory.mktemp("server")
+        env.setdefault("data_dir", str(folder / "data"))
+        server = Server({k.upper(): str(v) for k, v in env.items()}, folder / "server.log")
         servers.append(server)
         return server
 

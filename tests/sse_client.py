@@ -39,8 +39,9 @@ class StreamResult:
         return [e["sequence"] for e in self.events]
 
 
-def parse_lines(lines, result: StreamResult, max_messages: int | None = None) -> bool:
-    """Feed lines into result; return True when max_messages was reached."""
+def parse_lines(lines, result: StreamResult, max_messages: int | None = None,
+                until_type: str | None = None) -> bool:
+    """Feed lines into result; return True when max_messages or an `until_type` event arrived."""
     fields: dict[str, str] = {}
     data: list[str] = []
     for line in lines:
@@ -48,6 +49,8 @@ def parse_lines(lines, result: StreamResult, max_messages: int | None = None) ->
             if data:
                 result.messages.append(Message(fields.get("id"), fields.get("event"), "\n".join(data)))
                 if max_messages is not None and len(result.messages) >= max_messages:
+                    return True
+                if until_type is not None and fields.get("event") == until_type:
                     return True
             fields, data = {}, []
             continue
@@ -67,7 +70,7 @@ def parse_lines(lines, result: StreamResult, max_messages: int | None = None) ->
 
 def read_stream(base_url: str, task_id: str, *, headers: dict[str, str] | None = None,
                 params: dict[str, Any] | None = None, timeout: float = 60.0,
-                max_messages: int | None = None) -> StreamResult:
+                max_messages: int | None = None, until_type: str | None = None) -> StreamResult:
     """Read /api/stream/{task_id} until the server closes it (or max_messages arrive)."""
     with httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout)) as client:
         with client.stream("GET", f"/api/stream/{task_id}", headers=headers, params=params) as r:
@@ -76,6 +79,6 @@ def read_stream(base_url: str, task_id: str, *, headers: dict[str, str] | None =
                 r.read()
                 result.body = r.text
                 return result
-            stopped = parse_lines(r.iter_lines(), result, max_messages)
+            stopped = parse_lines(r.iter_lines(), result, max_messages, until_type)
             result.closed_by_server = not stopped
             return result

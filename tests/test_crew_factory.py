@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from crew_factory import CrewEventsHandler, build_crew, run_crew
+from crew_factory import (
+    CrewEventsHandler, build_analysis_crew, build_delivery_crew, run_analysis, run_delivery,
+)
 from llm_providers import make_llm_factory
 from models import EventType
 from settings import Settings
@@ -18,15 +20,34 @@ def record(requirement: str = "Build a wiki with search", task_id: str = "t") ->
                       language="en")
 
 
-def test_crew_is_four_sequential_agents_each_task_seeing_the_earlier_ones():
-    crew = build_crew(record(), FACTORY)
-    assert [a.role for a in crew.agents] == ["Product Manager", "QA Engineer", "Software Developer",
-                                             "Delivery Coordinator"]
-    assert [len(t.context) for t in crew.tasks] == [0, 1, 2, 3]
-    assert all("Build a wiki with search" in t.description for t in crew.tasks)
-    assert all("Write everything in English" in t.description for t in crew.tasks)
+def run_crew(rec: TaskRecord, handler: CrewEventsHandler, factory=FACTORY) -> dict[str, str]:
+    run_analysis(rec, handler, factory)
+    run_delivery(rec, handler, factory)
+    return rec.deliverables
+
+
+def test_analysis_then_delivery_crews_each_task_seeing_what_came_before():
+    rec = record()
+    analysis = build_analysis_crew(rec, FACTORY)
+    assert [a.role for a in analysis.agents] == ["Product Manager"]
+    rec.deliverables["requirements_analysis"] = "- REQ-1: search pages"
+    delivery = build_delivery_crew(rec, FACTORY)
+    assert [a.role for a in delivery.agents] == ["QA Engineer", "Software Developer", "Delivery Coordinator"]
+    assert [len(t.context) for t in delivery.tasks] == [0, 1, 2]
+    tasks = analysis.tasks + delivery.tasks
+    assert all("Build a wiki with search" in t.description for t in tasks)
+    assert all("Write everything in English" in t.description for t in tasks)
+    assert all("REQ-1: search pages" in t.description for t in delivery.tasks)
     zh = TaskRecord(task_id="z", requirement="开发维基", skip_confirmation=True, language="zh")
-    assert all("简体中文" in t.description for t in build_crew(zh, FACTORY).tasks)
+    assert all("简体中文" in t.description for t in build_analysis_crew(zh, FACTORY).tasks)
+
+
+def test_a_revision_shows_the_previous_analysis_and_the_feedback():
+    rec = record()
+    rec.deliverables["requirements_analysis"] = "old analysis text"
+    rec.feedback = ["add export to PDF"]
+    (task,) = build_analysis_crew(rec, FACTORY).tasks
+    assert "old analysis text" in task.description and "- add export to PDF" in task.description
 
 
 def test_events_map_to_our_types_and_update_the_record():

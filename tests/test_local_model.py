@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from sse_client import read_stream
@@ -25,3 +27,22 @@ def test_a_real_crew_runs_on_the_local_model(start_server):
         for name, text in body["deliverables"].items():
             assert text and text.strip(), name
             assert "scripted" not in text
+
+
+def test_cancel_stops_the_local_model_mid_generation_within_two_seconds(start_server):
+    server = start_server(llm_provider="local", local_max_tokens=400)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        task_id = run_task(c, "Build a spreadsheet application")
+        seen = read_stream(server.url, task_id, until_type="thought")  # the model is generating
+        assert seen.events[-1]["event_type"] == "thought"
+        started = time.monotonic()
+        assert c.post(f"/api/task/{task_id}/cancel").json()["status"] == "cancelled"
+        while c.get("/healthz").json()["busy_workers"]:
+            time.sleep(0.01)
+        assert time.monotonic() - started < 2.0
+        events = read_stream(server.url, task_id).events
+        assert events[-1]["event_type"] == "cancelled"
+        # the shared model is free again: a new task runs to its first token
+        other = run_task(c, "Build a clock")
+        assert read_stream(server.url, other, until_type="thought").events[-1]["event_type"] == "thought"
+        c.post(f"/api/task/{other}/cancel")

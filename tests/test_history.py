@@ -1,0 +1,74 @@
+"""History survives a restart: real server processes killed and restarted on the same data."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import httpx
+
+from sse_client import read_stream
+from test_api import run_task, wait_finished
+from test_streaming import assert_well_formed_run
+
+
+def unzip(data: bytes) -> dict[str, bytes]:
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_a_finished_task_is_fully_available_after_a_restart(start_server, tmp_path):
+    data = tmp_path / "data"
+    first = start_server(data_dir=data)
+    with httpx.Client(base_url=first.url, timeout=30) as c:
+        task_id = run_task(c, "Build a library catalogue")
+        wait_finished(c, task_id)
+        before = {
+            "status": c.get(f"/api/task/{task_id}/status").json(),
+            "result": c.get(f"/api/task/{task_id}/result").json(),
+            "zip": c.get(f"/api/task/{task_id}/deliverables.zip").content,
+        }
+        log = read_stream(first.url, task_id)
+    time.sleep(0.5)  # the archiver writes every 100 ms
+    first.kill()
+
+    second = start_server(data_dir=data)
+    with httpx.Client(base_url=second.url, timeout=30) as c:
+        assert c.get(f"/api/task/{task_id}/status").json() == before["status"]
+        assert c.get(f"/api/task/{task_id}/result").json() == before["result"]
+        replay = read_stream(second.url, task_id)
+        assert [m.data for m in replay.messages] == [m.data for m in log.messages]
+        assert_well_formed_run(replay, task_id)
+        resumed = read_stream(second.url, task_id, headers={"Last-Event-ID": "10"})
+        assert [m.data for m in resumed.messages] == [m.data for m in log.messages[10:]]
+        assert unzip(c.get(f"/api/task/{task_id}/deliverables.zip").content) == unzip(before["zip"])
+        assert task_id in {t["task_id"] for t in c.get("/api/tasks").json()["tasks"]}
+
+
+def test_tasks_cut_off_by_a_crash_are_marked_interrupted(start_server, tmp_path):
+    data = tmp_path / "data"
+    first = start_server(data_dir=data, scripted_token_delay_ms=20)
+    with httpx.Client(base_url=first.url, timeout=30) as c:
+        running = run_task(c, "Build a payroll system")
+        waiting = run_task(c, "Build a gym planner", skip_confirmation=False)
+        seen = read_stream(first.url, running, max_messages=40)
+        while c.get(f"/api/task/{waiting}/status").json()["status"] != "awaiting_confirmation":
+            time.sleep(0.05)
+    time.sleep(0.3)
+    first.kill()
+
+    second = start_server(data_dir=data)
+    with httpx.Client(base_url=second.url, timeout=30) as c:
+        for task_id in (running, waiting):
+            status = c.get(f"/api/task/{task_id}/status").json()
+            assert status["status"] == "failed"
+            assert status["error"].startswith("Interrupted by server restart")
+            replay = read_stream(second.url, task_id)
+            assert replay.closed_by_server
+            assert replay.sequences == list(range(1, len(replay.sequences) + 1))
+            last = replay.events[-1]
+            assert last["event_type"] == "error" and last["content"] == status["error"]
+        replay = read_stream(second.url, running)
+        assert [m.data for m in replay.messages[:40]] == [m.data for m in seen.messages]
+        assert c.post(f"/api/task/{waiting}/confirm", json={"approved": True}).status_code == 409
