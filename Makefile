@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 WHEEL_CACHE ?= $(HOME)/.cache/multi-agent-delivery/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-avx2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install run test clean
+.PHONY: install run test bench clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ run: install
 test: install
 	$(BIN)/python test_import.py
 	$(BIN)/python -m pytest
+
+# Benchmarks (not tests): ~15 min; results in docs/benchmarks.json/.png, method in docs/benchmarks.md.
+# BENCH_QUICK=1 for a smoke run, BENCH_ONLY=publish,ttfe,... for some sections.
+bench: install
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,7 +25,10 @@ from typing import Any
 
 import crewai_env  # noqa: F401  (must precede crewai)
 from crewai import Agent, Crew, Process, Task
+from crewai.events.event_bus import crewai_event_bus
+from crewai.events.event_listener import event_listener
 from crewai.events.stream_context import add_stream_sink, reset_stream_sinks
+from crewai.events.types.llm_events import LLMStreamChunkEvent
 
 from agents_config import AGENTS, APPROVED_ANALYSIS, LANGUAGE_INSTRUCTIONS, REVISION_REQUEST, TASK_TEMPLATES
 from models import EventType
@@ -35,6 +38,21 @@ Publish = Callable[[str, str, str, "dict[str, Any] | None"], Any]
 LLMFactory = Callable[[str, TaskRecord], Any]  # (agent name, record) -> CrewAI LLM
 
 SYSTEM_AGENT = "System"
+
+
+def detach_console_token_listener() -> None:
+    """Remove CrewAI's console handler for token events from the process-wide bus.
+
+    It redraws a terminal panel we never show (our crews run with verbose=False), yet on every
+    token it copies the whole text of the current model call: O(n²) per call, shared by all
+    concurrent crews, and about half of CrewAI's per-token cost (see docs/benchmarks.md).
+    """
+    for handler in list(crewai_event_bus._sync_handlers.get(LLMStreamChunkEvent, ())):
+        if getattr(handler, "__qualname__", "").startswith(type(event_listener).__name__ + "."):
+            crewai_event_bus.off(LLMStreamChunkEvent, handler)
+
+
+detach_console_token_listener()
 
 
 class CrewEventsHandler:

@@ -15,7 +15,7 @@ from crewai.events.types.llm_events import LLMCallType
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 
 from agents_config import AGENTS, QWEN_MODEL_CONFIG
-from scripted_provider import FINAL_ANSWER_PREFIX, ScriptedLLM
+from scripted_provider import FINAL_ANSWER_PREFIX, OfflineLLM, ScriptedLLM
 from settings import LLMProvider, Settings
 from task_store import TaskRecord
 
@@ -63,7 +63,7 @@ def local_model_path(settings: Settings) -> Path:
     return path
 
 
-class LocalLlamaLLM(BaseLLM):
+class LocalLlamaLLM(OfflineLLM):
     """SmolLM2-135M-Instruct in-process via llama-cpp-python. For offline use and demos only.
 
     One model instance serves every crew; calls are serialised because a llama.cpp context is
@@ -131,9 +131,6 @@ class LocalLlamaLLM(BaseLLM):
         self._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL,
                                         from_task=from_task, from_agent=from_agent, messages=messages)
         return response
-
-    def supports_function_calling(self) -> bool:
-        return False
 
     def get_context_window_size(self) -> int:
         return self.n_ctx

@@ -37,37 +37,112 @@ def tokenize(text: str) -> list[str]:
 
 
 def scripted_document(agent_name: str, requirement: str, language: str) -> str:
+    """About as long as a real model's deliverable (several hundred tokens per agent)."""
     items = requirement_items(requirement)
     zh = language == "zh"
-    lines: list[str] = [LABEL["zh" if zh else "en"]]
+    t = _ZH if zh else _EN
+    out: list[str] = [LABEL["zh" if zh else "en"]]
     if agent_name == "ProductManager":
-        lines.append("# 需求分析\n\n" if zh else "# Requirements analysis\n\n")
-        lines.append(("**需求原文:** " if zh else "**Original requirement:** ") + requirement[:300] + "\n\n")
+        out.append(t["pm_title"] + t["original"] + requirement[:300] + "\n\n" + t["pm_summary"])
         for n, item in enumerate(items, 1):
-            accept = "验收标准:功能可用且有测试覆盖。" if zh else "Acceptance: works end to end and is covered by a test."
-            lines.append(f"- **REQ-{n}**: {item}. {accept}\n")
+            out.append(f"- **REQ-{n}**: {item}\n")
+            out.extend(f"  - {line.format(item=item)}\n" for line in t["criteria"])
+        out.append(t["assumptions"])
     elif agent_name == "QAEngineer":
-        lines.append("# 测试计划\n\n| 用例 | 需求 | 步骤 | 预期结果 |\n|---|---|---|---|\n" if zh else
-                     "# Test plan\n\n| Case | Requirement | Steps | Expected |\n|---|---|---|---|\n")
+        out.append(t["qa_title"])
         for n, item in enumerate(items, 1):
-            steps, expected = ("执行:" + item, "符合 REQ-%d" % n) if zh else (f"Exercise: {item}", f"Meets REQ-{n}")
-            lines.append(f"| TC-{n} | REQ-{n} | {steps} | {expected} |\n")
+            out.append(f"| TC-{n} | REQ-{n} | {t['exercise']}{item} | {t['meets']} REQ-{n} |\n")
+        out.append(t["qa_details"])
+        for n, item in enumerate(items, 1):
+            out.append(f"\n**TC-{n}** ({item})\n")
+            out.extend(f"{k}. {step.format(item=item)}\n" for k, step in enumerate(t["steps"], 1))
+        out.append(t["qa_nonfunctional"])
     elif agent_name == "SoftwareDeveloper":
-        lines.append("# 技术方案\n\n## 架构\n\nFastAPI 服务 + PostgreSQL + 前端单页应用。\n\n## 组件\n\n" if zh else
-                     "# Technical design\n\n## Architecture\n\nA FastAPI service, PostgreSQL and a single-page front end.\n\n## Components\n\n")
+        out.append(t["dev_title"])
         for n, item in enumerate(items, 1):
-            lines.append(f"- **C-{n}** ({'服务于' if zh else 'serves'} REQ-{n}): {item}\n")
+            out.append(f"- **C-{n}** ({t['serves']} REQ-{n}): {item}. {t['component']}\n")
+        out.append(t["dev_api"])
+        for n, item in enumerate(items, 1):
+            out.append(f"- `POST /api/v1/feature-{n}` — {item}\n- `GET /api/v1/feature-{n}/{{id}}`\n")
+        out.append(t["dev_data"])
     else:
-        lines.append("# 交付评审\n\n| 需求 | 测试用例 | 设计 |\n|---|---|---|\n" if zh else
-                     "# Delivery review\n\n| Requirement | Test case | Design |\n|---|---|---|\n")
-        for n in range(1, len(items) + 1):
-            lines.append(f"| REQ-{n} | TC-{n} | C-{n} |\n")
-        lines.append("\n所有需求均有测试与设计覆盖。\n\nVerdict: GO\n" if zh else
-                     "\nEvery requirement has a test case and a design element.\n\nVerdict: GO\n")
-    return "".join(lines)
+        out.append(t["review_title"])
+        for n, item in enumerate(items, 1):
+            out.append(f"| REQ-{n} | TC-{n} | C-{n} | {item} |\n")
+        out.append(t["review_end"])
+    return "".join(out)
 
 
-class ScriptedLLM(BaseLLM):
+_EN = {
+    "pm_title": "# Requirements analysis\n\n",
+    "original": "**Original requirement:** ",
+    "pm_summary": ("## Summary\n\nThe product lets its users reach their goal quickly and safely. The "
+                   "requirements below are numbered so that tests and design can refer to them.\n\n"
+                   "## Requirements\n\n"),
+    "criteria": ["Acceptance: {item} works end to end for a signed-in user.",
+                 "Acceptance: invalid input is rejected with a message that says what to fix.",
+                 "Acceptance: the result is visible within one second."],
+    "assumptions": ("\n## Assumptions\n\n- Web first, responsive on phones.\n- Single region "
+                    "deployment.\n\n## Open questions\n\n- Expected number of users?\n"),
+    "qa_title": "# Test plan\n\n| Case | Requirement | Steps | Expected |\n|---|---|---|---|\n",
+    "exercise": "Exercise: ",
+    "meets": "Meets",
+    "qa_details": "\n## Cases in detail\n",
+    "steps": ["Sign in as a regular user.", "Use {item} with valid input.",
+              "Repeat with invalid input and check the error message.",
+              "Check the result after a page reload."],
+    "qa_nonfunctional": ("\n## Non-functional\n\n- Load: 100 concurrent users, p95 under 500 ms.\n"
+                         "- Security: every endpoint rejects anonymous writes.\n"),
+    "dev_title": ("# Technical design\n\n## Architecture\n\nA FastAPI service, PostgreSQL and a "
+                  "single-page front end, deployed behind Nginx.\n\n## Components\n\n"),
+    "serves": "serves",
+    "component": "A service module with its own tests and a REST endpoint.",
+    "dev_api": "\n## API\n\n",
+    "dev_data": ("\n## Data model\n\n| Table | Key columns |\n|---|---|\n| users | id, email |\n"
+                 "| items | id, owner_id, created_at |\n\n## Risks\n\n- Scope creep; keep the "
+                 "first release small.\n"),
+    "review_title": ("# Delivery review\n\n| Requirement | Test case | Design | Scope |\n"
+                     "|---|---|---|---|\n"),
+    "review_end": ("\nEvery requirement has a test case and a design element. No blocking risk "
+                   "was found.\n\nVerdict: GO\n"),
+}
+
+_ZH = {
+    "pm_title": "# 需求分析\n\n",
+    "original": "**需求原文:** ",
+    "pm_summary": "## 概述\n\n产品帮助用户快速、安全地达成目标。以下需求均已编号,便于测试与设计引用。\n\n## 需求列表\n\n",
+    "criteria": ["验收标准:登录用户可以完整使用「{item}」。", "验收标准:非法输入会被拒绝并提示如何修正。",
+                 "验收标准:结果在一秒内可见。"],
+    "assumptions": "\n## 假设\n\n- 以 Web 为主,兼容手机屏幕。\n- 单区域部署。\n\n## 待确认问题\n\n- 预计用户规模?\n",
+    "qa_title": "# 测试计划\n\n| 用例 | 需求 | 步骤 | 预期结果 |\n|---|---|---|---|\n",
+    "exercise": "执行:",
+    "meets": "符合",
+    "qa_details": "\n## 用例详情\n",
+    "steps": ["以普通用户登录。", "使用有效输入执行「{item}」。", "使用非法输入重复并检查错误提示。", "刷新页面后检查结果。"],
+    "qa_nonfunctional": "\n## 非功能测试\n\n- 负载:100 并发用户,p95 低于 500 毫秒。\n- 安全:所有写接口拒绝匿名访问。\n",
+    "dev_title": "# 技术方案\n\n## 架构\n\nFastAPI 服务 + PostgreSQL + 前端单页应用,部署在 Nginx 之后。\n\n## 组件\n\n",
+    "serves": "服务于",
+    "component": "独立的服务模块,带测试与 REST 接口。",
+    "dev_api": "\n## 接口\n\n",
+    "dev_data": "\n## 数据模型\n\n| 表 | 关键字段 |\n|---|---|\n| users | id, email |\n| items | id, owner_id, created_at |\n\n## 风险\n\n- 范围蔓延:首个版本保持精简。\n",
+    "review_title": "# 交付评审\n\n| 需求 | 测试用例 | 设计 | 范围 |\n|---|---|---|---|\n",
+    "review_end": "\n所有需求均有测试与设计覆盖,未发现阻断性风险。\n\nVerdict: GO\n",
+}
+
+
+class OfflineLLM(BaseLLM):
+    """What our in-process models share: plain text completion, no tools, no token counter."""
+
+    def supports_function_calling(self) -> bool:
+        return False
+
+    def get_input_tokens_count(self, messages: Any, tools: Any = None, response_model: Any = None) -> int:
+        # CrewAI's default estimate logs a warning on every call; this is the same estimate, quietly.
+        text = messages if isinstance(messages, str) else " ".join(str(m.get("content", "")) for m in messages)
+        return len(text) // 4 + 1
+
+
+class ScriptedLLM(OfflineLLM):
     """Deterministic stand-in for a model. Never use it to judge output quality."""
 
     llm_type: str = "scripted"
@@ -97,9 +172,6 @@ class ScriptedLLM(BaseLLM):
         self._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL,
                                         from_task=from_task, from_agent=from_agent, messages=messages)
         return response
-
-    def supports_function_calling(self) -> bool:
-        return False
 
     def get_context_window_size(self) -> int:
         return 8192

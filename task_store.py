@@ -6,7 +6,9 @@ The event log is written in batches by ``event_archive.EventArchiver``, never on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -141,17 +143,24 @@ def _from_row(row: Any) -> TaskRecord:
 
 class SqlTaskStore(TaskStore):
     def __init__(self, url: str) -> None:
+        self._write_lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False})
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            with self.engine.connect() as conn:  # WAL is a property of the file: set it once
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            # SQLite has one writer at a time; queueing our own writers here instead of in
+            # SQLite's busy loop keeps concurrent submits from ever seeing "database is locked".
+            self._write_lock = threading.Lock()
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         metadata.create_all(self.engine)
 
     def save(self, record: TaskRecord) -> None:
         row = _to_row(record)
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             updated = conn.execute(update(tasks_table).where(tasks_table.c.task_id == record.task_id)
                                    .values(**row)).rowcount
             if not updated:
@@ -180,7 +189,7 @@ class SqlTaskStore(TaskStore):
                  "event_type": e.event_type, "content": e.content, "ts": e.ts,
                  "metadata": None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False)}
                 for e in events]
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             conn.execute(insert(events_table), rows)
 
     def load_events(self, task_id: str) -> list[StoredEvent]:
@@ -204,7 +213,7 @@ class SqlTaskStore(TaskStore):
 
     def purge_finished_before(self, ts: float) -> int:
         old = select(tasks_table.c.task_id).where(tasks_table.c.finished_at < ts)
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             ids = [r.task_id for r in conn.execute(old)]
             if ids:
                 conn.execute(delete(events_table).where(events_table.c.task_id.in_(ids)))
@@ -218,7 +227,6 @@ class SqlTaskStore(TaskStore):
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     # WAL lets readers (status, replay) proceed while the archiver writes.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()

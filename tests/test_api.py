@@ -161,3 +161,17 @@ def test_health_docs_and_test_ui(client):
     assert client.get("/docs").status_code == 200
     ui = client.get("/test-ui")
     assert ui.status_code == 200 and "EventSource" in ui.text
+
+
+def test_a_burst_of_concurrent_submissions_is_all_accepted(server):
+    """SQLite has one writer at a time; concurrent submits must queue, never fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(n: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return c.post("/api/run_task", json={"user_requirement": f"Build burst app {n}",
+                                                 "skip_confirmation": True}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(submit, range(48)))
+    assert codes == [202] * 48

@@ -103,3 +103,14 @@ def test_crews_on_parallel_threads_route_events_to_their_own_handler():
         text = "".join(seen[name])
         assert name in text
         assert not [o for o in names if o != name and o in text]
+
+
+def test_crewai_console_token_listener_is_detached():
+    """It copies the whole call text on every token (O(n^2)); we never show its output."""
+    from crewai.events.event_bus import crewai_event_bus
+    from crewai.events.types.llm_events import LLMStreamChunkEvent
+
+    rec = record()
+    run_crew(rec, CrewEventsHandler(rec, lambda a, t, c, m: None))
+    handlers = crewai_event_bus._sync_handlers.get(LLMStreamChunkEvent, ())
+    assert not [h for h in handlers if "EventListener" in getattr(h, "__qualname__", "")]

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from agents_config import detect_language
-from conftest import free_port
+from server_process import free_port
 from llm_providers import ProviderConfigError, check_provider, describe_model, resolve_provider
 from scripted_provider import requirement_items, scripted_document, tokenize
 from settings import LLMProvider, Settings

@@ -1,0 +1,101 @@
+"""The seed's streaming design, rewritten here only as a benchmark baseline. Do not use it.
+
+- publish() blocks the agent thread on a round trip through the event loop
+  (``run_coroutine_threadsafe(queue.put(...)).result()``) for every event;
+- one bounded asyncio.Queue per task is shared by all subscribers, so each gets only part of
+  the events, and a late subscriber gets nothing of what came before;
+- one event per write, no batching; a subscriber notices the end only when it takes the
+  terminal event itself or its 30 s wait times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from errors import StreamClosedError, TaskNotFoundError
+from models import TERMINAL_EVENT_TYPES
+from stream_manager import Event, StreamSnapshot
+
+
+class _NaiveStream:
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        self.closed = False
+        self.subscribers = 0
+        self.sequence = 0
+        self.created_at = time.time()
+        self.closed_at: float | None = None
+
+
+class NaiveStreamManager:
+    def __init__(self) -> None:
+        self._streams: dict[str, _NaiveStream] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.archive: deque | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+
+    def attach_archive(self, archive: deque | None) -> None:
+        self.archive = archive
+
+    def _get(self, task_id: str) -> _NaiveStream:
+        if task_id not in self._streams:
+            raise TaskNotFoundError(task_id)
+        return self._streams[task_id]
+
+    def open(self, task_id: str) -> None:
+        self._streams[task_id] = _NaiveStream(task_id)
+
+    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
+                metadata: dict[str, Any] | None = None) -> int:
+        stream = self._get(task_id)
+        if stream.closed:
+            raise StreamClosedError(task_id)
+        stream.sequence += 1
+        event = Event(task_id, stream.sequence, agent_name, event_type, content, time.time(), metadata)
+        if self.archive is not None:
+            self.archive.append(event)
+        future = asyncio.run_coroutine_threadsafe(stream.queue.put(event), self._loop)
+        future.result(timeout=5.0)
+        if event_type in TERMINAL_EVENT_TYPES:
+            stream.closed, stream.closed_at = True, time.time()
+        return event.sequence
+
+    async def subscribe(self, task_id: str, after: int = 0):
+        stream = self._get(task_id)
+        stream.subscribers += 1
+        try:
+            while not (stream.closed and stream.queue.empty()):
+                try:
+                    event = await asyncio.wait_for(stream.queue.get(), timeout=30.0)
+                except asyncio.TimeoutError:
+                    continue
+                yield [event]
+                if event.event_type in TERMINAL_EVENT_TYPES:
+                    return
+        finally:
+            stream.subscribers -= 1
+
+    def snapshot(self, task_id: str) -> StreamSnapshot:
+        s = self._get(task_id)
+        return StreamSnapshot(task_id, s.closed, s.subscribers, s.sequence, s.created_at, s.closed_at)
+
+    def snapshots(self) -> list[StreamSnapshot]:
+        return [self.snapshot(t) for t in list(self._streams)]
+
+    def holds(self, task_id: str) -> bool:
+        return task_id in self._streams
+
+    def restore(self, task_id: str, events: list[Any]) -> None:
+        pass
+
+    def events(self, task_id: str) -> list[Event]:
+        return []
+
+    def evict_expired(self, ttl_s: float) -> list[str]:
+        return []

@@ -1,0 +1,70 @@
+"""Print the benchmark table (ours vs the seed-design baseline, ratios, targets) and draw the plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROWS = [
+    # (label, section, key, unit, higher is better, target)
+    ("Delivered events/s via CrewAI (20 tasks x 3 subs)", "throughput_crew", "events_per_s", "ev/s", True, 50_000),
+    ("  p99 latency via CrewAI", "throughput_crew", "p99_ms", "ms", False, 50),
+    ("Delivered events/s, streaming core (20 x 3)", "throughput_core", "events_per_s", "ev/s", True, 50_000),
+    ("  p99 latency, streaming core, unpaced flood", "throughput_core", "p99_ms", "ms", False, None),
+    ("Core paced at 51k delivered/s: events/s", "latency_core_at_target", "events_per_s", "ev/s", True, 50_000),
+    ("  p50 latency at 51k/s", "latency_core_at_target", "p50_ms", "ms", False, None),
+    ("  p99 latency at 51k/s", "latency_core_at_target", "p99_ms", "ms", False, 50),
+    ("CrewAI at 100 tok/s/agent: p99 latency", "latency_crew_100tps", "p99_ms", "ms", False, 50),
+    ("Publish cost, median", "publish", "median_us", "us", False, 5),
+    ("Idle SSE connection, resident memory", "idle", "kb_per_connection", "KB", False, 20),
+    ("Time to first event, median", "ttfe", "median_ms", "ms", False, 50),
+    ("Local-model crew, wall time", "crew_local", "wall_s", "s", False, None),
+    ("Local-model crew, tokens/s", "crew_local", "tokens_per_s", "tok/s", True, None),
+]
+
+
+def main(path: str) -> None:
+    results = json.loads(Path(path).read_text())
+    print(f"\nMachine: {results['machine']}\n")
+    print(f"{'metric':52} {'ours':>12} {'baseline':>12} {'ratio':>8} {'target':>10}  met")
+    plot = []
+    for label, section, key, unit, higher, target in ROWS:
+        if section not in results:
+            continue
+        ours, naive = results[section]["ours"][key], results[section]["naive"][key]
+        ratio = (ours / naive if higher else naive / ours) if ours and naive else float("nan")
+        met = "" if target is None else ("yes" if (ours >= target if higher else ours <= target) else "NO")
+        tgt = "" if target is None else (">= " if higher else "<= ") + f"{target:g}"
+        print(f"{label:52} {ours:>10.1f}{unit[:2]:>2} {naive:>10.1f}{unit[:2]:>2} {ratio:>7.1f}x {tgt:>10}  {met}")
+        plot.append((label.strip(), ours, naive, unit))
+    for section in ("throughput_crew", "throughput_core", "latency_core_at_target", "latency_crew_100tps"):
+        if section in results:
+            for who in ("ours", "naive"):
+                r = results[section][who]
+                print(f"{section} {who}: every subscriber got every sequence exactly once: "
+                      f"{r['all_exact']} (lost {r['lost_total']} across rounds)")
+    draw(plot, Path(path).with_suffix(".png"))
+
+
+def draw(rows, out: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.3 * len(rows), 4), squeeze=False)
+    for ax, (label, ours, naive, unit) in zip(axes[0], rows):
+        ax.bar(["ours", "seed"], [ours, naive], color=["#2a6df4", "#999999"])
+        ax.set_title(label.replace(", ", "\n").replace(" (", "\n("), fontsize=7)
+        ax.set_ylabel(unit, fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"plot: {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

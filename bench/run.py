@@ -1,0 +1,308 @@
+"""`make bench`: every figure for our service and, in the same run, for the seed-design baseline.
+
+Writes docs/benchmarks.json and docs/benchmarks.png and prints a table with ratios.
+BENCH_QUICK=1 uses smaller sizes (a smoke run, not for quoting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH), str(ROOT / "tests")]
+os.environ.setdefault("LLM_PROVIDER", "scripted")
+
+from naive_stream_manager import NaiveStreamManager  # noqa: E402
+from server_process import Server  # noqa: E402
+from sse_load import Subscriber, hold_idle, subscribe  # noqa: E402
+from stream_manager import MemoryEventBackend, StreamManager  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+TASKS, SUBS = 20, 3
+ROUNDS = 1 if QUICK else 3
+IDLE_N = 1000 if QUICK else 10_000
+TTFE_N = 10 if QUICK else 40
+PUBLISH_N = 20_000 if QUICK else 200_000
+TMP = Path(tempfile.mkdtemp(prefix="bench-"))
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start(kind: str, **env) -> Server:
+    app = {"ours": "main:app", "naive": "naive_app:app", "ours-core": "core_app:app",
+           "naive-core": "core_app:app"}[kind]
+    env = {k.upper(): str(v) for k, v in env.items()}
+    env.setdefault("DATA_DIR", str(TMP / f"{kind}-{time.monotonic_ns()}"))
+    env.setdefault("LOG_LEVEL", "warning")
+    if kind == "naive-core":
+        env["BENCH_NAIVE"] = "1"
+    return Server(env, TMP / f"{kind}-{time.monotonic_ns()}.log", app=app,
+                  app_dir=BENCH if kind != "ours" else ROOT, preexec_fn=raise_fd_limit)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+# 1. Throughput and latency ---------------------------------------------------------------
+
+async def _round(server: Server, core: bool, rate: float = 0) -> dict:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        t0 = time.time()
+        stop = asyncio.Event()
+        if core:
+            prepared = (await client.post("/bench/prepare", params={"tasks": TASKS})).json()
+            ids = prepared["streams"]
+        else:
+            posts = [client.post("/api/run_task", json={"user_requirement": f"Build app number {n} with "
+                                 "login, search, payments and reports", "skip_confirmation": True})
+                     for n in range(TASKS)]
+            ids = [r.json()["task_id"] for r in await asyncio.gather(*posts)]
+        subs = [Subscriber(tid) for tid in ids for _ in range(SUBS)]
+        readers = [asyncio.create_task(subscribe("127.0.0.1", server.port, s, stop=stop)) for s in subs]
+        if core:
+            await asyncio.sleep(0.3)  # all subscribers connected before the flood starts
+            t0 = time.time()
+            await client.post("/bench/start", params={"batch": prepared["batch"], "tokens": 2000,
+                                                      "rate": rate})
+
+        async def finished() -> None:
+            """Every subscriber saw its terminal event, or every stream ended (the baseline's
+            viewers share a queue, so most never see the terminal event) plus a grace second."""
+            wanted = set(ids)
+            while not all(s.terminal for s in subs):
+                listing = (await client.get("/api/streams")).json()
+                if wanted <= {i["task_id"] for i in listing["finished"]}:
+                    await asyncio.sleep(1.0)
+                    return
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(finished(), timeout=600)
+        stop.set()
+        await asyncio.gather(*readers)
+        expected = {}
+        for tid in ids:
+            expected[tid] = max((max(s.sequences, default=0) for s in subs if s.task_id == tid), default=0)
+        if not core:
+            for tid in ids:
+                expected[tid] = (await client.get(f"/api/task/{tid}/status")).json()["last_sequence"]
+    delivered = sum(len(s.sequences) for s in subs)
+    last = max(s.last_event_at or t0 for s in subs)
+    exact = sum(s.sequences == list(range(1, expected[s.task_id] + 1)) for s in subs)
+    latencies = [x for s in subs for x in s.latencies]
+    return {"delivered": delivered, "seconds": last - t0, "events_per_s": delivered / (last - t0),
+            "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
+            "subscribers_exact": exact, "subscribers": len(subs),
+            "lost": sum(expected[s.task_id] for s in subs) - delivered}
+
+
+def throughput(kind: str, core: bool, rate: float = 0, **env) -> dict:
+    server = start(kind, max_concurrent_tasks=TASKS, **env)
+    try:
+        asyncio.run(_round(server, core, rate))  # warm-up: imports, model objects, first crews
+        rounds = [asyncio.run(_round(server, core, rate)) for _ in range(ROUNDS)]
+    finally:
+        server.stop()
+    best = sorted(rounds, key=lambda r: r["events_per_s"])[len(rounds) // 2]  # the median round
+    best["rounds_events_per_s"] = [round(r["events_per_s"]) for r in rounds]
+    best["all_exact"] = all(r["subscribers_exact"] == r["subscribers"] for r in rounds)
+    best["lost_total"] = sum(r["lost"] for r in rounds)
+    return best
+
+
+# 2. Publish cost --------------------------------------------------------------------------
+
+def publish_cost(manager) -> dict:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    manager.bind_loop(loop)
+    manager.open("t")
+
+    async def drain() -> None:
+        async for _ in manager.subscribe("t"):
+            pass
+
+    asyncio.run_coroutine_threadsafe(drain(), loop)
+    n = PUBLISH_N if isinstance(manager, StreamManager) else PUBLISH_N // 10
+    times = []
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t = clock()
+        manager.publish("t", "Agent", "thought", "token")
+        times.append(clock() - t)
+    manager.publish("t", "Agent", "end", "")
+    loop.call_soon_threadsafe(loop.stop)
+    return {"median_us": statistics.median(times) / 1000, "p99_us": pct(times, 0.99) / 1000, "n": n}
+
+
+# 3. Idle connections ----------------------------------------------------------------------
+
+async def _idle(server: Server) -> dict:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        r = await client.post("/api/run_task", json={"user_requirement": "Build an idle app",
+                                                     "skip_confirmation": False})
+        task_id = r.json()["task_id"]
+        while (await client.get(f"/api/task/{task_id}/status")).json()["status"] != "awaiting_confirmation":
+            await asyncio.sleep(0.1)
+        release = asyncio.Event()
+        warm = asyncio.Event()
+        first = asyncio.create_task(hold_idle("127.0.0.1", server.port, task_id, warm, release))
+        await warm.wait()
+        await asyncio.sleep(1.0)
+        before = rss_kb(server.proc.pid)
+        gate = asyncio.Semaphore(200)
+        holders = []
+
+        async def one() -> bool:
+            connected = asyncio.Event()
+            async with gate:
+                task = asyncio.create_task(hold_idle("127.0.0.1", server.port, task_id, connected, release))
+                await connected.wait()
+            return await task
+
+        holders = [asyncio.create_task(one()) for _ in range(IDLE_N)]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            streams = (await client.get("/api/streams")).json()["active"]
+            subs = next(s["subscribers"] for s in streams if s["task_id"] == task_id)
+            if subs >= IDLE_N + 1:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)
+        after = rss_kb(server.proc.pid)
+        release.set()
+        ok = sum(await asyncio.gather(*holders)) + await first
+    return {"connections": IDLE_N, "connected_ok": ok - 1, "rss_before_mb": before / 1024,
+            "rss_after_mb": after / 1024, "kb_per_connection": (after - before) / IDLE_N}
+
+
+def idle(kind: str) -> dict:
+    raise_fd_limit()
+    server = start(kind)
+    try:
+        return asyncio.run(_idle(server))
+    finally:
+        server.stop()
+
+
+# 4. Time to first event -------------------------------------------------------------------
+
+async def _ttfe(server: Server) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        for n in range(TTFE_N + 3):
+            t0 = time.time()
+            r = await client.post("/api/run_task", json={"user_requirement": f"Build app {n}",
+                                                         "skip_confirmation": True})
+            sub = await subscribe("127.0.0.1", server.port, Subscriber(r.json()["task_id"]), first_only=True)
+            if n >= 3:  # the first runs warm caches
+                out.append(sub.first_event_at - t0)
+            await asyncio.sleep(0.3)  # let that crew finish so each POST finds a free worker
+    return out
+
+
+def ttfe(kind: str) -> dict:
+    server = start(kind)
+    try:
+        samples = asyncio.run(_ttfe(server))
+    finally:
+        server.stop()
+    return {"median_ms": statistics.median(samples) * 1000, "p90_ms": pct(samples, 0.9) * 1000,
+            "n": len(samples)}
+
+
+# 5. One crew on the local model -----------------------------------------------------------
+
+async def _crew(server: Server) -> dict:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        t0 = time.time()
+        r = await client.post("/api/run_task", json={"user_requirement": "Build a todo app with reminders",
+                                                     "skip_confirmation": True})
+        task_id = r.json()["task_id"]
+        await subscribe("127.0.0.1", server.port, Subscriber(task_id))
+        wall = time.time() - t0
+        archive = await client.get(f"/api/task/{task_id}/deliverables.zip")
+    events = [json.loads(line) for line in
+              zipfile.ZipFile(io.BytesIO(archive.content)).read("events.jsonl").splitlines()]
+    tokens = sum(e["event_type"] == "thought" for e in events)
+    return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
+            "ended_with": events[-1]["event_type"]}
+
+
+def crew(kind: str) -> dict:
+    server = start(kind, llm_provider="local")
+    try:
+        return asyncio.run(_crew(server))
+    finally:
+        server.stop()
+
+
+# -------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "quick": QUICK}
+
+
+def main() -> None:
+    results: dict = {"machine": machine()}
+    steps = [
+        ("publish", lambda: {"ours": publish_cost(StreamManager(MemoryEventBackend())),
+                             "naive": publish_cost(NaiveStreamManager())}),
+        ("throughput_crew", lambda: {"ours": throughput("ours", False), "naive": throughput("naive", False)}),
+        ("throughput_core", lambda: {"ours": throughput("ours-core", True),
+                                     "naive": throughput("naive-core", True)}),
+        # 20 streams x 850 events/s = 17,000 published/s = 51,000 delivered/s to 3 viewers each
+        ("latency_core_at_target", lambda: {"ours": throughput("ours-core", True, rate=850),
+                                            "naive": throughput("naive-core", True, rate=850)}),
+        # A cloud model's pace: 100 tokens/s per agent, through CrewAI
+        ("latency_crew_100tps", lambda: {"ours": throughput("ours", False, scripted_token_delay_ms=10),
+                                         "naive": throughput("naive", False, scripted_token_delay_ms=10)}),
+        ("ttfe", lambda: {"ours": ttfe("ours"), "naive": ttfe("naive")}),
+        ("idle", lambda: {"ours": idle("ours"), "naive": idle("naive")}),
+        ("crew_local", lambda: {"ours": crew("ours"), "naive": crew("naive")}),
+    ]
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+    for name, step in steps:
+        if only and name not in only:
+            continue
+        print(f"== {name} ...", flush=True)
+        results[name] = step()
+        print(json.dumps(results[name], indent=1), flush=True)
+    out = ROOT / "docs" / ("benchmarks-quick.json" if QUICK else "benchmarks.json")
+    out.write_text(json.dumps(results, indent=2))
+    subprocess.run([sys.executable, str(BENCH / "report.py"), str(out)], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Lean asyncio SSE clients for load measurements: raw sockets and minimal parsing, so the
+client is not the bottleneck. (uvicorn answers even HTTP/1.0 requests with chunked encoding,
+so the body is de-chunked here.)"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import time
+from dataclasses import dataclass, field
+
+TERMINAL = (b"\nevent: end\n", b"\nevent: error\n", b"\nevent: cancelled\n")
+_minute_cache: dict[bytes, float] = {}
+
+
+def parse_ts(raw: bytes) -> float:
+    """'2026-11-21T10:00:00.123Z' -> epoch seconds, cheaply (the minute part is cached)."""
+    minute = raw[:16]
+    base = _minute_cache.get(minute)
+    if base is None:
+        base = calendar.timegm(time.strptime(minute.decode(), "%Y-%m-%dT%H:%M"))
+        _minute_cache[minute] = base
+    return base + float(raw[17:23])
+
+
+class Dechunker:
+    def __init__(self) -> None:
+        self.raw = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self.raw += data
+        out = []
+        while True:
+            line_end = self.raw.find(b"\r\n")
+            if line_end < 0:
+                break
+            size = int(self.raw[:line_end], 16)
+            start = line_end + 2
+            if len(self.raw) < start + size + 2:
+                break
+            out.append(self.raw[start:start + size])
+            self.raw = self.raw[start + size + 2:]
+        return b"".join(out)
+
+
+@dataclass
+class Subscriber:
+    task_id: str
+    sequences: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+    terminal: bool = False
+    status: int | None = None
+
+
+async def subscribe(host: str, port: int, sub: Subscriber, *, stop: asyncio.Event | None = None,
+                    first_only: bool = False) -> Subscriber:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET /api/stream/{sub.task_id} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+    buffer = b""
+    head = b""
+    body = None
+    try:
+        while True:
+            read = asyncio.ensure_future(reader.read(262144))
+            if stop is not None:
+                waiter = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({read, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if read not in done:
+                    read.cancel()
+                    return sub
+                waiter.cancel()
+            chunk = await read
+            if not chunk:
+                return sub
+            now = time.time()
+            if body is None:
+                head += chunk
+                headers, sep, chunk = head.partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                sub.status = int(headers.split(b" ", 2)[1])
+                body = Dechunker() if b"chunked" in headers.lower() else None
+                if body is None:
+                    raise RuntimeError("expected a chunked SSE response")
+            buffer += body.feed(chunk).replace(b"\r\n", b"\n")
+            *blocks, buffer = buffer.split(b"\n\n")
+            for block in blocks:
+                if not block.startswith(b"id: "):
+                    continue
+                sub.sequences.append(int(block[4:block.index(b"\n")]))
+                i = block.find(b'"timestamp":"')
+                sub.latencies.append(now - parse_ts(block[i + 13:i + 37]))
+                if sub.first_event_at is None:
+                    sub.first_event_at = now
+                    if first_only:
+                        return sub
+                sub.last_event_at = now
+                if any(t in block for t in TERMINAL):
+                    sub.terminal = True
+    finally:
+        writer.close()
+
+
+async def hold_idle(host: str, port: int, task_id: str, connected: asyncio.Event,
+                    release: asyncio.Event) -> bool:
+    """Open one SSE connection, read its headers, then hold it open until released."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET /api/stream/{task_id} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+    ok = (await reader.read(4096)).startswith(b"HTTP/1.1 200")
+    connected.set()
+    await release.wait()
+    writer.close()
+    return ok
