@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class EventArchiver:
-    def __init__(self, store: TaskStore, interval_s: float = 0.1, max_batch: int = 5000) -> None:
+    def __init__(self, store: TaskStore, interval_s: float = 0.1, max_batch: int = 500) -> None:
         self.queue: deque = deque()
         self._store = store
         self._interval_s = interval_s

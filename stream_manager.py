@@ -26,9 +26,18 @@ from models import TERMINAL_EVENT_TYPES
 MAX_BATCH = 512
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(ts: float) -> str:
-    millis = int(ts * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{millis:03d}Z"
+    """UTC ISO-8601 with milliseconds; the part up to the second is cached (events come in bursts)."""
+    global _second_cache
+    second = int(ts)
+    cached_second, prefix = _second_cache
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_cache = (second, prefix)
+    return f"{prefix}.{int(ts * 1000) % 1000:03d}Z"
 
 
 class Event:

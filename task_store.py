@@ -157,6 +157,11 @@ class SqlTaskStore(TaskStore):
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         metadata.create_all(self.engine)
+        # sqlite3 uses ?, psycopg %s: the drivers we support for the raw event insert.
+        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
+        self._insert_event_sql = (
+            "INSERT INTO events (task_id, sequence, agent_name, event_type, content, ts, metadata) "
+            f"VALUES ({', '.join([mark] * 7)})")
 
     def save(self, record: TaskRecord) -> None:
         row = _to_row(record)
@@ -185,12 +190,13 @@ class SqlTaskStore(TaskStore):
     def append_events(self, events: list[StoredEvent]) -> None:
         if not events:
             return
-        rows = [{"task_id": e.task_id, "sequence": e.sequence, "agent_name": e.agent_name,
-                 "event_type": e.event_type, "content": e.content, "ts": e.ts,
-                 "metadata": None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False)}
+        # The driver's own executemany: SQLAlchemy's per-row parameter processing is pure
+        # Python and, for thousands of events, holds the GIL long enough to delay the SSE loop.
+        rows = [(e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts,
+                 None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False))
                 for e in events]
         with self._write_lock, self.engine.begin() as conn:
-            conn.execute(insert(events_table), rows)
+            conn.exec_driver_sql(self._insert_event_sql, rows)
 
     def load_events(self, task_id: str) -> list[StoredEvent]:
         query = (select(events_table).where(events_table.c.task_id == task_id)
