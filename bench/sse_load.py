@@ -48,6 +48,7 @@ class Subscriber:
     task_id: str
     sequences: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    thoughts: int = 0
     first_event_at: float | None = None
     last_event_at: float | None = None
     terminal: bool = False
@@ -97,6 +98,8 @@ async def subscribe(host: str, port: int, sub: Subscriber, *, stop: asyncio.Even
                     if first_only:
                         return sub
                 sub.last_event_at = now
+                if b"\nevent: thought\n" in block:
+                    sub.thoughts += 1
                 if any(t in block for t in TERMINAL):
                     sub.terminal = True
     finally:
@@ -104,10 +107,11 @@ async def subscribe(host: str, port: int, sub: Subscriber, *, stop: asyncio.Even
 
 
 async def hold_idle(host: str, port: int, task_id: str, connected: asyncio.Event,
-                    release: asyncio.Event) -> bool:
-    """Open one SSE connection, read its headers, then hold it open until released."""
+                    release: asyncio.Event, last_event_id: int = 0) -> bool:
+    """Open one SSE connection at the live tail, read its headers, hold it open until released."""
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET /api/stream/{task_id} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+    writer.write(f"GET /api/stream/{task_id} HTTP/1.0\r\nHost: bench\r\n"
+                 f"Last-Event-ID: {last_event_id}\r\n\r\n".encode())
     ok = (await reader.read(4096)).startswith(b"HTTP/1.1 200")
     connected.set()
     await release.wait()
