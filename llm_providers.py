@@ -7,15 +7,15 @@ import importlib.util
 import os
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import crewai_env  # noqa: F401  (must precede crewai)
 from crewai import LLM
-from crewai.events.types.llm_events import LLMCallType
-from crewai.llms.base_llm import BaseLLM, llm_call_context
+from crewai.llms.base_llm import BaseLLM
 
 from agents_config import AGENTS, QWEN_MODEL_CONFIG
-from scripted_provider import FINAL_ANSWER_PREFIX, OfflineLLM, ScriptedLLM
+from scripted_provider import OfflineLLM, ScriptedLLM
 from settings import LLMProvider, Settings
 from task_store import TaskRecord
 
@@ -105,32 +105,20 @@ class LocalLlamaLLM(OfflineLLM):
         return (f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
                 f"<|im_start|>user\n{brief}<|im_end|>\n<|im_start|>assistant\n")
 
-    def call(self, messages: Any, tools: Any = None, callbacks: Any = None,
-             available_functions: Any = None, from_task: Any = None, from_agent: Any = None,
-             response_model: Any = None) -> str:
-        with llm_call_context():
-            return self._generate(messages, from_task, from_agent)
-
-    def _generate(self, messages: Any, from_task: Any, from_agent: Any) -> str:
-        self._emit_call_started_event(messages=messages, from_task=from_task, from_agent=from_agent)
+    def complete(self, messages: Any, from_task: Any, from_agent: Any,
+                 emit: Callable[[str], None]) -> str:
         prompt = self._prompt(messages, from_task, from_agent)
         parts: list[str] = []
         with _LLAMA_LOCK:
-            llama = self._llama()
-            for piece in llama.create_completion(
+            for piece in self._llama().create_completion(
                 prompt, max_tokens=self.max_new_tokens, temperature=self.sampling_temperature,
                 repeat_penalty=self.repeat_penalty, stop=["<|im_end|>"], stream=True,
             ):
                 chunk = piece["choices"][0]["text"]
                 if chunk:
                     parts.append(chunk)
-                    self._emit_stream_chunk_event(chunk=chunk, from_task=from_task,
-                                                  from_agent=from_agent, call_type=LLMCallType.LLM_CALL)
-        text = "".join(parts).strip() or "(the local model returned no text)"
-        response = FINAL_ANSWER_PREFIX + text
-        self._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL,
-                                        from_task=from_task, from_agent=from_agent, messages=messages)
-        return response
+                    emit(chunk)
+        return "".join(parts).strip() or "(the local model returned no text)"
 
     def get_context_window_size(self) -> int:
         return self.n_ctx

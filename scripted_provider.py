@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import crewai_env  # noqa: F401  (must precede crewai)
@@ -131,7 +132,28 @@ _ZH = {
 
 
 class OfflineLLM(BaseLLM):
-    """What our in-process models share: plain text completion, no tools, no token counter."""
+    """What our in-process models share: CrewAI's call events around a streamed completion
+    wrapped in CrewAI's `Final Answer:` format, no tools, a quiet token estimate."""
+
+    def call(self, messages: Any, tools: Any = None, callbacks: Any = None,
+             available_functions: Any = None, from_task: Any = None, from_agent: Any = None,
+             response_model: Any = None) -> str:
+        with llm_call_context():
+            self._emit_call_started_event(messages=messages, from_task=from_task, from_agent=from_agent)
+
+            def emit(chunk: str) -> None:
+                self._emit_stream_chunk_event(chunk=chunk, from_task=from_task, from_agent=from_agent,
+                                              call_type=LLMCallType.LLM_CALL)
+
+            response = FINAL_ANSWER_PREFIX + self.complete(messages, from_task, from_agent, emit)
+            self._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL,
+                                            from_task=from_task, from_agent=from_agent, messages=messages)
+            return response
+
+    def complete(self, messages: Any, from_task: Any, from_agent: Any,
+                 emit: Callable[[str], None]) -> str:
+        """Return the answer text, passing each token to `emit` as it is produced."""
+        raise NotImplementedError
 
     def supports_function_calling(self) -> bool:
         return False
@@ -153,25 +175,15 @@ class ScriptedLLM(OfflineLLM):
     language: str = "en"
     token_delay_ms: float = 0.0
 
-    def call(self, messages: Any, tools: Any = None, callbacks: Any = None,
-             available_functions: Any = None, from_task: Any = None, from_agent: Any = None,
-             response_model: Any = None) -> str:
-        with llm_call_context():
-            return self._generate(messages, from_task, from_agent)
-
-    def _generate(self, messages: Any, from_task: Any, from_agent: Any) -> str:
-        self._emit_call_started_event(messages=messages, from_task=from_task, from_agent=from_agent)
+    def complete(self, messages: Any, from_task: Any, from_agent: Any,
+                 emit: Callable[[str], None]) -> str:
         text = scripted_document(self.agent_name, self.requirement, self.language)
         delay = self.token_delay_ms / 1000.0
         for token in tokenize(text):
             if delay:
                 time.sleep(delay)
-            self._emit_stream_chunk_event(chunk=token, from_task=from_task, from_agent=from_agent,
-                                          call_type=LLMCallType.LLM_CALL)
-        response = FINAL_ANSWER_PREFIX + text
-        self._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL,
-                                        from_task=from_task, from_agent=from_agent, messages=messages)
-        return response
+            emit(token)
+        return text
 
     def get_context_window_size(self) -> int:
         return 8192

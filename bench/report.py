@@ -55,8 +55,12 @@ def draw(rows, out: Path) -> None:
     except ImportError:
         print("matplotlib missing: no plot")
         return
-    fig, axes = plt.subplots(1, len(rows), figsize=(2.3 * len(rows), 4), squeeze=False)
-    for ax, (label, ours, naive, unit) in zip(axes[0], rows):
+    cols = 5
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, (label, ours, naive, unit) in zip(axes.flat, rows):
         ax.bar(["ours", "seed"], [ours, naive], color=["#2a6df4", "#999999"])
         ax.set_title(label.replace(", ", "\n").replace(" (", "\n("), fontsize=7)
         ax.set_ylabel(unit, fontsize=7)
