@@ -173,3 +173,40 @@ def test_a_stalled_subscriber_does_not_stall_the_others(slow_server):
         assert b"event: end" in raw
     finally:
         stalled.close()
+
+
+def test_a_viewer_that_disconnects_is_forgotten(slow_server):
+    with httpx.Client(base_url=slow_server.url) as c:
+        task_id = run_task(c, "Build a bookmark manager", skip_confirmation=False)
+        with c.stream("GET", f"/api/stream/{task_id}") as r:
+            lines = r.iter_lines()  # kept referenced: a discarded iterator closes the response
+            next(line for line in lines if line.startswith("id:"))  # now subscribed
+            assert _subscribers(c, task_id) == 1
+        deadline = time.monotonic() + 10
+        while _subscribers(c, task_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _subscribers(c, task_id) == 0
+        c.post(f"/api/task/{task_id}/cancel")
+
+
+def _subscribers(c: httpx.Client, task_id: str) -> int:
+    streams = c.get("/api/streams").json()
+    return next(s["subscribers"] for s in streams["active"] + streams["finished"] if s["task_id"] == task_id)
+
+
+def test_sigterm_with_open_streams_exits_promptly(start_server):
+    server = start_server()
+    with httpx.Client(base_url=server.url) as c:
+        task_id = run_task(c, "Build a diary", skip_confirmation=False)
+    viewers = [threading.Thread(target=read_stream, args=(server.url, task_id), daemon=True)
+               for _ in range(3)]
+    for v in viewers:
+        v.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    server.proc.terminate()
+    server.proc.wait(timeout=15)
+    assert time.monotonic() - started < 10
+    for v in viewers:
+        v.join(5)
+        assert not v.is_alive(), "a viewer's stream was left hanging after shutdown"
