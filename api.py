@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from sse_starlette import EventSourceResponse
 
 from deliverables import AGENT_OF, FILENAMES, build_zip, resolve_name
 from errors import DeliverableNotFoundError, InvalidResumePointError, TaskNotFinishedError
@@ -18,6 +16,7 @@ from models import (
     TaskResultResponse, TaskStatus, TaskStatusResponse, TaskSummary, Traceability,
 )
 from services import ServicesDep
+from sse import EventStreamResponse
 from stream_manager import StreamSnapshot
 from task_store import TaskRecord
 
@@ -63,7 +62,8 @@ def run_task(body: RunTaskRequest, services: ServicesDep) -> RunTaskResponse:
 @router.get(
     "/stream/{task_id}",
     summary="Server-Sent Events of one task, from the beginning or after a sequence",
-    response_class=EventSourceResponse,
+    response_class=EventStreamResponse,
+    status_code=200,
     responses={
         200: {"description": "`text/event-stream`; each event's `data` is a StreamEvent "
                              "(see schema), `id` is its sequence, `event` its type.",
@@ -77,20 +77,14 @@ async def stream(
     services: ServicesDep,
     after: Annotated[int | None, Query(ge=0, description="Resume after this sequence")] = None,
     last_event_id: Annotated[str | None, Header(description="Resume after this sequence")] = None,
-) -> EventSourceResponse:
+) -> EventStreamResponse:
     start = parse_resume_point(last_event_id, after)
     if not services.streams.holds(task_id):
         await run_in_threadpool(services.ensure_stream, task_id)  # 404 for unknown tasks
-
-    async def body() -> AsyncIterator[bytes]:
-        yield f"retry: {SSE_RETRY_MS}\n\n".encode()
-        async for batch in services.streams.subscribe(task_id, start):
-            yield batch[0].sse if len(batch) == 1 else b"".join(e.sse for e in batch)
-
     settings = services.settings
-    return EventSourceResponse(body(), ping=settings.sse_heartbeat_s,
-                               send_timeout=settings.sse_send_timeout_s,
-                               headers={"Cache-Control": "no-cache"})
+    return EventStreamResponse(services.streams.subscription(task_id, start),
+                               heartbeat_s=settings.sse_heartbeat_s,
+                               send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
 
 
 @router.get("/task/{task_id}/status", response_model=TaskStatusResponse, responses=NOT_FOUND)

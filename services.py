@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+import sse
 from event_archive import EventArchiver
 from llm_providers import describe_model, make_llm_factory
 from settings import Settings, database_url
@@ -62,11 +63,13 @@ class Services:
         return self.store.last_sequence(task_id)
 
     async def maintain(self) -> None:
-        """Deadlines every half second; eviction and retention about once a minute."""
+        """Shutdown and deadlines every half second; eviction and retention about once a minute."""
         s = self.settings
         next_sweep = 0.0
         while True:
             await asyncio.sleep(0.5)
+            if sse.server_exiting():
+                sse.begin_shutdown()
             await asyncio.to_thread(self.runner.check_deadlines)
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + min(60.0, max(s.stream_ttl_s / 4, 0.5))

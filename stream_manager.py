@@ -100,6 +100,42 @@ class StreamSnapshot:
         self.closed_at = closed_at
 
 
+class Subscription(ABC):
+    """One viewer's position in a task's log. Use from the event loop thread only."""
+
+    @abstractmethod
+    def take(self) -> list[Event]:
+        """The next events already published (at most MAX_BATCH), or [] when caught up."""
+
+    @property
+    @abstractmethod
+    def finished(self) -> bool:
+        """Caught up with a log that has ended."""
+
+    @abstractmethod
+    def waiter(self) -> asyncio.Future[None]:
+        """A future resolved at the next publish. Call right after take() returned [], with no
+        await in between, so that no event can slip between the check and the wait."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+async def iterate(subscription: Subscription) -> AsyncIterator[list[Event]]:
+    """Batches from `subscription` until its log ends."""
+    try:
+        while True:
+            batch = subscription.take()
+            if batch:
+                yield batch
+            elif subscription.finished:
+                return
+            else:
+                await subscription.waiter()
+    finally:
+        subscription.close()
+
+
 class EventBackend(ABC):
     """Where task events live. Memory now; a Redis Streams backend shares this contract."""
 
@@ -113,6 +149,10 @@ class EventBackend(ABC):
 
         Raises StreamClosedError after the terminal event and TaskNotFoundError for unknown tasks.
         """
+
+    @abstractmethod
+    def subscription(self, task_id: str, after: int = 0) -> Subscription:
+        """A viewer positioned after sequence `after` (TaskNotFoundError for unknown tasks)."""
 
     @abstractmethod
     def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
@@ -158,6 +198,43 @@ class _TaskStream:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+class _MemorySubscription(Subscription):
+    __slots__ = ("_stream", "_cursor", "_waiter", "_closed")
+
+    def __init__(self, stream: _TaskStream, after: int) -> None:
+        self._stream = stream
+        self._cursor = after
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        stream.subscribers += 1
+
+    def take(self) -> list[Event]:
+        log = self._stream.log
+        head = len(log)
+        if self._cursor >= head:
+            return []
+        end = min(head, self._cursor + MAX_BATCH)
+        batch = log[self._cursor:end]
+        self._cursor = end
+        return batch
+
+    @property
+    def finished(self) -> bool:
+        return self._stream.closed and self._cursor >= len(self._stream.log)
+
+    def waiter(self) -> asyncio.Future[None]:
+        # Reused while pending: an idle viewer woken only by heartbeats must not pile up futures.
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+            self._stream.waiters.append(self._waiter)
+        return self._waiter
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stream.subscribers -= 1
 
 
 class MemoryEventBackend(EventBackend):
@@ -218,29 +295,12 @@ class MemoryEventBackend(EventBackend):
             stream.created_at = stream.log[0].ts
         self._streams[task_id] = stream
 
+    def subscription(self, task_id: str, after: int = 0) -> Subscription:
+        return _MemorySubscription(self._get(task_id), max(after, 0))
+
     async def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
-        stream = self._get(task_id)
-        loop = asyncio.get_running_loop()
-        stream.subscribers += 1
-        try:
-            cursor = max(after, 0)
-            while True:
-                log = stream.log
-                head = len(log)
-                if cursor < head:
-                    end = min(head, cursor + MAX_BATCH)
-                    yield log[cursor:end]
-                    cursor = end
-                    continue
-                if stream.closed:
-                    return
-                # No await between reading the head and registering: a publish in between
-                # schedules a wake that runs after we start waiting, so nothing is missed.
-                waiter = loop.create_future()
-                stream.waiters.append(waiter)
-                await waiter
-        finally:
-            stream.subscribers -= 1
+        async for batch in iterate(self.subscription(task_id, after)):
+            yield batch
 
     def events(self, task_id: str) -> list[Event]:
         return list(self._get(task_id).log)
@@ -294,6 +354,9 @@ class StreamManager:
 
     def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
         return self.backend.subscribe(task_id, after)
+
+    def subscription(self, task_id: str, after: int = 0) -> Subscription:
+        return self.backend.subscription(task_id, after)
 
     def restore(self, task_id: str, events: list[Any]) -> None:
         self.backend.restore(task_id, events)

@@ -24,6 +24,7 @@ class _NaiveStream:
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        self.waiters: list[asyncio.Future[None]] = []
         self.closed = False
         self.subscribers = 0
         self.sequence = 0
@@ -60,11 +61,22 @@ class NaiveStreamManager:
         event = Event(task_id, stream.sequence, agent_name, event_type, content, time.time(), metadata)
         if self.archive is not None:
             self.archive.append(event)
-        future = asyncio.run_coroutine_threadsafe(stream.queue.put(event), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._put(stream, event), self._loop)
         future.result(timeout=5.0)
         if event_type in TERMINAL_EVENT_TYPES:
             stream.closed, stream.closed_at = True, time.time()
         return event.sequence
+
+    @staticmethod
+    async def _put(stream: _NaiveStream, event: Event) -> None:
+        await stream.queue.put(event)
+        waiters, stream.waiters = stream.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def subscription(self, task_id: str, after: int = 0) -> "_NaiveSubscription":
+        return _NaiveSubscription(self._get(task_id))
 
     async def subscribe(self, task_id: str, after: int = 0):
         stream = self._get(task_id)
@@ -99,3 +111,34 @@ class NaiveStreamManager:
 
     def evict_expired(self, ttl_s: float) -> list[str]:
         return []
+
+
+class _NaiveSubscription:
+    """The seed's viewer: takes one event at a time from the queue it shares with the others."""
+
+    def __init__(self, stream: _NaiveStream) -> None:
+        self._stream = stream
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        stream.subscribers += 1
+
+    def take(self) -> list[Event]:
+        try:
+            return [self._stream.queue.get_nowait()]
+        except asyncio.QueueEmpty:
+            return []
+
+    @property
+    def finished(self) -> bool:
+        return self._stream.closed and self._stream.queue.empty()
+
+    def waiter(self) -> asyncio.Future[None]:
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+            self._stream.waiters.append(self._waiter)
+        return self._waiter
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stream.subscribers -= 1
