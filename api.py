@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from deliverables import AGENT_OF, FILENAMES, build_zip, resolve_name
-from errors import DeliverableNotFoundError, InvalidResumePointError, TaskNotFinishedError
+from errors import (
+    DeliverableNotFoundError, InvalidRequestError, InvalidResumePointError, TaskNotFinishedError,
+)
+from markdown_render import to_html
 from models import (
     ConfirmRequest, DeliverableInfo, DeliverableList, Deliverables, ErrorResponse, RunTaskRequest,
     RunTaskResponse, StreamEventModel, StreamInfo, StreamList, TaskActionResponse, TaskList,
     TaskResultResponse, TaskStatus, TaskStatusResponse, TaskSummary, Traceability,
 )
 from services import ServicesDep
-from sse import EventStreamResponse
+from sse import MEDIA_TYPE, serve_events
 from stream_manager import StreamSnapshot
 from task_store import TaskRecord
 
@@ -49,6 +55,16 @@ def parse_resume_point(last_event_id: str | None, after: int | None) -> int:
     return after or 0
 
 
+def parse_after(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise InvalidRequestError(
+            f"after must be the sequence number of the last event received (an integer >= 0), "
+            f"got {value[:40]!r}.")
+    return int(value)
+
+
 @router.post("/run_task", status_code=202, response_model=RunTaskResponse)
 def run_task(body: RunTaskRequest, services: ServicesDep) -> RunTaskResponse:
     record = services.runner.submit(body.user_requirement, body.skip_confirmation)
@@ -59,39 +75,68 @@ def run_task(body: RunTaskRequest, services: ServicesDep) -> RunTaskResponse:
         stream_url=f"/api/stream/{tid}", status_url=f"/api/task/{tid}/status")
 
 
-@router.get(
-    "/stream/{task_id}",
+def _resume_point(scope: Scope) -> int:
+    last_event_id = next((v for k, v in scope["headers"] if k == b"last-event-id"), None)
+    after = parse_qs(scope["query_string"].decode("latin-1")).get("after", [None])[-1]
+    return parse_resume_point(None if last_event_id is None else last_event_id.decode("latin-1"),
+                              parse_after(after))
+
+
+class EventStreamRoute(APIRoute):
+    """GET /api/stream/{task_id}: documented by FastAPI from `stream` below, served as plain ASGI.
+
+    A stream stays open for as long as a viewer watches, so whatever the request path keeps
+    alive is paid per viewer: FastAPI's request, dependency and exit-stack frames cost ~4 KB of
+    an idle connection (docs/benchmarks.md). Domain errors raised here still reach the app's
+    exception handlers (Starlette's ExceptionMiddleware sits above the router).
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await super().handle(scope, receive, send)  # 405 with Allow
+            return
+        task_id = scope["path_params"]["task_id"]
+        start = _resume_point(scope)
+        services = scope["app"].state.services
+        if not services.streams.holds(task_id):
+            await run_in_threadpool(services.ensure_stream, task_id)  # 404 for unknown tasks
+        settings = services.settings
+        await serve_events(services.streams.subscription(task_id, start), scope, receive, send,
+                           heartbeat_s=settings.sse_heartbeat_s,
+                           send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
+
+
+async def stream(
+    task_id: str,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this sequence")] = None,
+    last_event_id: Annotated[str | None, Header(description="Resume after this sequence")] = None,
+) -> None:
+    """Server-Sent Events of one task: every event from the beginning (or after the given
+    sequence), live until the task ends. This signature documents the route; requests are
+    served by `EventStreamRoute.handle`."""
+    raise NotImplementedError  # never called: EventStreamRoute.handle serves the route
+
+
+router.add_api_route(
+    "/stream/{task_id}", stream, methods=["GET"], route_class_override=EventStreamRoute,
     summary="Server-Sent Events of one task, from the beginning or after a sequence",
-    response_class=EventStreamResponse,
+    response_class=Response,
     status_code=200,
     responses={
         200: {"description": "`text/event-stream`; each event's `data` is a StreamEvent "
                              "(see schema), `id` is its sequence, `event` its type.",
-              "content": {"text/event-stream": {"schema": StreamEventModel.model_json_schema()}}},
+              "content": {MEDIA_TYPE: {"schema": StreamEventModel.model_json_schema()}}},
         400: {"model": ErrorResponse, "description": "Malformed Last-Event-ID"},
         **NOT_FOUND,
     },
 )
-async def stream(
-    task_id: str,
-    services: ServicesDep,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this sequence")] = None,
-    last_event_id: Annotated[str | None, Header(description="Resume after this sequence")] = None,
-) -> EventStreamResponse:
-    start = parse_resume_point(last_event_id, after)
-    if not services.streams.holds(task_id):
-        await run_in_threadpool(services.ensure_stream, task_id)  # 404 for unknown tasks
-    settings = services.settings
-    return EventStreamResponse(services.streams.subscription(task_id, start),
-                               heartbeat_s=settings.sse_heartbeat_s,
-                               send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
 
 
 @router.get("/task/{task_id}/status", response_model=TaskStatusResponse, responses=NOT_FOUND)
 def task_status(task_id: str, services: ServicesDep) -> TaskStatusResponse:
     r = services.runner.record(task_id)
     return TaskStatusResponse(
-        task_id=r.task_id, status=r.status, current_agent=r.current_agent,
+        task_id=r.task_id, status=r.status, requirement=r.requirement, current_agent=r.current_agent,
         completed_steps=r.completed_steps, total_steps=r.total_steps,
         created_at=_dt(r.created_at), started_at=_dt(r.started_at),
         finished_at=_dt(r.finished_at), error=r.error,
@@ -157,8 +202,14 @@ def deliverables_zip(task_id: str, services: ServicesDep) -> Response:
 
 
 @router.get("/task/{task_id}/deliverables/{name}", response_class=Response,
-            responses={200: {"content": {"text/markdown": {}}}, **NOT_FOUND})
-def deliverable(task_id: str, name: str, services: ServicesDep) -> Response:
+            responses={200: {"content": {"text/markdown": {}, "text/html": {}}}, **NOT_FOUND})
+def deliverable(
+    task_id: str,
+    name: str,
+    services: ServicesDep,
+    format: Annotated[Literal["markdown", "html"], Query(
+        description="markdown: the document as written; html: rendered, raw HTML escaped")] = "markdown",
+) -> Response:
     r = services.runner.record(task_id)
     key = resolve_name(name)
     if key is None:
@@ -167,6 +218,8 @@ def deliverable(task_id: str, name: str, services: ServicesDep) -> Response:
             f"(or {', '.join(FILENAMES.values())}).")
     if key not in r.deliverables:
         raise DeliverableNotFoundError(f"{key} has not been produced yet (task is {r.status.value}).")
+    if format == "html":
+        return Response(to_html(r.deliverables[key]), media_type="text/html; charset=utf-8")
     return Response(r.deliverables[key], media_type="text/markdown; charset=utf-8",
                     headers={"Content-Disposition": f'inline; filename="{FILENAMES[key]}"'})
 

@@ -14,6 +14,7 @@ load_dotenv()  # before settings and CrewAI read the environment
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
 
 from api import router  # noqa: E402
 from errors import (  # noqa: E402
@@ -26,6 +27,12 @@ from settings import Settings, get_settings  # noqa: E402
 
 log = logging.getLogger("multi_agent")
 STATIC_DIR = Path(__file__).parent / "static"
+
+# The page runs only its own script and talks only to this server; deliverables are rendered
+# with raw HTML escaped, and this keeps a slip there from running code.
+TEST_UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+               "frame-ancestors 'none'; form-action 'self'")
 
 HTTP_STATUS = {
     TaskNotFoundError: 404,
@@ -70,9 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       active_tasks=len(services.runner.live_records()),
                       busy_workers=services.runner.busy_workers)
 
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
     @app.get("/test-ui", include_in_schema=False)
     async def test_ui() -> FileResponse:
-        return FileResponse(STATIC_DIR / "test_ui.html", media_type="text/html")
+        return FileResponse(STATIC_DIR / "test_ui.html", media_type="text/html",
+                            headers={"Content-Security-Policy": TEST_UI_CSP})
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

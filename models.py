@@ -78,6 +78,7 @@ class RunTaskResponse(BaseModel):
 class TaskStatusResponse(BaseModel):
     task_id: str
     status: TaskStatus
+    requirement: str = Field(description="The requirement as submitted (trimmed).")
     current_agent: str | None
     completed_steps: int
     total_steps: int

@@ -1,10 +1,11 @@
-"""A lean Server-Sent Events response: one extra task per connection.
+"""Serving one Server-Sent Events connection, lean enough for 10,000 idle viewers per worker.
 
-sse-starlette's EventSourceResponse runs a task group of four tasks per connection (stream, ping,
-disconnect listener, shutdown watcher); with 10,000 idle viewers that is ~48 KB each. Here the
-heartbeat is the timeout of the wait for the next event, the shutdown signal is one future for
-the whole process, and only the disconnect listener is a task of its own (~18 KB per idle
-connection measured under the same load; see docs/benchmarks.md).
+What an idle connection keeps alive is paid 10,000 times, so the design is counted in objects
+(measured with tracemalloc; see docs/benchmarks.md):
+- one extra task per connection, the disconnect listener; sse-starlette runs four;
+- one future per wait: the subscription's own, resolved by a publish, by the heartbeat timer,
+  by the disconnect listener or by shutdown (`asyncio.wait` over several futures cost ~2 KB);
+- headers built once for the process.
 """
 
 from __future__ import annotations
@@ -12,24 +13,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping
 
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from stream_manager import Subscription
 
 log = logging.getLogger(__name__)
 PING = b": ping\n\n"
-_shutdown: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+MEDIA_TYPE = "text/event-stream"
+RAW_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]  # the last one tells Nginx not to buffer
 
 
-def shutdown_future() -> asyncio.Future[None]:
-    loop = asyncio.get_running_loop()
-    future = _shutdown.get(loop)
-    if future is None:
-        future = _shutdown[loop] = loop.create_future()
-    return future
+class _LoopStreams:
+    """The open streams of one event loop, so that shutdown can end them all."""
+
+    __slots__ = ("open", "stopping")
+
+    def __init__(self) -> None:
+        self.open: set[Subscription] = set()
+        self.stopping = False
+
+
+_loops: dict[asyncio.AbstractEventLoop, _LoopStreams] = {}
+
+
+def _streams_of(loop: asyncio.AbstractEventLoop) -> _LoopStreams:
+    streams = _loops.get(loop)
+    if streams is None:
+        streams = _loops[loop] = _LoopStreams()
+    return streams
 
 
 def server_exiting() -> bool:
@@ -40,80 +53,78 @@ def server_exiting() -> bool:
 
 
 def begin_shutdown() -> None:
-    """End every open stream of this event loop (called by the maintenance loop)."""
-    future = shutdown_future()
-    if not future.done():
-        future.set_result(None)
+    """End every open stream of the running event loop (called by the maintenance loop)."""
+    streams = _streams_of(asyncio.get_running_loop())
+    streams.stopping = True
+    for sub in list(streams.open):
+        sub.notify()
 
 
 class SendTimeout(Exception):
     pass
 
 
-class EventStreamResponse(Response):
-    media_type = "text/event-stream"
+async def _send_body(send: Send, body: bytes, timeout_s: float) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+    except TimeoutError:
+        raise SendTimeout from None
 
-    def __init__(self, subscription: Subscription, *, heartbeat_s: float, send_timeout_s: float,
-                 retry_ms: int, headers: Mapping[str, str] | None = None) -> None:
-        self.subscription = subscription
-        self.heartbeat_s = heartbeat_s
-        self.send_timeout_s = send_timeout_s
-        self.retry_ms = retry_ms
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
-    async def _send(self, send: Send, body: bytes) -> None:
-        try:
-            async with asyncio.timeout(self.send_timeout_s):
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-        except TimeoutError:
-            raise SendTimeout from None
+async def serve_events(sub: Subscription, scope: Scope, receive: Receive, send: Send, *,
+                       heartbeat_s: float, send_timeout_s: float, retry_ms: int) -> None:
+    """Stream `sub` as SSE until its log ends, the client leaves, or the server shuts down."""
+    loop = asyncio.get_running_loop()
+    streams = _streams_of(loop)
+    gone = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sub = self.subscription
-        gone = asyncio.get_running_loop().create_future()
-
-        async def listen() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not gone.done():
-                gone.set_result(None)
-
-        listener = asyncio.create_task(listen())
-        stops = (gone, shutdown_future())
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            if scope.get("method") == "HEAD":
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            await self._send(send, f"retry: {self.retry_ms}\n\n".encode())
-            clock = asyncio.get_running_loop().time
-            next_ping = clock() + self.heartbeat_s
-            while True:
-                if clock() >= next_ping:  # a comment every interval, busy or not
-                    await self._send(send, PING)
-                    next_ping = clock() + self.heartbeat_s
-                batch = sub.take()
-                if batch:
-                    await self._send(send, batch[0].sse if len(batch) == 1 else b"".join(e.sse for e in batch))
-                    continue
-                if sub.finished:
-                    break
-                await asyncio.wait((sub.waiter(), *stops), timeout=max(0.0, next_ping - clock()),
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if gone.done():
-                    return
-                if stops[1].done():
-                    break
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except SendTimeout:
-            # The client stopped reading: nothing more can reach it, so the connection is
-            # dropped; it resumes from the log with Last-Event-ID when it reconnects.
-            log.info("SSE viewer of %s stopped reading for %ss; disconnected",
-                     scope.get("path"), self.send_timeout_s)
-        except OSError:  # the client went away mid-send
+    async def listen() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
             pass
-        finally:
-            sub.close()
-            listener.cancel()
+        gone = True
+        sub.notify()
+
+    listener = loop.create_task(listen())
+    streams.open.add(sub)
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": RAW_HEADERS})
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await _send_body(send, b"retry: %d\n\n" % retry_ms, send_timeout_s)
+        clock = loop.time
+        next_ping = clock() + heartbeat_s
+        while True:
+            if clock() >= next_ping:  # a comment every interval, busy or not
+                await _send_body(send, PING, send_timeout_s)
+                next_ping = clock() + heartbeat_s
+            batch = sub.take()
+            if batch:
+                await _send_body(send, batch[0].sse if len(batch) == 1 else b"".join(e.sse for e in batch),
+                                 send_timeout_s)
+                continue
+            if gone:
+                return
+            if sub.finished or streams.stopping:
+                break
+            # No await between the checks above and taking the waiter: a publish, disconnect or
+            # shutdown that happens from here on resolves it.
+            waiter = sub.waiter()
+            timer = loop.call_at(next_ping, sub.notify)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except SendTimeout:
+        # The client stopped reading: nothing more can reach it, so the connection is
+        # dropped; it resumes from the log with Last-Event-ID when it reconnects.
+        log.info("SSE viewer of %s stopped reading for %ss; disconnected", scope.get("path"), send_timeout_s)
+    except OSError:  # the client went away mid-send
+        pass
+    finally:
+        streams.open.discard(sub)
+        sub.close()
+        listener.cancel()

@@ -101,7 +101,17 @@ class StreamSnapshot:
 
 
 class Subscription(ABC):
-    """One viewer's position in a task's log. Use from the event loop thread only."""
+    """One viewer's position in a task's log. Use from the event loop thread only.
+
+    A subscription owns at most one pending future: the backend resolves it (`notify`) when
+    events arrive, and the SSE response resolves the same one for heartbeats, disconnects and
+    shutdown, so waiting costs one future however many things can end the wait.
+    """
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
 
     @abstractmethod
     def take(self) -> list[Event]:
@@ -112,10 +122,18 @@ class Subscription(ABC):
     def finished(self) -> bool:
         """Caught up with a log that has ended."""
 
-    @abstractmethod
     def waiter(self) -> asyncio.Future[None]:
-        """A future resolved at the next publish. Call right after take() returned [], with no
+        """A future resolved by the next `notify`. Call right after take() returned [], with no
         await in between, so that no event can slip between the check and the wait."""
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def notify(self) -> None:
+        """Wake the pending wait, if any (event loop thread only)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @abstractmethod
     def close(self) -> None: ...
@@ -177,8 +195,8 @@ class EventBackend(ABC):
 
 
 class _TaskStream:
-    __slots__ = ("task_id", "log", "lock", "closed", "created_at", "closed_at", "subscribers",
-                 "waiters", "wake_pending")
+    __slots__ = ("task_id", "log", "lock", "closed", "created_at", "closed_at", "subscriptions",
+                 "wake_pending")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
@@ -187,28 +205,25 @@ class _TaskStream:
         self.closed = False
         self.created_at = time.time()
         self.closed_at: float | None = None
-        self.subscribers = 0
-        self.waiters: list[asyncio.Future[None]] = []
+        self.subscriptions: set[_MemorySubscription] = set()  # touched on the loop thread only
         self.wake_pending = False
 
     def wake(self) -> None:
-        # Cleared before resolving, so a publish racing with this call schedules a fresh wake.
+        # Cleared before notifying, so a publish racing with this call schedules a fresh wake.
         self.wake_pending = False
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        for sub in self.subscriptions:
+            sub.notify()
 
 
 class _MemorySubscription(Subscription):
-    __slots__ = ("_stream", "_cursor", "_waiter", "_closed")
+    __slots__ = ("_stream", "_cursor", "_closed")
 
     def __init__(self, stream: _TaskStream, after: int) -> None:
+        super().__init__()
         self._stream = stream
         self._cursor = after
-        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        stream.subscribers += 1
+        stream.subscriptions.add(self)
 
     def take(self) -> list[Event]:
         log = self._stream.log
@@ -224,17 +239,10 @@ class _MemorySubscription(Subscription):
     def finished(self) -> bool:
         return self._stream.closed and self._cursor >= len(self._stream.log)
 
-    def waiter(self) -> asyncio.Future[None]:
-        # Reused while pending: an idle viewer woken only by heartbeats must not pile up futures.
-        if self._waiter is None or self._waiter.done():
-            self._waiter = asyncio.get_running_loop().create_future()
-            self._stream.waiters.append(self._waiter)
-        return self._waiter
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._stream.subscribers -= 1
+            self._stream.subscriptions.discard(self)
 
 
 class MemoryEventBackend(EventBackend):
@@ -307,7 +315,7 @@ class MemoryEventBackend(EventBackend):
 
     def snapshot(self, task_id: str) -> StreamSnapshot:
         s = self._get(task_id)
-        return StreamSnapshot(s.task_id, s.closed, s.subscribers, len(s.log), s.created_at,
+        return StreamSnapshot(s.task_id, s.closed, len(s.subscriptions), len(s.log), s.created_at,
                               s.closed_at)
 
     def snapshots(self) -> list[StreamSnapshot]:

@@ -138,6 +138,10 @@ class _NaiveSubscription:
             self._stream.waiters.append(self._waiter)
         return self._waiter
 
+    def notify(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

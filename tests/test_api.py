@@ -160,7 +160,13 @@ def test_health_docs_and_test_ui(client):
         assert model in schema["components"]["schemas"], model
     assert client.get("/docs").status_code == 200
     ui = client.get("/test-ui")
-    assert ui.status_code == 200 and "EventSource" in ui.text
+    assert ui.status_code == 200 and '<script src="/static/test_ui.js" defer>' in ui.text
+    assert "script-src 'self'" in ui.headers["content-security-policy"]
+    script = client.get("/static/test_ui.js")
+    assert script.status_code == 200 and "EventSource" in script.text
+    stream = schema["paths"]["/api/stream/{task_id}"]["get"]
+    assert {p["name"] for p in stream["parameters"]} == {"task_id", "after", "last-event-id"}
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
 
 
 def test_a_burst_of_concurrent_submissions_is_all_accepted(server):

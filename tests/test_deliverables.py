@@ -7,6 +7,7 @@ import json
 import zipfile
 
 from deliverables import review_with_matrix, trace
+from markdown_render import to_html
 from sse_client import read_stream
 from test_api import run_task, wait_finished
 
@@ -79,6 +80,11 @@ def test_downloads_list_single_files_and_the_zip(server):
             assert r.text == result["deliverables"][item["name"]]
             assert item["size"] == len(r.content)
         assert c.get(f"/api/task/{task_id}/deliverables/TEST_PLAN.md").text == result["deliverables"]["test_plan"]
+        html = c.get(f"/api/task/{task_id}/deliverables/test_plan", params={"format": "html"})
+        assert html.status_code == 200 and html.headers["content-type"] == "text/html; charset=utf-8"
+        assert html.text == to_html(result["deliverables"]["test_plan"]) and "<h1>" in html.text
+        bad = c.get(f"/api/task/{task_id}/deliverables/test_plan", params={"format": "pdf"})
+        assert bad.status_code == 422 and "markdown" in bad.text
         missing = c.get(f"/api/task/{task_id}/deliverables/secrets")
         assert missing.status_code == 404 and "test_plan" in missing.json()["detail"]
 
