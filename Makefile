@@ -12,7 +12,11 @@ LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 WHEEL_CACHE ?= $(HOME)/.cache/multi-agent-delivery/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-avx2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean browser
+TEST_STAMP := $(VENV)/.test-stamp
+# Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +34,18 @@ install: $(STAMP)
 run: install
 	$(BIN)/python main.py
 
-test: install
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $(TEST_STAMP)
+
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the browser tests"
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+browser: $(CHROMIUM)
+
+test: install $(TEST_STAMP) $(CHROMIUM)
 	$(BIN)/python test_import.py
 	$(BIN)/python -m pytest
 

@@ -1,0 +1,492 @@
+"use strict";
+// The test UI: plain JavaScript, no build step, no network beyond this server.
+
+const AGENTS = ["ProductManager", "QAEngineer", "SoftwareDeveloper", "Coordinator"];
+const DOCS = [  // deliverable name → agent that writes it, in pipeline order
+  ["requirements_analysis", "ProductManager"], ["test_plan", "QAEngineer"],
+  ["technical_design", "SoftwareDeveloper"], ["delivery_review", "Coordinator"]];
+const EVENT_TYPES = ["start", "agent_start", "thought", "action", "output", "step_end",
+  "awaiting_confirmation", "confirmed", "end", "error", "cancelled"];
+const TERMINAL = new Set(["end", "error", "cancelled"]);
+const GROUP = { thought: "thought", action: "action", output: "output" };  // others: lifecycle
+const MAX_RECONNECT_DELAY_MS = 15000;
+
+const I18N = {
+  en: {
+    title: "Multi-Agent Software Delivery", language: "Language", newTask: "New task",
+    requirementLabel: "What should the team build?",
+    requirementPlaceholder: "Describe the software in a few sentences, in English or Chinese…",
+    examples: "Examples:", confirmFirst: "Let me review the ProductManager's analysis before the team goes on",
+    start: "Start", recentTasks: "Recent tasks", noRecent: "No tasks yet.", noTask: "No task yet",
+    task: "Task {id}", reviewAnalysis: "Review analysis", cancel: "Cancel", liveOutput: "Live output",
+    agents: "Agents", deliverables: "Deliverables", downloadZip: "Download all (.zip)",
+    eventLog: "Event log", show: "Show", fLifecycle: "lifecycle", fOutput: "outputs", fAction: "actions",
+    fThought: "tokens", events: "{n} events", steps: "{done} of {total} steps",
+    confirmTitle: "The ProductManager asks for your review",
+    feedbackLabel: "What should change? (needed to request changes)", later: "Decide later",
+    requestChanges: "Request changes", approve: "Approve", roundsLeft: "Revision rounds left: {n}",
+    needFeedback: "Write what should change before requesting changes.",
+    notYet: "Not written yet.", verdict: "Verdict: {v}",
+    "role.ProductManager": "Requirements analysis", "role.QAEngineer": "Test plan",
+    "role.SoftwareDeveloper": "Technical design", "role.Coordinator": "Delivery review",
+    "doc.requirements_analysis": "Requirements", "doc.test_plan": "Test plan",
+    "doc.technical_design": "Design", "doc.delivery_review": "Review",
+    "state.waiting": "waiting", "state.working": "working", "state.done": "done", "state.failed": "failed",
+    "state.cancelled": "cancelled", "state.waiting_user": "waiting for you",
+    "status.queued": "queued", "status.running": "running", "status.awaiting_confirmation": "awaiting your review",
+    "status.succeeded": "succeeded", "status.failed": "failed", "status.cancelled": "cancelled",
+    "conn.idle": "not connected", "conn.connecting": "connecting…", "conn.live": "live",
+    "conn.reconnecting": "connection lost, reconnecting…", "conn.finished": "stream finished",
+    "conn.offline": "cannot reach the server", taskNotFound: "Task {id} does not exist or has expired.",
+    requestFailed: "The server answered {status}: {detail}", networkFailed: "Cannot reach the server: {detail}",
+  },
+  zh: {
+    title: "多智能体软件交付系统", language: "语言", newTask: "新任务",
+    requirementLabel: "需要团队开发什么？", requirementPlaceholder: "用几句话描述软件需求，中文或英文均可…",
+    examples: "示例：", confirmFirst: "产品经理完成需求分析后，先由我确认再继续",
+    start: "开始", recentTasks: "最近的任务", noRecent: "还没有任务。", noTask: "尚无任务",
+    task: "任务 {id}", reviewAnalysis: "查看需求分析", cancel: "取消", liveOutput: "实时输出",
+    agents: "智能体", deliverables: "交付物", downloadZip: "全部下载（.zip）",
+    eventLog: "事件日志", show: "显示", fLifecycle: "生命周期", fOutput: "产出", fAction: "动作",
+    fThought: "逐字输出", events: "共 {n} 个事件", steps: "已完成 {done}/{total} 步",
+    confirmTitle: "产品经理请您确认需求分析",
+    feedbackLabel: "需要修改什么？（请求修改时必填）", later: "稍后决定",
+    requestChanges: "请求修改", approve: "批准", roundsLeft: "剩余修改次数：{n}",
+    needFeedback: "请先写明需要修改的内容。",
+    notYet: "尚未生成。", verdict: "结论：{v}",
+    "role.ProductManager": "需求分析", "role.QAEngineer": "测试计划",
+    "role.SoftwareDeveloper": "技术设计", "role.Coordinator": "交付评审",
+    "doc.requirements_analysis": "需求分析", "doc.test_plan": "测试计划",
+    "doc.technical_design": "技术设计", "doc.delivery_review": "交付评审",
+    "state.waiting": "等待中", "state.working": "工作中", "state.done": "已完成", "state.failed": "失败",
+    "state.cancelled": "已取消", "state.waiting_user": "等待您确认",
+    "status.queued": "排队中", "status.running": "运行中", "status.awaiting_confirmation": "等待确认",
+    "status.succeeded": "已完成", "status.failed": "失败", "status.cancelled": "已取消",
+    "conn.idle": "未连接", "conn.connecting": "连接中…", "conn.live": "实时",
+    "conn.reconnecting": "连接中断，正在重连…", "conn.finished": "事件流已结束",
+    "conn.offline": "无法连接服务器", taskNotFound: "任务 {id} 不存在或已过期。",
+    requestFailed: "服务器返回 {status}：{detail}", networkFailed: "无法连接服务器：{detail}",
+  },
+};
+
+const $ = (id) => document.getElementById(id);
+let lang = pickLanguage();
+
+function pickLanguage() {
+  const saved = localStorage.getItem("lang");
+  if (saved && I18N[saved]) return saved;
+  return (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+function t(key, vars = {}) {
+  const text = I18N[lang][key] ?? I18N.en[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (_, k) => String(vars[k] ?? ""));
+}
+
+// ---- state of the task being watched --------------------------------------------------------
+
+const view = {
+  taskId: null, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0,
+  timer: null, queue: [], flushing: false, agentState: {}, tokenAgent: null, done: 0, total: 4,
+  awaiting: null, docs: {}, selectedDoc: "requirements_analysis", verdict: null, conn: "idle",
+};
+
+function showError(message) {
+  const box = $("alert");
+  box.textContent = message; box.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    throw new Error(t("networkFailed", { detail: err.message }));
+  }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try {
+      const body = await response.json();
+      detail = typeof body.detail === "string" ? body.detail
+        : (body.detail || []).map((d) => d.msg).join("; ") || detail;
+    } catch (_) { /* not JSON */ }
+    const error = new Error(t("requestFailed", { status: response.status, detail }));
+    error.status = response.status;
+    throw error;
+  }
+  return response;
+}
+
+// ---- rendering ------------------------------------------------------------------------------
+
+function renderAgents() {
+  const list = $("agents");
+  list.replaceChildren(...AGENTS.map((name) => {
+    const state = view.agentState[name] || "waiting";
+    const li = document.createElement("li");
+    li.className = "agent"; li.dataset.agent = name; li.dataset.state = state;
+    const n = document.createElement("div"); n.className = "name"; n.textContent = name;
+    const r = document.createElement("div"); r.className = "role"; r.textContent = t("role." + name);
+    const s = document.createElement("div"); s.className = "state"; s.textContent = t("state." + state);
+    li.append(n, r, s);
+    return li;
+  }));
+}
+
+function renderProgress() {
+  $("progress").max = view.total; $("progress").value = view.done;
+  $("progress-label").textContent = t("steps", { done: view.done, total: view.total });
+}
+
+function renderStatus() {
+  const badge = $("task-status");
+  badge.hidden = !view.status; badge.dataset.status = view.status || "";
+  badge.textContent = view.status ? t("status." + view.status) : "";
+  $("cancel").hidden = !view.taskId || view.terminal;
+  $("review").hidden = view.awaiting === null;
+  $("task-title").textContent = view.taskId ? t("task", { id: view.taskId }) : t("noTask");
+}
+
+function setConn(state) {
+  view.conn = state;
+  const el = $("conn");
+  el.dataset.state = state; el.textContent = t("conn." + state);
+}
+
+function renderTabs() {
+  const tabs = $("tabs"), panels = $("panels");
+  tabs.replaceChildren(); panels.replaceChildren();
+  for (const [name] of DOCS) {
+    const selected = name === view.selectedDoc;
+    const tab = document.createElement("button");
+    tab.type = "button"; tab.setAttribute("role", "tab"); tab.id = "tab-" + name;
+    tab.setAttribute("aria-controls", "panel-" + name);
+    tab.setAttribute("aria-selected", String(selected)); tab.tabIndex = selected ? 0 : -1;
+    tab.textContent = t("doc." + name);
+    tab.addEventListener("click", () => { view.selectedDoc = name; renderTabs(); });
+    tab.addEventListener("keydown", onTabKey);
+    const panel = document.createElement("div");
+    panel.setAttribute("role", "tabpanel"); panel.id = "panel-" + name;
+    panel.setAttribute("aria-labelledby", tab.id); panel.hidden = !selected;
+    panel.className = "doc" + (view.docs[name] ? "" : " placeholder");
+    if (view.docs[name]) panel.innerHTML = view.docs[name];  // rendered and escaped by the server
+    else panel.textContent = t("notYet");
+    tabs.append(tab); panels.append(panel);
+  }
+  const verdict = $("verdict");
+  verdict.hidden = !view.verdict; verdict.dataset.verdict = view.verdict || "";
+  verdict.textContent = view.verdict ? t("verdict", { v: view.verdict }) : "";
+}
+
+function onTabKey(event) {
+  const names = DOCS.map(([n]) => n);
+  const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+  if (!step) return;
+  const i = (names.indexOf(view.selectedDoc) + step + names.length) % names.length;
+  view.selectedDoc = names[i]; renderTabs(); $("tab-" + names[i]).focus();
+}
+
+function renderAll() {
+  renderAgents(); renderProgress(); renderStatus(); renderTabs(); setConn(view.conn);
+  $("event-count").textContent = t("events", { n: view.lastSeq });
+}
+
+function applyLanguage() {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  $("lang").value = lang;
+  document.title = t("title");
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of document.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of document.querySelectorAll("[data-i18n-label]")) el.setAttribute("aria-label", t(el.dataset.i18nLabel));
+  renderAll(); loadRecent();
+}
+
+// ---- events ---------------------------------------------------------------------------------
+
+function onMessage(message) {
+  // A task's "error" event shares its name with EventSource's own connection-error event,
+  // which carries no data: only MessageEvents are ours.
+  if (!(message instanceof MessageEvent)) return;
+  const event = JSON.parse(message.data);
+  if (event.task_id !== view.taskId || event.sequence <= view.lastSeq) return;  // never twice
+  view.lastSeq = event.sequence;
+  view.queue.push(event);
+  if (!view.flushing) { view.flushing = true; requestAnimationFrame(flush); }
+  if (TERMINAL.has(event.event_type)) finishStream();
+}
+
+function flush() {
+  view.flushing = false;
+  const events = view.queue.splice(0);
+  const rows = [];
+  let tokens = "";
+  for (const event of events) {
+    rows.push(logRow(event));
+    if (event.event_type === "thought") {
+      if (view.tokenAgent !== event.agent_name) { flushTokens(tokens); tokens = ""; startTokens(event.agent_name); }
+      tokens += event.content;
+    } else {
+      flushTokens(tokens); tokens = "";
+      apply(event);
+    }
+  }
+  flushTokens(tokens);
+  const log = $("log");
+  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.append(...rows);
+  if (atBottom) log.scrollTop = log.scrollHeight;
+  $("event-count").textContent = t("events", { n: view.lastSeq });
+  renderAgents(); renderProgress(); renderStatus();
+}
+
+function logRow(event) {
+  const li = document.createElement("li");
+  li.dataset.seq = event.sequence; li.dataset.type = event.event_type;
+  li.dataset.group = GROUP[event.event_type] || "lifecycle";
+  const seq = document.createElement("span"); seq.className = "seq"; seq.textContent = "#" + event.sequence;
+  const type = document.createElement("span"); type.className = "type";
+  type.textContent = event.event_type; type.title = event.agent_name + " · " + event.timestamp;
+  const text = document.createElement("span"); text.className = "text";
+  const content = event.event_type === "output" ? event.content.slice(0, 160) + (event.content.length > 160 ? "…" : "") : event.content;
+  text.textContent = (event.agent_name ? event.agent_name + ": " : "") + content;
+  li.append(seq, type, text);
+  return li;
+}
+
+function startTokens(agent) {
+  view.tokenAgent = agent;
+  $("tokens").textContent = ""; $("tokens-agent").textContent = "· " + agent;
+}
+
+function flushTokens(text) {
+  if (!text) return;
+  const pre = $("tokens");
+  pre.append(text);
+  pre.scrollTop = pre.scrollHeight;
+}
+
+function apply(event) {
+  const meta = event.metadata || {};
+  switch (event.event_type) {
+    case "start":
+      view.status = "running"; view.total = meta.total_steps || view.total; break;
+    case "agent_start":
+      view.agentState[event.agent_name] = "working"; view.status = "running"; view.awaiting = null;
+      startTokens(event.agent_name); break;
+    case "output": {
+      const doc = DOCS.find(([, agent]) => agent === event.agent_name);
+      if (doc) loadDocument(doc[0]);
+      break;
+    }
+    case "step_end":
+      view.agentState[event.agent_name] = "done";
+      view.done = meta.completed_steps ?? view.done; view.total = meta.total_steps || view.total; break;
+    case "awaiting_confirmation":
+      view.status = "awaiting_confirmation"; view.agentState.ProductManager = "waiting_user";
+      view.awaiting = { roundsLeft: meta.revision_rounds_left };
+      openConfirmation(); break;
+    case "confirmed":
+      view.awaiting = null; view.status = "running"; closeConfirmation();
+      if (meta.approved === false) view.agentState.ProductManager = "working";
+      else view.agentState.ProductManager = "done";
+      break;
+    case "end":
+      view.status = "succeeded"; view.verdict = meta.verdict || null;
+      loadDocuments();
+      break;
+    case "error":
+    case "cancelled":
+      view.status = event.event_type === "error" ? "failed" : "cancelled";
+      for (const name of AGENTS) if (view.agentState[name] === "working" || view.agentState[name] === "waiting_user")
+        view.agentState[name] = event.event_type === "error" ? "failed" : "cancelled";
+      view.awaiting = null; closeConfirmation();
+      loadDocuments();
+      break;
+  }
+  if (TERMINAL.has(event.event_type)) {
+    $("zip").href = `/api/task/${encodeURIComponent(view.taskId)}/deliverables.zip`;
+    $("zip").hidden = false;
+    loadRecent();
+  }
+}
+
+async function loadDocuments() {  // those written so far: a failed run may have some
+  try {
+    const r = await api(`/api/task/${encodeURIComponent(view.taskId)}/deliverables`);
+    for (const item of (await r.json()).deliverables) loadDocument(item.name);
+  } catch (_) { /* offline: the connection indicator says so */ }
+}
+
+async function loadDocument(name) {
+  const taskId = view.taskId;
+  try {
+    const r = await fetch(`/api/task/${encodeURIComponent(taskId)}/deliverables/${name}?format=html`);
+    if (!r.ok || taskId !== view.taskId) return;  // 404: not written (yet)
+    view.docs[name] = await r.text();
+    if (!view.docs[view.selectedDoc] || name === "requirements_analysis" && view.selectedDoc === name) view.selectedDoc = name;
+    renderTabs();
+    if (name === "requirements_analysis" && $("confirm-dialog").open) $("analysis").innerHTML = view.docs[name];
+  } catch (_) { /* offline: the stream's reconnect shows it; the document loads with the next event */ }
+}
+
+// ---- the stream: EventSource plus our own reconnect when the browser gives up -----------------
+
+function connect() {
+  clearTimeout(view.timer);
+  const taskId = view.taskId;
+  const url = `/api/stream/${encodeURIComponent(taskId)}` + (view.lastSeq ? `?after=${view.lastSeq}` : "");
+  const source = new EventSource(url);
+  view.source = source;
+  setConn(view.reconnects ? "reconnecting" : "connecting");
+  source.onopen = () => { view.reconnects = 0; setConn("live"); };
+  source.onerror = () => {
+    if (view.source !== source || view.terminal) return;
+    // While CONNECTING the browser retries by itself and sends Last-Event-ID; once CLOSED (an
+    // HTTP error, e.g. a proxy's 502) it has given up and we reconnect after our own backoff.
+    setConn("reconnecting");
+    if (source.readyState === EventSource.CLOSED) { source.close(); scheduleReconnect(); }
+  };
+  for (const type of EVENT_TYPES) source.addEventListener(type, onMessage);
+}
+
+async function scheduleReconnect() {
+  const taskId = view.taskId;
+  const delay = Math.min(MAX_RECONNECT_DELAY_MS, 500 * 2 ** view.reconnects++);
+  try {
+    await api(`/api/task/${encodeURIComponent(taskId)}/status`);
+  } catch (err) {
+    if (err.status === 404) { setConn("idle"); showError(t("taskNotFound", { id: taskId })); return; }
+    setConn("offline");
+  }
+  if (taskId === view.taskId && !view.terminal) view.timer = setTimeout(connect, delay);
+}
+
+function finishStream() {
+  view.terminal = true;
+  if (view.source) view.source.close();
+  view.source = null;
+  setConn("finished");
+}
+
+function follow(taskId, { push = true } = {}) {
+  if (view.source) view.source.close();
+  clearTimeout(view.timer);
+  Object.assign(view, {
+    taskId, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0, queue: [],
+    agentState: {}, tokenAgent: null, done: 0, total: 4, awaiting: null, docs: {},
+    selectedDoc: "requirements_analysis", verdict: null,
+  });
+  $("log").replaceChildren(); $("tokens").textContent = ""; $("tokens-agent").textContent = "";
+  $("task-requirement").textContent = ""; $("zip").hidden = true; showError("");
+  closeConfirmation();
+  const url = new URL(location.href);
+  url.searchParams.set("task", taskId);
+  if (push) history.pushState({ task: taskId }, "", url); else history.replaceState({ task: taskId }, "", url);
+  renderAll(); markRecent();
+  api(`/api/task/${encodeURIComponent(taskId)}/status`).then(async (r) => {
+    const s = await r.json();
+    if (taskId !== view.taskId) return;
+    $("task-requirement").textContent = s.requirement;
+    if (!view.status) { view.status = s.status; renderStatus(); }
+  }).catch((err) => { if (err.status === 404) showError(t("taskNotFound", { id: taskId })); });
+  connect();
+}
+
+// ---- confirmation ---------------------------------------------------------------------------
+
+function openConfirmation() {
+  const dialog = $("confirm-dialog");
+  $("rounds-left").textContent = view.awaiting && view.awaiting.roundsLeft !== undefined
+    ? t("roundsLeft", { n: view.awaiting.roundsLeft }) : "";
+  $("revise").disabled = view.awaiting && view.awaiting.roundsLeft === 0;
+  if (view.docs.requirements_analysis) $("analysis").innerHTML = view.docs.requirements_analysis;
+  else loadDocument("requirements_analysis");
+  if (!dialog.open) dialog.showModal();
+}
+
+function closeConfirmation() {
+  const dialog = $("confirm-dialog");
+  if (dialog.open) dialog.close();
+}
+
+async function answer(approved) {
+  const feedback = $("feedback").value.trim();
+  if (!approved && !feedback) { $("feedback").setCustomValidity(t("needFeedback")); $("feedback").reportValidity(); return; }
+  $("feedback").setCustomValidity("");
+  try {
+    await api(`/api/task/${encodeURIComponent(view.taskId)}/confirm`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(approved ? { approved: true } : { approved: false, feedback }),
+    });
+    $("feedback").value = ""; closeConfirmation();
+  } catch (err) { showError(err.message); }
+}
+
+// ---- recent tasks ---------------------------------------------------------------------------
+
+async function loadRecent() {
+  try {
+    const body = await (await api("/api/tasks?limit=10")).json();
+    const list = $("recent-list");
+    if (!body.tasks.length) {
+      const li = document.createElement("li"); li.className = "muted"; li.textContent = t("noRecent");
+      list.replaceChildren(li); return;
+    }
+    list.replaceChildren(...body.tasks.map((task) => {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = "?task=" + encodeURIComponent(task.task_id); a.dataset.task = task.task_id;
+      const badge = document.createElement("span"); badge.className = "badge";
+      badge.dataset.status = task.status; badge.textContent = t("status." + task.status);
+      const text = document.createElement("span"); text.className = "text"; text.textContent = task.requirement;
+      a.append(badge, text);
+      a.addEventListener("click", (e) => { e.preventDefault(); follow(task.task_id); });
+      li.append(a);
+      return li;
+    }));
+    markRecent();
+  } catch (_) { /* the list is a convenience; the stream's indicator reports the connection */ }
+}
+
+function markRecent() {
+  for (const a of document.querySelectorAll("#recent-list a"))
+    a.setAttribute("aria-current", String(a.dataset.task === view.taskId));
+}
+
+// ---- wiring ---------------------------------------------------------------------------------
+
+$("form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const button = $("submit");
+  button.disabled = true; showError("");
+  try {
+    const r = await api("/api/run_task", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user_requirement: $("req").value, skip_confirmation: !$("confirm-first").checked }),
+    });
+    const body = await r.json();
+    follow(body.task_id);
+    loadRecent();
+  } catch (err) { showError(err.message); } finally { button.disabled = false; }
+});
+$("cancel").addEventListener("click", async () => {
+  try { await api(`/api/task/${encodeURIComponent(view.taskId)}/cancel`, { method: "POST" }); }
+  catch (err) { showError(err.message); }
+});
+$("review").addEventListener("click", openConfirmation);
+$("approve").addEventListener("click", () => answer(true));
+$("revise").addEventListener("click", () => answer(false));
+$("later").addEventListener("click", closeConfirmation);
+$("feedback").addEventListener("input", () => $("feedback").setCustomValidity(""));
+$("lang").addEventListener("change", () => { lang = $("lang").value; localStorage.setItem("lang", lang); applyLanguage(); });
+for (const button of document.querySelectorAll("[data-example]"))
+  button.addEventListener("click", () => { $("req").value = button.dataset.example; $("req").focus(); });
+for (const box of document.querySelectorAll("[data-filter]"))
+  box.addEventListener("change", () => $("log").classList.toggle("hide-" + box.dataset.filter, !box.checked));
+window.addEventListener("popstate", () => {
+  const task = new URLSearchParams(location.search).get("task");
+  if (task && task !== view.taskId) follow(task, { push: false });
+});
+
+applyLanguage();
+const initial = new URLSearchParams(location.search).get("task");
+if (initial) follow(initial, { push: false });
