@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event,
-    func, insert, select, update,
+    func, insert, inspect, select, update,
 )
 from sqlalchemy.engine import Engine
 
@@ -46,6 +46,10 @@ class TaskRecord:
     deliverables: dict[str, str] = field(default_factory=dict)
     feedback: list[str] = field(default_factory=list)  # one entry per requested revision
     traceability: dict[str, Any] | None = None
+    owner: str | None = None  # the process running (or last running) a phase: settings.instance_id
+    heartbeat_at: float | None = None  # refreshed by the owner while a phase is queued or running
+    confirm_deadline: float | None = None  # while awaiting_confirmation
+    run_seconds: float = 0.0  # running time of the phases that ended (TASK_TIMEOUT_S counts it)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,17 @@ class TaskStore(ABC):
     @abstractmethod
     def save(self, record: TaskRecord) -> None:
         """Insert or update the record."""
+
+    @abstractmethod
+    def transition(self, record: TaskRecord, expected: TaskStatus) -> bool:
+        """Save the record only if the stored status is still `expected`."""
+
+    @abstractmethod
+    def save_unless_finished(self, record: TaskRecord) -> bool:
+        """Save the record only if the stored task has not finished (someone else ended it)."""
+
+    @abstractmethod
+    def expired_confirmations(self, now: float) -> list[TaskRecord]: ...
 
     @abstractmethod
     def get(self, task_id: str) -> TaskRecord:
@@ -83,6 +98,10 @@ class TaskStore(ABC):
 
     @abstractmethod
     def unfinished(self) -> list[TaskRecord]: ...
+
+    @abstractmethod
+    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> None:
+        """Mark these unfinished tasks as alive in `owner`."""
 
     @abstractmethod
     def purge_finished_before(self, ts: float) -> int:
@@ -110,6 +129,10 @@ tasks_table = Table(
     Column("deliverables", Text, nullable=False),
     Column("feedback", Text, nullable=False),
     Column("traceability", Text),
+    Column("owner", String(200)),
+    Column("heartbeat_at", Float),
+    Column("confirm_deadline", Float),
+    Column("run_seconds", Float),
 )
 events_table = Table(
     "events", metadata,
@@ -123,6 +146,7 @@ events_table = Table(
 )
 
 _JSON_COLUMNS = ("deliverables", "feedback", "traceability")
+_FINISHED = [s.value for s in TaskStatus if s.finished]
 
 
 def _to_row(record: TaskRecord) -> dict[str, Any]:
@@ -138,6 +162,7 @@ def _from_row(row: Any) -> TaskRecord:
     data["status"] = TaskStatus(data["status"])
     for name in _JSON_COLUMNS:
         data[name] = None if data[name] is None else json.loads(data[name])
+    data["run_seconds"] = data["run_seconds"] or 0.0  # NULL in rows made before the column
     return TaskRecord(**data)
 
 
@@ -157,6 +182,7 @@ class SqlTaskStore(TaskStore):
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         # sqlite3 uses ?, psycopg %s: the drivers we support for the raw event insert.
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
         self._insert_event_sql = (
@@ -170,6 +196,25 @@ class SqlTaskStore(TaskStore):
                                    .values(**row)).rowcount
             if not updated:
                 conn.execute(insert(tasks_table).values(**row))
+
+    def _conditional_save(self, record: TaskRecord, condition: Any) -> bool:
+        query = (update(tasks_table).where(tasks_table.c.task_id == record.task_id, condition)
+                 .values(**_to_row(record)))
+        with self._write_lock, self.engine.begin() as conn:
+            return conn.execute(query).rowcount == 1
+
+    def transition(self, record: TaskRecord, expected: TaskStatus) -> bool:
+        return self._conditional_save(record, tasks_table.c.status == expected.value)
+
+    def save_unless_finished(self, record: TaskRecord) -> bool:
+        return self._conditional_save(record, tasks_table.c.status.not_in(_FINISHED))
+
+    def expired_confirmations(self, now: float) -> list[TaskRecord]:
+        query = select(tasks_table).where(
+            tasks_table.c.status == TaskStatus.awaiting_confirmation.value,
+            tasks_table.c.confirm_deadline < now)
+        with self.engine.connect() as conn:
+            return [_from_row(row) for row in conn.execute(query)]
 
     def get(self, task_id: str) -> TaskRecord:
         with self.engine.connect() as conn:
@@ -217,6 +262,14 @@ class SqlTaskStore(TaskStore):
         with self.engine.connect() as conn:
             return [_from_row(row) for row in conn.execute(query)]
 
+    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> None:
+        if not task_ids:
+            return
+        query = (update(tasks_table).where(tasks_table.c.task_id.in_(task_ids))
+                 .values(owner=owner, heartbeat_at=ts))
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(query)
+
     def purge_finished_before(self, ts: float) -> int:
         old = select(tasks_table.c.task_id).where(tasks_table.c.finished_at < ts)
         with self._write_lock, self.engine.begin() as conn:
@@ -228,6 +281,16 @@ class SqlTaskStore(TaskStore):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive schema changes for databases made by earlier versions (nullable columns only)."""
+    present = {c["name"] for c in inspect(engine).get_columns("tasks")}
+    with engine.begin() as conn:
+        for column in tasks_table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {column.name} {kind}")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
