@@ -155,18 +155,32 @@ async def iterate(subscription: Subscription) -> AsyncIterator[list[Event]]:
 
 
 class EventBackend(ABC):
-    """Where task events live. Memory now; a Redis Streams backend shares this contract."""
+    """Where task events live: in this process (memory) or shared by processes (redis)."""
+
+    archive: deque | None = None  # every event published here is also appended for the store
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """The event loop that serves viewers (None on shutdown)."""
+
+    def attach_archive(self, archive: deque | None) -> None:
+        self.archive = archive
 
     @abstractmethod
     def open(self, task_id: str) -> None: ...
 
     @abstractmethod
     def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> int:
-        """Append one event from any thread without blocking; return its sequence.
+                metadata: dict[str, Any] | None = None) -> None:
+        """Append one event from any thread without blocking. The backend assigns its sequence
+        (the next one of the task, gap-free even with writers in several processes).
 
         Raises StreamClosedError after the terminal event and TaskNotFoundError for unknown tasks.
         """
+
+    def load(self, task_id: str) -> bool:
+        """Start holding a task that lives outside this process; False if there is none.
+        Blocking: call from a worker thread."""
+        return False
 
     @abstractmethod
     def subscription(self, task_id: str, after: int = 0) -> Subscription:
@@ -177,8 +191,14 @@ class EventBackend(ABC):
         """Yield batches of events with sequence > after, then live ones, until the terminal event."""
 
     @abstractmethod
-    def restore(self, task_id: str, events: list[Any]) -> None:
-        """Hold a finished task's stored log so it can be replayed; no-op if already held."""
+    def restore(self, task_id: str, events: list[Any], closed: bool = True) -> None:
+        """Hold a task's stored log so it can be replayed (closed) or go on (open, for a task
+        awaiting confirmation after a restart); no-op if already held."""
+
+    @abstractmethod
+    def is_closed(self, task_id: str) -> bool:
+        """The log has its terminal event (False for tasks not held). Cheap: the agent thread
+        asks before each event, to stop a crew that another process cancelled."""
 
     @abstractmethod
     def snapshot(self, task_id: str) -> StreamSnapshot: ...
@@ -255,6 +275,32 @@ class MemoryEventBackend(EventBackend):
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
 
+    def replicate(self, task_id: str, events: list[Event]) -> None:
+        """Append events whose sequences were assigned elsewhere (a shared backend's reader).
+        Ones already held are skipped, so overlapping reads never duplicate an event."""
+        stream = self._get(task_id)
+        with stream.lock:
+            for event in events:
+                if stream.closed or event.sequence <= len(stream.log):
+                    continue
+                if event.sequence != len(stream.log) + 1:
+                    raise ValueError(f"{task_id}: sequence {event.sequence} after {len(stream.log)}")
+                stream.log.append(event)
+                if event.event_type in TERMINAL_EVENT_TYPES:
+                    stream.closed = True
+                    stream.closed_at = time.time()
+            schedule = not stream.wake_pending
+            stream.wake_pending = True
+        self._schedule_wake(stream, schedule)
+
+    def _schedule_wake(self, stream: _TaskStream, schedule: bool) -> None:
+        loop = self._loop
+        if schedule and loop is not None:
+            try:
+                loop.call_soon_threadsafe(stream.wake)
+            except RuntimeError:  # loop closed during shutdown: nobody is listening any more
+                pass
+
     def _get(self, task_id: str) -> _TaskStream:
         stream = self._streams.get(task_id)
         if stream is None:
@@ -267,7 +313,7 @@ class MemoryEventBackend(EventBackend):
         self._streams[task_id] = _TaskStream(task_id)
 
     def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> int:
+                metadata: dict[str, Any] | None = None) -> None:
         stream = self._get(task_id)
         with stream.lock:
             if stream.closed:
@@ -282,23 +328,17 @@ class MemoryEventBackend(EventBackend):
                 stream.closed_at = time.time()
             schedule = not stream.wake_pending
             stream.wake_pending = True
-        loop = self._loop
-        if schedule and loop is not None:
-            try:
-                loop.call_soon_threadsafe(stream.wake)
-            except RuntimeError:  # loop closed during shutdown: nobody is listening any more
-                pass
-        return sequence
+        self._schedule_wake(stream, schedule)
 
-    def restore(self, task_id: str, events: list[Any]) -> None:
-        """Load a finished task's log (e.g. from the task store after a restart), read-only."""
+    def restore(self, task_id: str, events: list[Any], closed: bool = True) -> None:
         if task_id in self._streams:
             return
         stream = _TaskStream(task_id)
         stream.log = [Event(e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts,
                             e.metadata) for e in events]
-        stream.closed = True
-        stream.closed_at = time.time()
+        if closed:
+            stream.closed = True
+            stream.closed_at = time.time()
         if stream.log:
             stream.created_at = stream.log[0].ts
         self._streams[task_id] = stream
@@ -312,6 +352,10 @@ class MemoryEventBackend(EventBackend):
 
     def events(self, task_id: str) -> list[Event]:
         return list(self._get(task_id).log)
+
+    def is_closed(self, task_id: str) -> bool:
+        stream = self._streams.get(task_id)
+        return stream is not None and stream.closed
 
     def snapshot(self, task_id: str) -> StreamSnapshot:
         s = self._get(task_id)
@@ -346,19 +390,20 @@ class StreamManager:
             return cls._instance
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        if isinstance(self.backend, MemoryEventBackend):
-            self.backend.bind_loop(loop)
+        self.backend.bind_loop(loop)
 
     def attach_archive(self, archive: deque | None) -> None:
-        if isinstance(self.backend, MemoryEventBackend):
-            self.backend.archive = archive
+        self.backend.attach_archive(archive)
+
+    def load(self, task_id: str) -> bool:
+        return self.backend.load(task_id)
 
     def open(self, task_id: str) -> None:
         self.backend.open(task_id)
 
     def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> int:
-        return self.backend.publish(task_id, agent_name, event_type, content, metadata)
+                metadata: dict[str, Any] | None = None) -> None:
+        self.backend.publish(task_id, agent_name, event_type, content, metadata)
 
     def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
         return self.backend.subscribe(task_id, after)
@@ -366,8 +411,11 @@ class StreamManager:
     def subscription(self, task_id: str, after: int = 0) -> Subscription:
         return self.backend.subscription(task_id, after)
 
-    def restore(self, task_id: str, events: list[Any]) -> None:
-        self.backend.restore(task_id, events)
+    def restore(self, task_id: str, events: list[Any], closed: bool = True) -> None:
+        self.backend.restore(task_id, events, closed)
+
+    def is_closed(self, task_id: str) -> bool:
+        return self.backend.is_closed(task_id)
 
     def events(self, task_id: str) -> list[Event]:
         """A copy of the log held in memory (raises TaskNotFoundError when not held)."""

@@ -103,8 +103,15 @@ class NaiveStreamManager:
     def holds(self, task_id: str) -> bool:
         return task_id in self._streams
 
-    def restore(self, task_id: str, events: list[Any]) -> None:
+    def restore(self, task_id: str, events: list[Any], closed: bool = True) -> None:
         pass
+
+    def is_closed(self, task_id: str) -> bool:
+        stream = self._streams.get(task_id)
+        return stream is not None and stream.closed
+
+    def load(self, task_id: str) -> bool:
+        return False
 
     def events(self, task_id: str) -> list[Event]:
         return []

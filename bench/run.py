@@ -147,7 +147,7 @@ def publish_cost(manager) -> dict:
         async for _ in manager.subscribe("t"):
             pass
 
-    asyncio.run_coroutine_threadsafe(drain(), loop)
+    drained = asyncio.run_coroutine_threadsafe(drain(), loop)
     n = PUBLISH_N if isinstance(manager, StreamManager) else PUBLISH_N // 10
     times = []
     clock = time.perf_counter_ns
@@ -156,6 +156,7 @@ def publish_cost(manager) -> dict:
         manager.publish("t", "Agent", "thought", "token")
         times.append(clock() - t)
     manager.publish("t", "Agent", "end", "")
+    drained.result(timeout=60)  # the subscriber saw the end: nothing is left pending
     loop.call_soon_threadsafe(loop.stop)
     return {"median_us": statistics.median(times) / 1000, "p99_us": pct(times, 0.99) / 1000, "n": n}
 
