@@ -12,7 +12,9 @@ from fastapi import Depends, Request
 import sse
 from event_archive import EventArchiver
 from llm_providers import describe_model, make_llm_factory
-from settings import Settings, database_url
+from models import TaskStatus
+from redis_event_backend import RedisEventBackend
+from settings import EventBackendKind, Settings, database_url
 from stream_manager import Event, StreamManager
 from task_runner import TaskRunner
 from task_store import SqlTaskStore, TaskStore
@@ -26,10 +28,13 @@ class Services:
         self.store: TaskStore = SqlTaskStore(database_url(settings))
         self.archiver = EventArchiver(self.store)
         self.streams = StreamManager.instance()
+        if settings.event_backend is EventBackendKind.redis:
+            self.streams.backend = RedisEventBackend(settings.redis_url, maxlen=settings.redis_stream_maxlen,
+                                                     ttl_s=settings.stream_ttl_s)
         self.streams.attach_archive(self.archiver.queue)
         self.model_label = describe_model(settings)
-        self.runner = TaskRunner(settings, self.store, self.streams, make_llm_factory(settings),
-                                 self.model_label)
+        self.runner = TaskRunner.for_settings(settings, self.store, self.streams,
+                                              make_llm_factory(settings), self.model_label)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         recovered = self.runner.recover_interrupted()
@@ -37,6 +42,14 @@ class Services:
             log.warning("marked %d tasks interrupted by the restart", len(recovered))
         self.streams.bind_loop(loop)
         self.archiver.start()
+        self.reopen_waiting()
+
+    def reopen_waiting(self) -> None:
+        """Tasks awaiting confirmation outlive a restart; their logs go on where they stopped."""
+        for record in self.store.unfinished():
+            if record.status is TaskStatus.awaiting_confirmation and not self.streams.holds(record.task_id) \
+                    and not self.streams.load(record.task_id):
+                self.streams.restore(record.task_id, self.store.load_events(record.task_id), closed=False)
 
     def stop(self) -> None:
         self.runner.shutdown()
@@ -46,7 +59,7 @@ class Services:
 
     def ensure_stream(self, task_id: str) -> None:
         """Make a task's log replayable: live, still in memory, or reloaded from the store."""
-        if not self.streams.holds(task_id):
+        if not self.streams.holds(task_id) and not self.streams.load(task_id):
             self.store.get(task_id)  # TaskNotFoundError for unknown ids
             self.archiver.flush()
             self.streams.restore(task_id, self.store.load_events(task_id))
@@ -65,12 +78,16 @@ class Services:
     async def maintain(self) -> None:
         """Shutdown and deadlines every half second; eviction and retention about once a minute."""
         s = self.settings
-        next_sweep = 0.0
+        next_sweep = next_lease = 0.0
         while True:
             await asyncio.sleep(0.5)
             if sse.server_exiting():
                 sse.begin_shutdown()
             await asyncio.to_thread(self.runner.check_deadlines)
+            if time.monotonic() >= next_lease:
+                next_lease = time.monotonic() + s.task_lease_s / 3
+                await asyncio.to_thread(self.runner.heartbeat)
+                await asyncio.to_thread(self.runner.reap_lost)
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + min(60.0, max(s.stream_ttl_s / 4, 0.5))
                 evicted = self.streams.evict_expired(s.stream_ttl_s)

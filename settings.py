@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +17,16 @@ class LLMProvider(str, Enum):
     openai = "openai"
     local = "local"
     scripted = "scripted"
+
+
+class EventBackendKind(str, Enum):
+    memory = "memory"
+    redis = "redis"
+
+
+class ExecutorKind(str, Enum):
+    thread = "thread"
+    celery = "celery"
 
 
 class Settings(BaseSettings):
@@ -45,11 +56,17 @@ class Settings(BaseSettings):
     # Scripted test double
     scripted_token_delay_ms: float = Field(0.0, ge=0.0)
 
-    # Execution and task lifecycle
+    # Execution and task lifecycle. executor=celery: crews run in `celery -A worker worker`.
+    executor: ExecutorKind = ExecutorKind.thread
+    celery_broker_url: str | None = None  # default: redis_url
     max_concurrent_tasks: int = Field(4, ge=1, le=256)
     task_timeout_s: float = Field(1800.0, gt=0)
     confirmation_timeout_s: float = Field(1800.0, gt=0)
     max_revision_rounds: int = Field(3, ge=0, le=20)
+    # Which process runs a task (kept with the task); default host:port. Tasks of a stopped
+    # instance are failed at its restart, or by any instance once their lease runs out.
+    instance_id: str | None = None
+    task_lease_s: float = Field(30.0, ge=3)
 
     # History (SQLite in data_dir unless database_url is set)
     data_dir: str = "./data"
@@ -57,12 +74,26 @@ class Settings(BaseSettings):
     task_retention_days: float = Field(30.0, gt=0)
 
     # Streaming
+    event_backend: EventBackendKind = EventBackendKind.memory
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_stream_maxlen: int = Field(100_000, ge=1000)
     stream_ttl_s: float = Field(3600.0, gt=0)
     sse_heartbeat_s: float = Field(15.0, gt=0)
     sse_send_timeout_s: float = Field(30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _celery_needs_shared_parts(self) -> Settings:
+        if self.executor is ExecutorKind.celery and self.event_backend is not EventBackendKind.redis:
+            raise ValueError("EXECUTOR=celery runs crews in other processes: set EVENT_BACKEND=redis "
+                             "(and a DATABASE_URL every process can reach) so their events reach viewers.")
+        return self
+
     # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
     crewai_telemetry: bool = False
+
+
+def instance_id(settings: Settings) -> str:
+    return settings.instance_id or f"{socket.gethostname()}:{settings.port}"
 
 
 def database_url(settings: Settings) -> str:

@@ -46,7 +46,7 @@ def test_a_finished_task_is_fully_available_after_a_restart(start_server, tmp_pa
         assert task_id in {t["task_id"] for t in c.get("/api/tasks").json()["tasks"]}
 
 
-def test_tasks_cut_off_by_a_crash_are_marked_interrupted(start_server, tmp_path):
+def test_a_crash_interrupts_running_tasks_while_waiting_ones_go_on(start_server, tmp_path):
     data = tmp_path / "data"
     first = start_server(data_dir=data, scripted_token_delay_ms=20)
     with httpx.Client(base_url=first.url, timeout=30) as c:
@@ -55,20 +55,28 @@ def test_tasks_cut_off_by_a_crash_are_marked_interrupted(start_server, tmp_path)
         seen = read_stream(first.url, running, max_messages=40)
         while c.get(f"/api/task/{waiting}/status").json()["status"] != "awaiting_confirmation":
             time.sleep(0.05)
+        before = read_stream(first.url, waiting, until_type="awaiting_confirmation")
     time.sleep(0.3)
     first.kill()
 
     second = start_server(data_dir=data)
     with httpx.Client(base_url=second.url, timeout=30) as c:
-        for task_id in (running, waiting):
-            status = c.get(f"/api/task/{task_id}/status").json()
-            assert status["status"] == "failed"
-            assert status["error"].startswith("Interrupted by server restart")
-            replay = read_stream(second.url, task_id)
-            assert replay.closed_by_server
-            assert replay.sequences == list(range(1, len(replay.sequences) + 1))
-            last = replay.events[-1]
-            assert last["event_type"] == "error" and last["content"] == status["error"]
+        status = c.get(f"/api/task/{running}/status").json()
+        assert status["status"] == "failed"
+        assert status["error"].startswith("Interrupted by server restart")
         replay = read_stream(second.url, running)
+        assert replay.closed_by_server
+        assert replay.sequences == list(range(1, len(replay.sequences) + 1))
+        last = replay.events[-1]
+        assert last["event_type"] == "error" and last["content"] == status["error"]
         assert [m.data for m in replay.messages[:40]] == [m.data for m in seen.messages]
-        assert c.post(f"/api/task/{waiting}/confirm", json={"approved": True}).status_code == 409
+
+        # Waiting needs no process: the task is still there to be answered, its log goes on.
+        assert c.get(f"/api/task/{waiting}/status").json()["status"] == "awaiting_confirmation"
+        assert c.post(f"/api/task/{waiting}/confirm", json={"approved": True}).status_code == 200
+        after = read_stream(second.url, waiting)
+        assert after.events[:len(before.events)] == before.events
+        assert after.sequences == list(range(1, len(after.sequences) + 1))
+        assert after.events[len(before.events)]["event_type"] == "confirmed"
+        assert after.events[-1]["event_type"] == "end"
+        assert c.get(f"/api/task/{waiting}/status").json()["status"] == "succeeded"

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from settings import Settings
@@ -40,14 +39,7 @@ def test_out_of_range_values_are_rejected_with_the_field_name():
         Settings(_env_file=None, sse_heartbeat_s=0)
 
 
-def test_compose_file_declares_the_service_and_the_production_nginx():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert services["multi-agent-system"]["build"] == "."
-    assert services["nginx"]["profiles"] == ["production"]
-    nginx = (ROOT / "nginx.conf").read_text()
-    sse = nginx[nginx.index("location /api/stream/"):]
-    sse = sse[:sse.index("}")]
-    for directive in ("proxy_buffering off;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
-                      "gzip off;", "proxy_cache off;"):
-        assert directive in sse, directive
+def test_celery_without_shared_events_is_refused_with_what_to_set():
+    with pytest.raises(ValidationError, match="set EVENT_BACKEND=redis"):
+        Settings(_env_file=None, executor="celery")
+    assert Settings(_env_file=None, executor="celery", event_backend="redis").executor.value == "celery"
