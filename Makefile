@@ -12,10 +12,8 @@ LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 WHEEL_CACHE ?= $(HOME)/.cache/multi-agent-delivery/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-avx2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install run test bench clean browser
+.PHONY: install run test bench clean browser system-packages
 TEST_STAMP := $(VENV)/.test-stamp
-# Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline).
-CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements.txt
@@ -38,14 +36,22 @@ $(TEST_STAMP): requirements-test.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt
 	touch $(TEST_STAMP)
 
-$(CHROMIUM):
-	@echo "Installing Debian's chromium for the browser tests"
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+# Debian packages the tests use for real: Chromium (+ a CJK font for screenshots), Nginx, and
+# docker-compose v1 as a compose-file parser (no Docker engine is needed or used).
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium fonts-wqy-zenhei:/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc \
+                   nginx-light:/usr/sbin/nginx docker-compose:/usr/bin/docker-compose
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  [ -e "$${pair#*:}" ] || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages for the tests:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
-browser: $(CHROMIUM)
+browser: system-packages
 
-test: install $(TEST_STAMP) $(CHROMIUM)
+test: install $(TEST_STAMP) system-packages
 	$(BIN)/python test_import.py
 	$(BIN)/python -m pytest
 

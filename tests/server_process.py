@@ -23,6 +23,7 @@ def free_port() -> int:
 class Server:
     def __init__(self, env: dict[str, str], log_path: Path, app: str = "main:app",
                  app_dir: Path = ROOT, preexec_fn=None) -> None:
+        self.env = dict(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if k not in ("DASHSCOPE_API_KEY",)}
