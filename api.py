@@ -4,30 +4,41 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Annotated, Literal
-from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Header, Query, Response
-from fastapi.concurrency import run_in_threadpool
-from fastapi.routing import APIRoute
-from starlette.types import Receive, Scope, Send
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from deliverables import AGENT_OF, FILENAMES, build_zip, resolve_name
-from errors import (
-    DeliverableNotFoundError, InvalidRequestError, InvalidResumePointError, TaskNotFinishedError,
-)
+from errors import DeliverableNotFoundError, InvalidRequestError, RateLimitedError, TaskNotFinishedError
 from markdown_render import to_html
 from models import (
     ConfirmRequest, DeliverableInfo, DeliverableList, Deliverables, ErrorResponse, RunTaskRequest,
-    RunTaskResponse, StreamEventModel, StreamInfo, StreamList, TaskActionResponse, TaskList,
+    RunTaskResponse, StreamInfo, StreamList, StreamTokenResponse, TaskActionResponse, TaskList,
     TaskResultResponse, TaskStatus, TaskStatusResponse, TaskSummary, Traceability,
 )
-from services import ServicesDep
-from sse import MEDIA_TYPE, serve_events
+from services import Services, ServicesDep
 from stream_manager import StreamSnapshot
+from stream_route import register_stream_route
 from task_store import TaskRecord
 
-SSE_RETRY_MS = 3000
-router = APIRouter(prefix="/api")
+GUARDED = {
+    401: {"model": ErrorResponse, "description": "API keys are on and none was sent"},
+    403: {"model": ErrorResponse, "description": "The API key (or stream token) is not valid"},
+    413: {"model": ErrorResponse, "description": "Body larger than MAX_REQUEST_BYTES"},
+    415: {"model": ErrorResponse, "description": "Body is not application/json"},
+    422: {"model": ErrorResponse, "description": "Malformed or unusable input; the detail says which"},
+    429: {"model": ErrorResponse, "description": "Rate limit or queue limit reached; see Retry-After"},
+}
+
+
+def guard(request: Request, services: ServicesDep) -> str:
+    """Every /api route: the API key when keys are on, then the caller's rate limit."""
+    caller = services.auth.caller(request.headers)
+    who = caller if caller != "anonymous" else f"ip:{request.client.host if request.client else '?'}"
+    services.rate_limits.hit(who, run_task=request.url.path == "/api/run_task")
+    return caller
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=GUARDED)
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown or expired task"}}
 CONFLICT = {409: {"model": ErrorResponse, "description": "Not possible in the task's current state"}}
@@ -43,93 +54,35 @@ def _stream_info(s: StreamSnapshot) -> StreamInfo:
                       closed_at=_dt(s.closed_at))
 
 
-def parse_resume_point(last_event_id: str | None, after: int | None) -> int:
-    """Last-Event-ID (sent by a reconnecting EventSource) wins over ?after=."""
-    if last_event_id is not None and last_event_id.strip():
-        value = last_event_id.strip()
-        if not value.isdigit():
-            raise InvalidResumePointError(
-                f"Last-Event-ID must be the sequence number of the last event received (an integer "
-                f">= 0), got {value[:40]!r}.")
-        return int(value)
-    return after or 0
-
-
-def parse_after(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise InvalidRequestError(
-            f"after must be the sequence number of the last event received (an integer >= 0), "
-            f"got {value[:40]!r}.")
-    return int(value)
-
-
 @router.post("/run_task", status_code=202, response_model=RunTaskResponse)
 def run_task(body: RunTaskRequest, services: ServicesDep) -> RunTaskResponse:
+    _admit(services)
     record = services.runner.submit(body.user_requirement, body.skip_confirmation)
     tid = record.task_id
+    token = services.auth.stream_token(tid)[0] if services.auth.enabled else None
     return RunTaskResponse(
         task_id=tid, status="started",
         message=f"Task accepted. Follow it with: curl -N http://<host>/api/stream/{tid}",
-        stream_url=f"/api/stream/{tid}", status_url=f"/api/task/{tid}/status")
+        stream_url=f"/api/stream/{tid}", status_url=f"/api/task/{tid}/status", stream_token=token)
 
 
-def _resume_point(scope: Scope) -> int:
-    last_event_id = next((v for k, v in scope["headers"] if k == b"last-event-id"), None)
-    after = parse_qs(scope["query_string"].decode("latin-1")).get("after", [None])[-1]
-    return parse_resume_point(None if last_event_id is None else last_event_id.decode("latin-1"),
-                              parse_after(after))
+def _admit(services: Services) -> None:
+    """Refuse new work, before creating anything, while too many tasks are waiting to start."""
+    limit = services.settings.max_queued_tasks
+    if services.store.count(TaskStatus.queued) >= limit:
+        raise RateLimitedError(f"The service is at capacity: {limit} tasks are already waiting to start "
+                               "(MAX_QUEUED_TASKS). Retry in a minute.", 60)
 
 
-class EventStreamRoute(APIRoute):
-    """GET /api/stream/{task_id}: documented by FastAPI from `stream` below, served as plain ASGI.
-
-    A stream stays open for as long as a viewer watches, so whatever the request path keeps
-    alive is paid per viewer: FastAPI's request, dependency and exit-stack frames cost ~4 KB of
-    an idle connection (docs/benchmarks.md). Domain errors raised here still reach the app's
-    exception handlers (Starlette's ExceptionMiddleware sits above the router).
-    """
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            await super().handle(scope, receive, send)  # 405 with Allow
-            return
-        task_id = scope["path_params"]["task_id"]
-        start = _resume_point(scope)
-        services = scope["app"].state.services
-        if not services.streams.holds(task_id):
-            await run_in_threadpool(services.ensure_stream, task_id)  # 404 for unknown tasks
-        settings = services.settings
-        await serve_events(services.streams.subscription(task_id, start), scope, receive, send,
-                           heartbeat_s=settings.sse_heartbeat_s,
-                           send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
+@router.post("/task/{task_id}/stream_token", response_model=StreamTokenResponse, responses=NOT_FOUND)
+def stream_token(task_id: str, services: ServicesDep) -> StreamTokenResponse:
+    """A token for `?token=` on this task's stream, for viewers that cannot send headers."""
+    services.runner.record(task_id)  # 404 for unknown tasks
+    token, expires = services.auth.stream_token(task_id)
+    return StreamTokenResponse(task_id=task_id, stream_token=token, expires_at=_dt(expires))
 
 
-async def stream(
-    task_id: str,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this sequence")] = None,
-    last_event_id: Annotated[str | None, Header(description="Resume after this sequence")] = None,
-) -> None:
-    """Server-Sent Events of one task: every event from the beginning (or after the given
-    sequence), live until the task ends. This signature documents the route; requests are
-    served by `EventStreamRoute.handle`."""
-    raise NotImplementedError  # never called: EventStreamRoute.handle serves the route
-
-
-router.add_api_route(
-    "/stream/{task_id}", stream, methods=["GET"], route_class_override=EventStreamRoute,
-    summary="Server-Sent Events of one task, from the beginning or after a sequence",
-    response_class=Response,
-    status_code=200,
-    responses={
-        200: {"description": "`text/event-stream`; each event's `data` is a StreamEvent "
-                             "(see schema), `id` is its sequence, `event` its type.",
-              "content": {MEDIA_TYPE: {"schema": StreamEventModel.model_json_schema()}}},
-        400: {"model": ErrorResponse, "description": "Malformed Last-Event-ID"},
-        **NOT_FOUND,
-    },
-)
+register_stream_route(router, NOT_FOUND)
 
 
 @router.get("/task/{task_id}/status", response_model=TaskStatusResponse, responses=NOT_FOUND)
@@ -233,7 +186,12 @@ def list_tasks(
 ) -> TaskList:
     if before is not None and before.tzinfo is None:
         before = before.replace(tzinfo=timezone.utc)
-    records = services.store.list(status, limit, before.timestamp() if before else None)
+    try:
+        cutoff = before.timestamp() if before else None
+    except (OverflowError, ValueError):
+        raise InvalidRequestError("before is outside the range of dates this server handles; "
+                                  "pass the next_before of a previous page.") from None
+    records = services.store.list(status, limit, cutoff)
     live = services.runner.live_records()
     records = [live.get(r.task_id, r) for r in records]
     tasks = [TaskSummary(task_id=r.task_id, status=r.status, requirement=r.requirement[:200],

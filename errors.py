@@ -40,3 +40,19 @@ class InvalidRequestError(DomainError):
 
 class DeliverableNotFoundError(DomainError):
     """No such deliverable, or not produced yet (HTTP 404)."""
+
+
+class AuthenticationRequiredError(DomainError):
+    """No credentials (HTTP 401)."""
+
+
+class ForbiddenError(DomainError):
+    """Credentials that do not allow this (HTTP 403)."""
+
+
+class RateLimitedError(DomainError):
+    """Too many requests (HTTP 429); `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

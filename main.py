@@ -14,14 +14,17 @@ load_dotenv()  # before settings and CrewAI read the environment
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse  # noqa: E402
+from fastapi.middleware.cors import CORSMiddleware  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 
 from api import router  # noqa: E402
 from errors import (  # noqa: E402
-    DeliverableNotFoundError, DomainError, InvalidRequestError, InvalidResumePointError,
-    TaskNotFinishedError, TaskNotFoundError, TaskStateConflictError,
+    AuthenticationRequiredError, DeliverableNotFoundError, DomainError, ForbiddenError,
+    InvalidRequestError, InvalidResumePointError, RateLimitedError, TaskNotFinishedError,
+    TaskNotFoundError, TaskStateConflictError,
 )
 from models import Health  # noqa: E402
+from request_guard import RequestGuard, audit_logger  # noqa: E402
 from services import Services, ServicesDep  # noqa: E402
 from settings import Settings, get_settings  # noqa: E402
 
@@ -41,6 +44,9 @@ HTTP_STATUS = {
     TaskStateConflictError: 409,
     InvalidResumePointError: 400,
     InvalidRequestError: 422,
+    AuthenticationRequiredError: 401,
+    ForbiddenError: 403,
+    RateLimitedError: 429,
 }
 
 
@@ -69,13 +75,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=HTTP_STATUS.get(type(exc), 400))
+        headers = {}
+        if isinstance(exc, AuthenticationRequiredError):
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, RateLimitedError):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return JSONResponse({"detail": str(exc)}, status_code=HTTP_STATUS.get(type(exc), 400), headers=headers)
+
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes,
+                       audit=audit_logger(settings.audit_log, settings.data_dir))
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # none by default: browsers then allow same-origin pages only
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+                           expose_headers=["Retry-After"], max_age=600)
 
     @app.get("/healthz", response_model=Health)
     async def healthz(services: ServicesDep) -> Health:
         return Health(status="ok", provider=services.model_label,
                       active_tasks=len(services.runner.live_records()),
-                      busy_workers=services.runner.busy_workers)
+                      busy_workers=services.runner.busy_workers, auth_required=services.auth.enabled)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

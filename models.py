@@ -73,6 +73,14 @@ class RunTaskResponse(BaseModel):
     message: str
     stream_url: str
     status_url: str
+    stream_token: str | None = Field(None, description="With API keys on: pass as ?token= to open this "
+                                     "task's stream where headers cannot be sent (browsers' EventSource).")
+
+
+class StreamTokenResponse(BaseModel):
+    task_id: str
+    stream_token: str = Field(description="Pass as ?token= to GET /api/stream/{task_id}.")
+    expires_at: datetime
 
 
 class TaskStatusResponse(BaseModel):
@@ -200,7 +208,8 @@ class StreamEventModel(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    detail: str
+    detail: str | list[dict[str, Any]] = Field(
+        description="What went wrong and what to do; for malformed fields, FastAPI's list of errors.")
 
 
 class Health(BaseModel):
@@ -208,3 +217,4 @@ class Health(BaseModel):
     provider: str
     active_tasks: int
     busy_workers: int = Field(description="Worker threads currently running a crew.")
+    auth_required: bool = Field(False, description="Whether /api routes need an API key (API_KEYS).")

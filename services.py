@@ -10,9 +10,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 import sse
+from auth import Auth
 from event_archive import EventArchiver
 from llm_providers import describe_model, make_llm_factory
 from models import TaskStatus
+from rate_limits import RateLimits
 from redis_event_backend import RedisEventBackend
 from settings import EventBackendKind, Settings, database_url
 from stream_manager import Event, StreamManager
@@ -33,6 +35,8 @@ class Services:
                                                      ttl_s=settings.stream_ttl_s)
         self.streams.attach_archive(self.archiver.queue)
         self.model_label = describe_model(settings)
+        self.auth = Auth(settings)
+        self.rate_limits = RateLimits(settings)
         self.runner = TaskRunner.for_settings(settings, self.store, self.streams,
                                               make_llm_factory(settings), self.model_label)
 
@@ -82,7 +86,11 @@ class Services:
         while True:
             await asyncio.sleep(0.5)
             if sse.server_exiting():
-                sse.begin_shutdown()
+                interrupted = await asyncio.to_thread(self.runner.interrupt_all)
+                if interrupted:
+                    log.warning("shutting down: %d running tasks interrupted", len(interrupted))
+                sse.begin_shutdown()  # after the error events, which their viewers drain first
+                return
             await asyncio.to_thread(self.runner.check_deadlines)
             if time.monotonic() >= next_lease:
                 next_lease = time.monotonic() + s.task_lease_s / 3

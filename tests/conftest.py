@@ -26,11 +26,15 @@ os.environ.pop("DASHSCOPE_API_KEY", None)
 def start_server(tmp_path_factory) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(**env: str) -> Server:
+    def start(app: str = "main:app", app_dir: Path = ROOT, **env: str) -> Server:
         """Start a server; pass data_dir=<path> to share (or reuse) a task history."""
         folder = tmp_path_factory.mktemp("server")
         env.setdefault("data_dir", str(folder / "data"))
-        server = Server({k.upper(): str(v) for k, v in env.items()}, folder / "server.log")
+        # Tests poll and submit far faster than people do; the limits have tests of their own.
+        env.setdefault("rate_limit", "100000/minute")
+        env.setdefault("rate_limit_run_task", "100000/minute")
+        server = Server({k.upper(): str(v) for k, v in env.items()}, folder / "server.log", app=app,
+                        app_dir=app_dir)
         servers.append(server)
         return server
 

@@ -36,7 +36,8 @@ def test_run_task_accepts_and_describes_where_to_follow(client):
     r = client.post("/api/run_task", json={"user_requirement": "  Build a blog  ", "skip_confirmation": True})
     assert r.status_code == 202
     body = r.json()
-    assert set(body) == {"task_id", "status", "message", "stream_url", "status_url"}
+    assert set(body) == {"task_id", "status", "message", "stream_url", "status_url", "stream_token"}
+    assert body["stream_token"] is None  # no API keys on this server
     assert UUID4.match(body["task_id"])
     assert body["status"] == "started"
     assert body["stream_url"] == f"/api/stream/{body['task_id']}"
@@ -165,7 +166,7 @@ def test_health_docs_and_test_ui(client):
     script = client.get("/static/test_ui.js")
     assert script.status_code == 200 and "EventSource" in script.text
     stream = schema["paths"]["/api/stream/{task_id}"]["get"]
-    assert {p["name"] for p in stream["parameters"]} == {"task_id", "after", "last-event-id"}
+    assert {p["name"] for p in stream["parameters"]} == {"task_id", "after", "token", "last-event-id"}
     assert "text/event-stream" in stream["responses"]["200"]["content"]
 
 

@@ -1,0 +1,104 @@
+"""GET /api/stream/{task_id}: documented by FastAPI, served as plain ASGI.
+
+A stream stays open for as long as a viewer watches, so whatever the request path keeps alive is
+paid per viewer: FastAPI's request, dependency and exit-stack frames cost ~4 KB of an idle
+connection (docs/benchmarks.md). The route therefore checks its own API key or stream token and
+rate limit instead of using the router's dependencies. Domain errors raised here still reach the
+app's exception handlers (Starlette's ExceptionMiddleware sits above the router).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
+
+from errors import InvalidRequestError, InvalidResumePointError
+from models import ErrorResponse, StreamEventModel
+from sse import MEDIA_TYPE, serve_events
+
+SSE_RETRY_MS = 3000
+
+
+def parse_resume_point(last_event_id: str | None, after: int | None) -> int:
+    """Last-Event-ID (sent by a reconnecting EventSource) wins over ?after=."""
+    if last_event_id is not None and last_event_id.strip():
+        value = last_event_id.strip()
+        if not value.isdigit():
+            raise InvalidResumePointError(
+                f"Last-Event-ID must be the sequence number of the last event received (an integer "
+                f">= 0), got {value[:40]!r}.")
+        return int(value)
+    return after or 0
+
+
+def parse_after(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise InvalidRequestError(
+            f"after must be the sequence number of the last event received (an integer >= 0), "
+            f"got {value[:40]!r}.")
+    return int(value)
+
+
+class EventStreamRoute(APIRoute):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await super().handle(scope, receive, send)  # 405 with Allow
+            return
+        task_id = scope["path_params"]["task_id"]
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        services = scope["app"].state.services
+        who = self._authorize(services.auth, headers, query, task_id)
+        if who == "anonymous":
+            who = f"ip:{(scope.get('client') or ('?',))[0]}"
+        await run_in_threadpool(services.rate_limits.hit, who)
+        start = parse_resume_point(headers.get("last-event-id"), parse_after(query.get("after", [None])[-1]))
+        if not services.streams.holds(task_id):
+            await run_in_threadpool(services.ensure_stream, task_id)  # 404 for unknown tasks
+        settings = services.settings
+        await serve_events(services.streams.subscription(task_id, start), scope, receive, send,
+                           heartbeat_s=settings.sse_heartbeat_s,
+                           send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
+
+    @staticmethod
+    def _authorize(auth: Any, headers: dict[str, str], query: dict[str, list[str]], task_id: str) -> str:
+        token = query.get("token", [None])[-1]
+        if auth.enabled and token and auth.presented_key(headers) is None:
+            auth.check_stream_token(token, task_id)
+            return f"token:{task_id}"
+        return auth.caller(headers)
+
+
+async def stream(
+    task_id: str,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this sequence")] = None,
+    token: Annotated[str | None, Query(description="Stream token from run_task (with API keys on)")] = None,
+    last_event_id: Annotated[str | None, Header(description="Resume after this sequence")] = None,
+) -> None:
+    """Server-Sent Events of one task: every event from the beginning (or after the given
+    sequence), live until the task ends. This signature documents the route; requests are
+    served by `EventStreamRoute.handle`."""
+    raise NotImplementedError  # never called: EventStreamRoute.handle serves the route
+
+
+def register_stream_route(router: APIRouter, not_found: dict) -> None:
+    router.add_api_route(
+        "/stream/{task_id}", stream, methods=["GET"], route_class_override=EventStreamRoute,
+        summary="Server-Sent Events of one task, from the beginning or after a sequence",
+        response_class=Response,
+        status_code=200,
+        responses={
+            200: {"description": "`text/event-stream`; each event's `data` is a StreamEvent "
+                                 "(see schema), `id` is its sequence, `event` its type.",
+                  "content": {MEDIA_TYPE: {"schema": StreamEventModel.model_json_schema()}}},
+            400: {"model": ErrorResponse, "description": "Malformed Last-Event-ID"},
+            **not_found,
+        },
+    )
