@@ -20,6 +20,9 @@ from stream_manager import Subscription
 
 log = logging.getLogger(__name__)
 PING = b": ping\n\n"
+SHUTDOWN_EVENT = (b'event: shutdown\ndata: {"reason": "The server is shutting down.", '
+                  b'"resume": "Reconnect with Last-Event-ID to continue where you left off."}\n\n')
+SHUTDOWN_SEND_TIMEOUT_S = 2.0
 MEDIA_TYPE = "text/event-stream"
 RAW_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]  # the last one tells Nginx not to buffer
@@ -107,7 +110,11 @@ async def serve_events(sub: Subscription, scope: Scope, receive: Receive, send: 
                 continue
             if gone:
                 return
-            if sub.finished or streams.stopping:
+            if sub.finished:
+                break
+            if streams.stopping:
+                # No id: a reconnecting client's Last-Event-ID stays at the last task event.
+                await _send_body(send, SHUTDOWN_EVENT, min(send_timeout_s, SHUTDOWN_SEND_TIMEOUT_S))
                 break
             # No await between the checks above and taking the waiter: a publish, disconnect or
             # shutdown that happens from here on resolves it.
@@ -121,7 +128,7 @@ async def serve_events(sub: Subscription, scope: Scope, receive: Receive, send: 
     except SendTimeout:
         # The client stopped reading: nothing more can reach it, so the connection is
         # dropped; it resumes from the log with Last-Event-ID when it reconnects.
-        log.info("SSE viewer of %s stopped reading for %ss; disconnected", scope.get("path"), send_timeout_s)
+        log.warning("SSE viewer of %s stopped reading for %ss; disconnected", scope.get("path"), send_timeout_s)
     except OSError:  # the client went away mid-send
         pass
     finally:

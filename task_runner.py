@@ -31,6 +31,7 @@ from task_store import StoredEvent, TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
 INTERRUPTED = "Interrupted by server restart: the task was running or waiting when the server stopped. Submit it again."
+SHUT_DOWN = "Interrupted: the server was shut down while the task ran. Submit it again."
 WORKER_LOST = ("The worker running this task was lost: no heartbeat from {owner} for over {lease:g} s "
                "(killed, crashed or cut off). Submit the task again.")
 
@@ -43,6 +44,21 @@ class TaskAborted(BaseException):
     A BaseException, so CrewAI's `except Exception` retry paths do not swallow it."""
 
 
+_HINTS = [  # (exception names, what to tell the operator), first match wins
+    ({"AuthenticationError", "PermissionDeniedError"},
+     "The model provider rejected the API key: check DASHSCOPE_API_KEY or OPENAI_API_KEY."),
+    ({"APIConnectionError", "ConnectError", "ConnectionRefusedError", "ConnectionError"},
+     "Could not connect to the model endpoint: check OPENAI_BASE_URL and that the server is running, "
+     "or unset the API key to use the bundled local model."),
+    ({"APITimeoutError", "TimeoutError", "ReadTimeout"},
+     "The model did not answer in time: raise LLM_TIMEOUT_S or try again."),
+    ({"RateLimitError"}, "The model provider is rate-limiting this key: wait, or raise your quota."),
+    ({"InternalServerError", "ServiceUnavailableError"},
+     "The model endpoint kept failing with server errors: check its status and try again later."),
+    ({"NotFoundError"}, "The endpoint does not know this model: check LLM_MODEL."),
+]
+
+
 def describe_failure(exc: BaseException, model: str) -> str:
     """A message for the `error` event: what went wrong and what the operator can do."""
     chain: list[BaseException] = []
@@ -50,20 +66,17 @@ def describe_failure(exc: BaseException, model: str) -> str:
     while current is not None and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    names = {type(e).__name__ for e in chain}
-    detail = str(chain[-1]) or type(chain[-1]).__name__
-    if names & {"AuthenticationError", "PermissionDeniedError"}:
-        hint = "The model provider rejected the API key: check DASHSCOPE_API_KEY or OPENAI_API_KEY."
-    elif names & {"APIConnectionError", "ConnectError", "ConnectionRefusedError", "ConnectionError"}:
-        hint = ("Could not connect to the model endpoint: check OPENAI_BASE_URL and that the server "
-                "is running, or unset the API key to use the bundled local model.")
-    elif names & {"APITimeoutError", "TimeoutError", "ReadTimeout"}:
-        hint = "The model did not answer in time: raise LLM_TIMEOUT_S or try again."
-    elif names & {"NotFoundError"}:
-        hint = "The endpoint does not know this model: check LLM_MODEL."
-    else:
-        hint = "The crew failed unexpectedly; the server log has the traceback."
-    return f"{hint} (model {model}: {type(chain[-1]).__name__}: {detail[:500]})"
+    hint, cause = "The crew failed unexpectedly; the server log has the traceback.", chain[-1]
+    for names, text in _HINTS:
+        found = next((e for e in chain if type(e).__name__ in names), None)
+        if found is not None:
+            hint, cause = text, found
+            break
+    attempts = next((getattr(e, "attempts") for e in chain if hasattr(e, "attempts")), 1)
+    if attempts > 1:
+        hint += f" Tried {attempts} times with backoff (LLM_MAX_RETRIES={attempts - 1})."
+    detail = str(cause) or type(cause).__name__
+    return f"{hint} (model {model}: {type(cause).__name__}: {detail[:500]})"
 
 
 @dataclass
@@ -227,6 +240,17 @@ class TaskRunner:
                 and r.task_id not in self._runs and (r.heartbeat_at or r.created_at) < now - lease
                 and self._end_elsewhere(r, TaskStatus.failed, EventType.error,
                                         WORKER_LOST.format(owner=r.owner, lease=lease))]
+
+    def interrupt_all(self) -> list[str]:
+        """On shutdown: end this process's queued and running phases with an `error` event, so
+        their viewers learn it now (tasks awaiting confirmation are not running anywhere)."""
+        ended = []
+        for run in list(self._runs.values()):
+            with run.lock:
+                if not run.record.status.finished and \
+                        self._finish(run, TaskStatus.failed, EventType.error, SHUT_DOWN, error=SHUT_DOWN):
+                    ended.append(run.record.task_id)
+        return ended
 
     def shutdown(self) -> None:
         self._executor.shutdown()

@@ -7,9 +7,11 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
+from server_process import ROOT
 from sse_client import read_stream
 from test_api import run_task, wait_finished
 
@@ -195,12 +197,69 @@ def _subscribers(c: httpx.Client, task_id: str) -> int:
     return next(s["subscribers"] for s in streams["active"] + streams["finished"] if s["task_id"] == task_id)
 
 
-def test_sigterm_with_open_streams_exits_promptly(start_server):
-    server = start_server()
-    with httpx.Client(base_url=server.url) as c:
-        task_id = run_task(c, "Build a diary", skip_confirmation=False)
-    viewers = [threading.Thread(target=read_stream, args=(server.url, task_id), daemon=True)
-               for _ in range(3)]
+def test_a_viewer_that_stops_reading_is_cut_off_without_slowing_anyone(start_server):
+    """8 MB into one stream: more than the socket buffers of a client that never reads."""
+    server = start_server(app="core_app:app", app_dir=ROOT / "bench", sse_send_timeout_s=1)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        prepared = c.post("/bench/prepare", params={"tasks": 1}).json()
+        (task_id,) = prepared["streams"]
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        stalled.connect(("127.0.0.1", server.port))
+        stalled.sendall(f"GET /api/stream/{task_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        healthy: list = []
+        viewer = threading.Thread(target=lambda: healthy.append(read_stream(server.url, task_id, timeout=120)))
+        viewer.start()
+        _wait_for(lambda: _subscribers(c, task_id) == 2)
+        rss_before = _rss_kb(server.proc.pid)
+        started = time.monotonic()
+        c.post("/bench/start", params={"batch": prepared["batch"], "tokens": 40_000})
+        viewer.join(120)
+        assert time.monotonic() - started < 60, "the reading viewer was held up"
+        assert healthy[0].sequences == list(range(1, 40_002))  # all, once, in order
+        _wait_for(lambda: "stopped reading for 1.0s; disconnected" in server.log_text())
+        assert _subscribers(c, task_id) == 0
+        growth_mb = (_rss_kb(server.proc.pid) - rss_before) / 1024
+        # The log itself (40,001 events, each encoded once) is ~15 MB; the stalled viewer holds a
+        # cursor and at most one transport buffer, not a copy of what it missed.
+        assert growth_mb < 64, f"server grew by {growth_mb:.0f} MB"
+    stalled.settimeout(10)
+    received = b""
+    while chunk := stalled.recv(1 << 20):
+        received += chunk
+    stalled.close()
+    assert b"event: end" not in received and len(received) < 8_000_000  # cut off, then closed
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def test_sigterm_ends_every_stream_with_a_final_event_and_interrupts_running_tasks(start_server, tmp_path):
+    data = tmp_path / "data"
+    server = start_server(data_dir=data, scripted_token_delay_ms=20)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        waiting = run_task(c, "Build a diary", skip_confirmation=False)
+        read_stream(server.url, waiting, until_type="awaiting_confirmation")
+        running = run_task(c, "Build a payroll system")
+        read_stream(server.url, running, max_messages=20)
+    results: dict = {}
+
+    def view(name: str, task_id: str) -> None:
+        results[name] = read_stream(server.url, task_id, timeout=30)
+
+    viewers = [threading.Thread(target=view, args=(name, task_id), daemon=True)
+               for name, task_id in (("waiting-1", waiting), ("waiting-2", waiting), ("running", running))]
     for v in viewers:
         v.start()
     time.sleep(1.0)
@@ -211,3 +270,15 @@ def test_sigterm_with_open_streams_exits_promptly(start_server):
     for v in viewers:
         v.join(5)
         assert not v.is_alive(), "a viewer's stream was left hanging after shutdown"
+    last = results["running"].events[-1]
+    assert last["event_type"] == "error" and last["content"].startswith("Interrupted: the server was shut down")
+    for name in ("waiting-1", "waiting-2"):
+        final = results[name].messages[-1]
+        assert final.event == "shutdown" and final.id is None and "Last-Event-ID" in final.json["resume"]
+        assert results[name].closed_by_server
+
+    again = start_server(data_dir=data)
+    with httpx.Client(base_url=again.url, timeout=30) as c:
+        assert c.get(f"/api/task/{waiting}/status").json()["status"] == "awaiting_confirmation"
+        status = c.get(f"/api/task/{running}/status").json()
+        assert status["status"] == "failed" and status["error"] == last["content"]
