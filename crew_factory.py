@@ -144,7 +144,7 @@ def _agent(spec: dict[str, str], record: TaskRecord, llm_factory: LLMFactory) ->
         allow_delegation=False,
         verbose=False,
         max_iter=3,
-        max_retry_limit=1,  # one retry of a failed model call, then the task fails
+        max_retry_limit=0,  # transient model failures are retried with backoff in llm_providers
     )
 
 

@@ -4,21 +4,24 @@ local SmolLM2 model, or the scripted test double."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import crewai_env  # noqa: F401  (must precede crewai)
-from crewai import LLM
 from crewai.llms.base_llm import BaseLLM
+from crewai.llms.providers.openai.completion import OpenAICompletion
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from agents_config import AGENTS, QWEN_MODEL_CONFIG
 from scripted_provider import OfflineLLM, ScriptedLLM
 from settings import LLMProvider, Settings
 from task_store import TaskRecord
 
+log = logging.getLogger(__name__)
 LOCAL_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Loaded once per process and shared by every crew; a llama.cpp context is not thread-safe.
@@ -171,9 +174,46 @@ def make_llm_factory(settings: Settings):
         api_key = settings.openai_api_key or "not-needed"  # local servers ignore the key
 
     def remote(agent_name: str, record: TaskRecord) -> BaseLLM:
-        return LLM(model=model, base_url=base_url, api_key=api_key, custom_openai=True, stream=True,
-                   timeout=settings.llm_timeout_s, max_retries=1, temperature=0.4)
+        return RetryingOpenAICompletion(
+            model=model, base_url=base_url, api_key=api_key, stream=True, timeout=settings.llm_timeout_s,
+            max_retries=0, temperature=0.4, retry_attempts=settings.llm_max_retries + 1,
+            retry_base_s=settings.llm_retry_base_s)
     return remote
+
+
+_TRANSIENT = {"APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
+              "ConnectError", "ReadTimeout", "TimeoutError", "ServiceUnavailableError"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: the network, a timeout, 429 or a 5xx. Not a bad key, model or request."""
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, Exception) and (
+        type(exc).__name__ in _TRANSIENT or (isinstance(status, int) and (status == 429 or status >= 500)))
+
+
+class RetryingOpenAICompletion(OpenAICompletion):
+    """Any OpenAI-compatible endpoint (DashScope's included), with transient failures retried
+    with exponential backoff (LLM_MAX_RETRIES, LLM_RETRY_BASE_S) before the task fails."""
+
+    retry_attempts: int = 4
+    retry_base_s: float = 1.0
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        retrying = Retrying(stop=stop_after_attempt(self.retry_attempts),
+                            wait=wait_exponential(multiplier=self.retry_base_s, max=30),
+                            retry=retry_if_exception(is_transient), reraise=True,
+                            before_sleep=_log_retry)
+        try:
+            return retrying(super().call, *args, **kwargs)
+        except Exception as exc:
+            exc.attempts = retrying.statistics.get("attempt_number", 1)  # type: ignore[attr-defined]
+            raise
+
+
+def _log_retry(state: RetryCallState) -> None:
+    log.warning("model call failed (%s); retry %d in %.1f s", state.outcome.exception() if state.outcome else "?",
+                state.attempt_number, state.next_action.sleep if state.next_action else 0)
 
 
 def agent_names() -> list[str]:

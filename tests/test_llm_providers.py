@@ -83,3 +83,39 @@ def test_scripted_documents_are_deterministic_labelled_and_traceable():
     assert all("scripted provider" in d for d in docs.values())
     assert "".join(tokenize(docs["QAEngineer"])) == docs["QAEngineer"]
     assert tokenize("开发 app") == ["开", "发", " ", "app"]
+
+
+def test_transient_model_failures_are_retried_then_the_task_succeeds(start_server):
+    from fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI(fail_first=2)  # two 503s, then answers
+    try:
+        server = start_server(llm_provider="openai", openai_base_url=fake.url, llm_model="fake",
+                              llm_max_retries=3, llm_retry_base_s=0.05)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            task_id = run_task(c)
+            events = read_stream(server.url, task_id, timeout=120).events
+        assert events[-1]["event_type"] == "end", events[-1]
+        assert fake.requests >= 2 + 4  # the two failures, then one call per agent at least
+        assert "model call failed" in server.log_text()
+    finally:
+        fake.stop()
+
+
+def test_a_model_that_keeps_failing_ends_the_task_with_a_clear_error(start_server):
+    from fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI(fail_first=10**6)
+    try:
+        server = start_server(llm_provider="openai", openai_base_url=fake.url, llm_model="fake",
+                              llm_max_retries=2, llm_retry_base_s=0.05)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            task_id = run_task(c)
+            events = read_stream(server.url, task_id, timeout=120).events
+        last = events[-1]
+        assert last["event_type"] == "error"
+        assert "Tried 3 times with backoff (LLM_MAX_RETRIES=2)" in last["content"]
+        assert "InternalServerError" in last["content"]
+        assert fake.requests == 3  # no retries beyond the setting (the SDK's own are off)
+    finally:
+        fake.stop()
