@@ -88,6 +88,9 @@ class TaskStore(ABC):
         """Newest first; only tasks created strictly before `before` when given."""
 
     @abstractmethod
+    def count(self, status: TaskStatus) -> int: ...
+
+    @abstractmethod
     def append_events(self, events: list[StoredEvent]) -> None: ...
 
     @abstractmethod
@@ -231,6 +234,11 @@ class SqlTaskStore(TaskStore):
             query = query.where(tasks_table.c.created_at < before - 5e-7)
         with self.engine.connect() as conn:
             return [_from_row(row) for row in conn.execute(query)]
+
+    def count(self, status: TaskStatus) -> int:
+        query = select(func.count()).select_from(tasks_table).where(tasks_table.c.status == status.value)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar() or 0
 
     def append_events(self, events: list[StoredEvent]) -> None:
         if not events:

@@ -39,6 +39,8 @@ const I18N = {
     "conn.reconnecting": "connection lost, reconnecting…", "conn.finished": "stream finished",
     "conn.offline": "cannot reach the server", taskNotFound: "Task {id} does not exist or has expired.",
     requestFailed: "The server answered {status}: {detail}", networkFailed: "Cannot reach the server: {detail}",
+    authTitle: "This server needs an API key", apiKeyLabel: "API key", useKey: "Use this key",
+    apiKeyHelp: "Ask the operator for a key. It is kept in this browser only.",
   },
   zh: {
     title: "多智能体软件交付系统", language: "语言", newTask: "新任务",
@@ -66,6 +68,8 @@ const I18N = {
     "conn.reconnecting": "连接中断，正在重连…", "conn.finished": "事件流已结束",
     "conn.offline": "无法连接服务器", taskNotFound: "任务 {id} 不存在或已过期。",
     requestFailed: "服务器返回 {status}：{detail}", networkFailed: "无法连接服务器：{detail}",
+    authTitle: "此服务器需要 API 密钥", apiKeyLabel: "API 密钥", useKey: "使用此密钥",
+    apiKeyHelp: "请向管理员索取密钥。密钥只保存在本浏览器中。",
   },
 };
 
@@ -95,10 +99,15 @@ function showError(message) {
   box.textContent = message; box.hidden = !message;
 }
 
+function withKey(options = {}) {
+  const key = localStorage.getItem("apiKey");
+  return key ? { ...options, headers: { ...(options.headers || {}), "X-API-Key": key } } : options;
+}
+
 async function api(path, options = {}) {
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, withKey(options));
   } catch (err) {
     throw new Error(t("networkFailed", { detail: err.message }));
   }
@@ -111,6 +120,7 @@ async function api(path, options = {}) {
     } catch (_) { /* not JSON */ }
     const error = new Error(t("requestFailed", { status: response.status, detail }));
     error.status = response.status;
+    if (response.status === 401 || response.status === 403) $("auth").hidden = false;
     throw error;
   }
   return response;
@@ -319,7 +329,7 @@ async function loadDocuments() {  // those written so far: a failed run may have
 async function loadDocument(name) {
   const taskId = view.taskId;
   try {
-    const r = await fetch(`/api/task/${encodeURIComponent(taskId)}/deliverables/${name}?format=html`);
+    const r = await fetch(`/api/task/${encodeURIComponent(taskId)}/deliverables/${name}?format=html`, withKey());
     if (!r.ok || taskId !== view.taskId) return;  // 404: not written (yet)
     view.docs[name] = await r.text();
     if (!view.docs[view.selectedDoc] || name === "requirements_analysis" && view.selectedDoc === name) view.selectedDoc = name;
@@ -330,10 +340,19 @@ async function loadDocument(name) {
 
 // ---- the stream: EventSource plus our own reconnect when the browser gives up -----------------
 
-function connect() {
+async function connect() {
   clearTimeout(view.timer);
   const taskId = view.taskId;
-  const url = `/api/stream/${encodeURIComponent(taskId)}` + (view.lastSeq ? `?after=${view.lastSeq}` : "");
+  const params = new URLSearchParams();
+  if (view.lastSeq) params.set("after", view.lastSeq);
+  if (authRequired) {  // EventSource cannot send the key: a token for this task's stream
+    try {
+      const r = await api(`/api/task/${encodeURIComponent(taskId)}/stream_token`, { method: "POST" });
+      params.set("token", (await r.json()).stream_token);
+    } catch (err) { showError(err.message); setConn("offline"); return; }
+    if (taskId !== view.taskId) return;
+  }
+  const url = `/api/stream/${encodeURIComponent(taskId)}` + (params.size ? "?" + params : "");
   const source = new EventSource(url);
   view.source = source;
   setConn(view.reconnects ? "reconnecting" : "connecting");
@@ -382,6 +401,7 @@ function follow(taskId, { push = true } = {}) {
   url.searchParams.set("task", taskId);
   if (push) history.pushState({ task: taskId }, "", url); else history.replaceState({ task: taskId }, "", url);
   renderAll(); markRecent();
+  if (!canCall()) return;  // resumes when a key is entered
   api(`/api/task/${encodeURIComponent(taskId)}/status`).then(async (r) => {
     const s = await r.json();
     if (taskId !== view.taskId) return;
@@ -423,7 +443,10 @@ async function answer(approved) {
 
 // ---- recent tasks ---------------------------------------------------------------------------
 
+const canCall = () => !authRequired || Boolean(localStorage.getItem("apiKey"));
+
 async function loadRecent() {
+  if (!canCall()) return;  // the key panel is showing; no request that would only be refused
   try {
     const body = await (await api("/api/tasks?limit=10")).json();
     const list = $("recent-list");
@@ -468,6 +491,25 @@ $("form").addEventListener("submit", async (event) => {
     loadRecent();
   } catch (err) { showError(err.message); } finally { button.disabled = false; }
 });
+$("zip").addEventListener("click", async (event) => {
+  if (!authRequired) return;  // a plain link works without keys
+  event.preventDefault();  // with keys, the download needs the header: fetch it, then save it
+  try {
+    const blob = await (await api($("zip").getAttribute("href"))).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `delivery-${view.taskId}.zip`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  } catch (err) { showError(err.message); }
+});
+$("auth-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem("apiKey", $("api-key").value.trim());
+  $("auth").hidden = true; showError("");
+  loadRecent();
+  if (view.taskId) follow(view.taskId, { push: false });
+});
 $("cancel").addEventListener("click", async () => {
   try { await api(`/api/task/${encodeURIComponent(view.taskId)}/cancel`, { method: "POST" }); }
   catch (err) { showError(err.message); }
@@ -487,6 +529,16 @@ window.addEventListener("popstate", () => {
   if (task && task !== view.taskId) follow(task, { push: false });
 });
 
-applyLanguage();
-const initial = new URLSearchParams(location.search).get("task");
-if (initial) follow(initial, { push: false });
+let authRequired = false;
+
+async function start() {
+  try {
+    authRequired = (await (await fetch("/healthz")).json()).auth_required;
+  } catch (_) { /* the first API call will say what is wrong */ }
+  if (authRequired && !localStorage.getItem("apiKey")) $("auth").hidden = false;
+  applyLanguage();
+  const initial = new URLSearchParams(location.search).get("task");
+  if (initial) follow(initial, { push: false });
+}
+
+start();

@@ -245,3 +245,20 @@ def test_unknown_task_by_url_says_so(server, open_page):
     expect(w.page.get_by_role("alert")).to_have_text("Task no-such-task does not exist or has expired.")
     # The failed requests are reported by the browser itself; the page raises nothing.
     assert [e for e in w.errors if "404" not in e] == []
+
+
+def test_with_api_keys_the_page_asks_for_one_then_works(start_server, open_page):
+    server = start_server(api_keys="ui-key-123")
+    w = open_page(server.url + "/test-ui")
+    page = w.page
+    expect(page.get_by_role("heading", name="This server needs an API key")).to_be_visible()
+    page.get_by_label("API key", exact=True).fill("ui-key-123")
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#auth")).to_be_hidden()
+    submit(page, "A newsletter sign-up service", confirm_first=False)
+    expect(page.locator("#task-status")).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#panel-requirements_analysis h1, #panel-requirements_analysis h2").first).to_be_visible()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download all (.zip)").click()
+    assert "REQUIREMENTS.md" in zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes())).namelist()
+    assert w.errors == []  # in particular, no request was sent only to be refused
