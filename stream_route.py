@@ -51,6 +51,13 @@ class EventStreamRoute(APIRoute):
         if scope["method"] not in ("GET", "HEAD"):
             await super().handle(scope, receive, send)  # 405 with Allow
             return
+        # Only what serving needs stays referenced while the stream is open: everything used
+        # to check and position the viewer lives in _open's frame, which is gone by then.
+        subscription, settings = await self._open(scope)
+        await serve_events(subscription, scope, receive, send, heartbeat_s=settings.sse_heartbeat_s,
+                           send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
+
+    async def _open(self, scope: Scope) -> tuple[Any, Any]:
         task_id = scope["path_params"]["task_id"]
         query = parse_qs(scope["query_string"].decode("latin-1"))
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -62,10 +69,7 @@ class EventStreamRoute(APIRoute):
         start = parse_resume_point(headers.get("last-event-id"), parse_after(query.get("after", [None])[-1]))
         if not services.streams.holds(task_id):
             await run_in_threadpool(services.ensure_stream, task_id)  # 404 for unknown tasks
-        settings = services.settings
-        await serve_events(services.streams.subscription(task_id, start), scope, receive, send,
-                           heartbeat_s=settings.sse_heartbeat_s,
-                           send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
+        return services.streams.subscription(task_id, start), services.settings
 
     @staticmethod
     def _authorize(auth: Any, headers: dict[str, str], query: dict[str, list[str]], task_id: str) -> str:
