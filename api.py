@@ -16,7 +16,7 @@ from models import (
     TaskResultResponse, TaskStatus, TaskStatusResponse, TaskSummary, Traceability,
 )
 from services import Services, ServicesDep
-from stream_manager import StreamSnapshot
+from event_backend import StreamSnapshot
 from stream_route import register_stream_route
 from task_store import TaskRecord
 

@@ -23,8 +23,9 @@ from typing import Any
 import redis
 
 from errors import StreamClosedError, TaskNotFoundError
+from event_backend import Event, EventBackend, StreamSnapshot, Subscription
 from models import TERMINAL_EVENT_TYPES
-from stream_manager import Event, EventBackend, MemoryEventBackend, StreamSnapshot, Subscription
+from stream_manager import MemoryEventBackend
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth import Auth, fingerprint
-from stream_manager import format_timestamp
+from event_backend import format_timestamp
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TASK_IN_PATH = re.compile(r"^/api/task/([^/]+)/")

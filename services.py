@@ -12,12 +12,13 @@ from fastapi import Depends, Request
 import sse
 from auth import Auth
 from event_archive import EventArchiver
+from event_backend import Event
 from llm_providers import describe_model, make_llm_factory
 from models import TaskStatus
 from rate_limits import RateLimits
 from redis_event_backend import RedisEventBackend
 from settings import EventBackendKind, Settings, database_url
-from stream_manager import Event, StreamManager
+from stream_manager import StreamManager
 from task_runner import TaskRunner
 from task_store import SqlTaskStore, TaskStore
 

@@ -19,7 +19,7 @@ import signal
 
 from starlette.types import Receive, Scope, Send
 
-from stream_manager import Subscription
+from event_backend import Subscription
 
 log = logging.getLogger(__name__)
 PING = b": ping\n\n"

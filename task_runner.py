@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from agents_config import detect_language
-from executors import CeleryExecutor, Executor, Phase, ThreadExecutor
 from crew_factory import SYSTEM_AGENT, CrewEventsHandler, LLMFactory, run_analysis, run_delivery
 from deliverables import review_with_matrix, trace
+from executors import CeleryExecutor, Executor, Phase, ThreadExecutor
+from failure_messages import describe_failure
 from errors import InvalidRequestError, StreamClosedError, TaskNotFoundError, TaskStateConflictError
 from models import EventType, TaskStatus
 from settings import EventBackendKind, ExecutorKind, Settings, instance_id
@@ -42,41 +43,6 @@ _PROGRESS_EVENTS = frozenset({EventType.agent_start.value, EventType.step_end.va
 class TaskAborted(BaseException):
     """Raised on the agent thread at the next event once the task was cancelled or timed out.
     A BaseException, so CrewAI's `except Exception` retry paths do not swallow it."""
-
-
-_HINTS = [  # (exception names, what to tell the operator), first match wins
-    ({"AuthenticationError", "PermissionDeniedError"},
-     "The model provider rejected the API key: check DASHSCOPE_API_KEY or OPENAI_API_KEY."),
-    ({"APIConnectionError", "ConnectError", "ConnectionRefusedError", "ConnectionError"},
-     "Could not connect to the model endpoint: check OPENAI_BASE_URL and that the server is running, "
-     "or unset the API key to use the bundled local model."),
-    ({"APITimeoutError", "TimeoutError", "ReadTimeout"},
-     "The model did not answer in time: raise LLM_TIMEOUT_S or try again."),
-    ({"RateLimitError"}, "The model provider is rate-limiting this key: wait, or raise your quota."),
-    ({"InternalServerError", "ServiceUnavailableError"},
-     "The model endpoint kept failing with server errors: check its status and try again later."),
-    ({"NotFoundError"}, "The endpoint does not know this model: check LLM_MODEL."),
-]
-
-
-def describe_failure(exc: BaseException, model: str) -> str:
-    """A message for the `error` event: what went wrong and what the operator can do."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    hint, cause = "The crew failed unexpectedly; the server log has the traceback.", chain[-1]
-    for names, text in _HINTS:
-        found = next((e for e in chain if type(e).__name__ in names), None)
-        if found is not None:
-            hint, cause = text, found
-            break
-    attempts = next((getattr(e, "attempts") for e in chain if hasattr(e, "attempts")), 1)
-    if attempts > 1:
-        hint += f" Tried {attempts} times with backoff (LLM_MAX_RETRIES={attempts - 1})."
-    detail = str(cause) or type(cause).__name__
-    return f"{hint} (model {model}: {type(cause).__name__}: {detail[:500]})"
 
 
 @dataclass

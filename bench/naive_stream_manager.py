@@ -17,7 +17,7 @@ from typing import Any
 
 from errors import StreamClosedError, TaskNotFoundError
 from models import TERMINAL_EVENT_TYPES
-from stream_manager import Event, StreamSnapshot
+from event_backend import Event, StreamSnapshot
 
 
 class _NaiveStream:

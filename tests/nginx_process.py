@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from server_process import ROOT, free_port
+from server_process import ROOT, free_port, terminate
 
 NGINX = "/usr/sbin/nginx"
 
@@ -57,10 +57,4 @@ class Nginx:
         raise RuntimeError("nginx did not start")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)

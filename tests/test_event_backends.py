@@ -13,7 +13,8 @@ import pytest
 from errors import StreamClosedError, TaskNotFoundError
 from real_services import ensure_redis
 from redis_event_backend import RedisEventBackend
-from stream_manager import EventBackend, MemoryEventBackend
+from event_backend import EventBackend
+from stream_manager import MemoryEventBackend
 
 Factory = Callable[[], EventBackend]
 

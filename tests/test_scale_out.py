@@ -15,7 +15,7 @@ import pytest
 
 from nginx_process import Nginx
 from real_services import ensure_redis, fresh_postgres_database
-from server_process import ROOT, Server
+from server_process import ROOT, Server, terminate
 from sse_client import StreamResult, parse_lines, read_stream
 
 
@@ -35,12 +35,7 @@ class Worker:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, timeout=15)
         self._log.close()
 
 

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from errors import StreamClosedError, TaskNotFoundError
-from stream_manager import MemoryEventBackend, StreamManager, format_timestamp
+from event_backend import format_timestamp
+from stream_manager import MemoryEventBackend, StreamManager
 
 
 def make_manager() -> StreamManager:
