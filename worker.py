@@ -12,15 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
+from pathlib import Path
 
 from dotenv import load_dotenv
 
+# The project's modules sit next to this file. `celery -A worker` finds this module from the
+# current directory, but the pool's child processes do not have that directory on their path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 load_dotenv()
 
 import crewai_env  # noqa: E402,F401  (telemetry off before CrewAI is imported)
 from celery import Celery  # noqa: E402
 
+from executors import Phase  # noqa: E402
 from settings import Settings, get_settings  # noqa: E402
 
 log = logging.getLogger("multi_agent.worker")
@@ -96,6 +102,4 @@ def _ctx() -> _WorkerContext:
 
 @app.task(name="worker.run_phase")
 def run_phase(task_id: str, phase: str) -> None:
-    from executors import Phase
-
     _ctx().runner.run_phase(task_id, Phase(phase))

@@ -20,13 +20,15 @@ from sse_client import StreamResult, parse_lines, read_stream
 
 
 class Worker:
-    """`celery -A worker worker`, as an operator starts it."""
+    """`celery -A worker worker`, as an operator starts it from the project directory (no
+    PYTHONPATH). Threads by default: one process, so `kill -9` kills every phase it runs."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, pool: list[str] | None = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        pool = ["-P", "threads", "-c", "2"] if pool is None else pool
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "threads", "-c", "2",
+            [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker", *pool,
              "--loglevel", "WARNING", "-n", f"test-{time.monotonic_ns()}@%h"],
             cwd=ROOT, env={**_base_env(), **env}, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -41,8 +43,8 @@ class Worker:
 
 def _base_env() -> dict[str, str]:
     import os
-    return {k: v for k, v in os.environ.items() if k != "DASHSCOPE_API_KEY"} | {
-        "LLM_PROVIDER": "scripted", "PYTHONPATH": str(ROOT)}
+    return {k: v for k, v in os.environ.items() if k not in ("DASHSCOPE_API_KEY", "PYTHONPATH")} | {
+        "LLM_PROVIDER": "scripted"}
 
 
 class Cluster:
@@ -209,3 +211,14 @@ def test_a_worker_killed_mid_task_leaves_a_failed_task_with_an_error_event(clust
     assert whole == list(range(1, len(whole) + 1))
     status = httpx.get(f"{cluster.nginx.url}/api/task/{task_id}/status").json()
     assert status["status"] == "failed" and status["error"] == last["content"]
+
+
+def test_a_worker_with_celerys_default_process_pool_runs_phases(cluster, tmp_path):
+    """After the kill above, this worker is the only one: the task must run in its pool."""
+    worker = Worker(cluster.env, tmp_path / "prefork.log", pool=["-c", "1"])
+    try:
+        task_id = submit(cluster.nginx.url, "A flashcard app for language learners")
+        events = read_stream(cluster.a.url, task_id, timeout=120).events
+        assert events[-1]["event_type"] == "end", worker.log_path.read_text()[-2000:]
+    finally:
+        worker.stop()
