@@ -50,7 +50,7 @@ class RequestGuard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         started = time.time()
-        state = {"status": 500, "response_started": False, "body": b"", "response": b""}
+        state = {"status": 500, "response_started": False, "size": 0, "body": b"", "response": b""}
         capture = scope["path"] == "/api/run_task"
         try:
             problem = self._refuse(headers)
@@ -61,8 +61,11 @@ class RequestGuard:
             async def counted_receive() -> Message:
                 message = await receive()
                 if message["type"] == "http.request":
-                    state["body"] += message.get("body", b"")
-                    if len(state["body"]) > self.max_bytes and not state["response_started"]:
+                    chunk = message.get("body", b"")
+                    state["size"] += len(chunk)
+                    if capture:  # only run_task's body is kept, to hash its requirement
+                        state["body"] += chunk
+                    if state["size"] > self.max_bytes and not state["response_started"]:
                         # Answer now and tell the app the client left: it stops reading and
                         # whatever it sends next is dropped below.
                         await self._answer(send, state, *self._too_large())
