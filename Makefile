@@ -12,11 +12,11 @@ LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 WHEEL_CACHE ?= $(HOME)/.cache/multi-agent-delivery/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-avx2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install run test bench clean browser system-packages
+.PHONY: install run test lint bench eval clean browser system-packages
 TEST_STAMP := $(VENV)/.test-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@ls $(WHEEL_CACHE)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
@@ -25,6 +25,8 @@ $(STAMP): requirements.txt
 	    -w $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_CPP_VERSION); }
 	$(BIN)/python -m pip install --quiet $(WHEEL_CACHE)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# The project itself, editable: every process imports it without sys.path edits.
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,7 +53,13 @@ system-packages:
 
 browser: system-packages
 
-test: install $(TEST_STAMP) system-packages
+# ruff (lint and format) and mypy, as configured in pyproject.toml
+lint: install $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install $(TEST_STAMP) system-packages lint
 	$(BIN)/python test_import.py
 	$(BIN)/python -m pytest
 
@@ -59,7 +67,7 @@ test: install $(TEST_STAMP) system-packages
 # BENCH_QUICK=1 for a smoke run, BENCH_ONLY=publish,ttfe,... for some sections.
 bench: install
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,8 +1,15 @@
-"""The crew as data: agents, task prompt templates and the Qwen endpoint. Edit here to customise."""
+"""The crew as data: agents in pipeline order, their task prompts, and the Qwen endpoint.
+Edit here to customise; everything else (crews, deliverables, the API, the test UI) reads this.
+
+The first agent writes the analysis the user confirms; the others form the delivery crew and
+each sees the approved analysis and every earlier deliverable.
+"""
 
 from __future__ import annotations
 
 import re
+
+from pydantic import BaseModel, ConfigDict
 
 QWEN_MODEL_CONFIG = {
     "model": "qwen-plus",
@@ -10,91 +17,106 @@ QWEN_MODEL_CONFIG = {
     "api_key_env": "DASHSCOPE_API_KEY",
 }
 
-# Order is the pipeline order. `name` is what appears as `agent_name` in the event stream;
-# `deliverable` is the key of the document the agent's task produces.
-AGENTS: list[dict[str, str]] = [
-    {
-        "name": "ProductManager",
-        "role": "Product Manager",
-        "goal": "Turn the user's requirement into clear, numbered, testable requirements.",
-        "backstory": (
+
+class AgentSpec(BaseModel):
+    """One agent and the document it writes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str  # `agent_name` in the event stream
+    role: str
+    goal: str
+    backstory: str
+    deliverable: str  # key of its document in results, URLs and the UI
+    filename: str  # the document's file in the zip and in downloads
+    title: dict[str, str]  # what the document is called, per language (the UI's agent cards)
+    tab: dict[str, str]  # a short label, per language (the UI's document tabs)
+    description: str  # the task prompt; {requirement} is replaced by the user's requirement
+    expected_output: str
+
+
+AGENTS: list[AgentSpec] = [
+    AgentSpec(
+        name="ProductManager",
+        role="Product Manager",
+        goal="Turn the user's requirement into clear, numbered, testable requirements.",
+        backstory=(
             "A pragmatic product manager who has shipped many web products. You write short "
             "requirement lists with acceptance criteria and call out assumptions and open questions."
         ),
-        "deliverable": "requirements_analysis",
-    },
-    {
-        "name": "QAEngineer",
-        "role": "QA Engineer",
-        "goal": "Write a test plan that verifies every requirement.",
-        "backstory": (
-            "A meticulous QA engineer. Every test case you write names the requirement it checks "
-            "and has steps and an expected result."
-        ),
-        "deliverable": "test_plan",
-    },
-    {
-        "name": "SoftwareDeveloper",
-        "role": "Software Developer",
-        "goal": "Design a technical solution that meets the requirements and passes the test plan.",
-        "backstory": (
-            "A senior engineer who favours simple architectures: components, data model, API and "
-            "the reasons for each choice."
-        ),
-        "deliverable": "technical_design",
-    },
-    {
-        "name": "Coordinator",
-        "role": "Delivery Coordinator",
-        "goal": "Review the package for consistency and decide whether it is ready to deliver.",
-        "backstory": (
-            "A delivery lead who checks that requirements, tests and design line up, lists the "
-            "gaps and gives a clear go / no-go."
-        ),
-        "deliverable": "delivery_review",
-    },
-]
-
-DELIVERABLE_KEYS = [agent["deliverable"] for agent in AGENTS]
-
-TASK_TEMPLATES: dict[str, dict[str, str]] = {
-    "ProductManager": {
-        "description": (
+        deliverable="requirements_analysis",
+        filename="REQUIREMENTS.md",
+        title={"en": "Requirements analysis", "zh": "需求分析"},
+        tab={"en": "Requirements", "zh": "需求分析"},
+        description=(
             "Analyse this software requirement:\n\n{requirement}\n\n"
             "Write a requirements analysis in Markdown: a one-paragraph summary, then numbered "
             "requirements REQ-1, REQ-2, ... each with acceptance criteria, then assumptions."
         ),
-        "expected_output": "A Markdown requirements analysis with numbered requirements (REQ-n).",
-    },
-    "QAEngineer": {
-        "description": (
+        expected_output="A Markdown requirements analysis with numbered requirements (REQ-n).",
+    ),
+    AgentSpec(
+        name="QAEngineer",
+        role="QA Engineer",
+        goal="Write a test plan that verifies every requirement.",
+        backstory=(
+            "A meticulous QA engineer. Every test case you write names the requirement it checks "
+            "and has steps and an expected result."
+        ),
+        deliverable="test_plan",
+        filename="TEST_PLAN.md",
+        title={"en": "Test plan", "zh": "测试计划"},
+        tab={"en": "Test plan", "zh": "测试计划"},
+        description=(
             "Using the requirements analysis in your context, write a test plan in Markdown for:"
             "\n\n{requirement}\n\nGive test cases TC-1, TC-2, ...; each names the REQ-n it verifies."
         ),
-        "expected_output": "A Markdown test plan whose test cases reference requirement ids.",
-    },
-    "SoftwareDeveloper": {
-        "description": (
+        expected_output="A Markdown test plan whose test cases reference requirement ids.",
+    ),
+    AgentSpec(
+        name="SoftwareDeveloper",
+        role="Software Developer",
+        goal="Design a technical solution that meets the requirements and passes the test plan.",
+        backstory=(
+            "A senior engineer who favours simple architectures: components, data model, API and "
+            "the reasons for each choice."
+        ),
+        deliverable="technical_design",
+        filename="TECH_DESIGN.md",
+        title={"en": "Technical design", "zh": "技术设计"},
+        tab={"en": "Design", "zh": "技术设计"},
+        description=(
             "Using the requirements and the test plan in your context, write a technical design in "
             "Markdown for:\n\n{requirement}\n\nCover architecture, components, data model and API; "
             "say which REQ-n each part serves."
         ),
-        "expected_output": "A Markdown technical design that references requirement ids.",
-    },
-    "Coordinator": {
-        "description": (
+        expected_output="A Markdown technical design that references requirement ids.",
+    ),
+    AgentSpec(
+        name="Coordinator",
+        role="Delivery Coordinator",
+        goal="Review the package for consistency and decide whether it is ready to deliver.",
+        backstory=(
+            "A delivery lead who checks that requirements, tests and design line up, lists the "
+            "gaps and gives a clear go / no-go."
+        ),
+        deliverable="delivery_review",
+        filename="DELIVERY_REVIEW.md",
+        title={"en": "Delivery review", "zh": "交付评审"},
+        tab={"en": "Review", "zh": "交付评审"},
+        description=(
             "Review the requirements, test plan and technical design in your context for:\n\n"
             "{requirement}\n\nWrite a delivery review in Markdown: consistency findings, gaps, "
             "risks, and a final line 'Verdict: GO' or 'Verdict: NO-GO'."
         ),
-        "expected_output": "A Markdown delivery review ending with a go / no-go verdict.",
-    },
-}
+        expected_output="A Markdown delivery review ending with a go / no-go verdict.",
+    ),
+]
 
-# Appended to the QA, Developer and Coordinator tasks: the analysis the user approved.
+# Appended to the delivery crew's tasks: the analysis the user approved.
 APPROVED_ANALYSIS = "\n\nThe approved requirements analysis:\n\n{analysis}"
 
-# Appended to the ProductManager's task when the user asked for changes.
+# Appended to the first agent's task when the user asked for changes.
 REVISION_REQUEST = (
     "\n\nYour previous analysis:\n\n{previous}\n\nThe user reviewed it and asked for these "
     "changes:\n\n{feedback}\n\nRevise the analysis accordingly, keeping the REQ-n numbering."

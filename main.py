@@ -1,32 +1,51 @@
-"""FastAPI entry point. Run with `python main.py` (or `make run`)."""
+"""The app: `create_app(settings)` assembles the routes, error mapping, middleware and pages.
+Run with `python main.py` (or `make run`); `uvicorn main:app` serves the same app.
+
+Add your own routers or middleware here; the parts they use live in the `delivery` package
+(docs/architecture.md is the map).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dotenv import load_dotenv
 
-load_dotenv()  # before settings and CrewAI read the environment
+load_dotenv()  # before the settings (and CrewAI) read the environment
 
 from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse  # noqa: E402
 from fastapi.middleware.cors import CORSMiddleware  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 
-from api import router  # noqa: E402
-from errors import (  # noqa: E402
-    AuthenticationRequiredError, DeliverableNotFoundError, DomainError, ForbiddenError,
-    InvalidRequestError, InvalidResumePointError, RateLimitedError, TaskNotFinishedError,
-    TaskNotFoundError, TaskStateConflictError,
+from delivery import __version__  # noqa: E402
+from delivery.api.deps import RuntimeDep  # noqa: E402
+from delivery.api.routes import router  # noqa: E402
+from delivery.api.schemas import Health  # noqa: E402
+from delivery.crew.roster import ROSTER  # noqa: E402
+from delivery.errors import (  # noqa: E402
+    AuthenticationRequiredError,
+    DeliverableNotFoundError,
+    DomainError,
+    ForbiddenError,
+    InvalidRequestError,
+    InvalidResumePointError,
+    RateLimitedError,
+    TaskNotFinishedError,
+    TaskNotFoundError,
+    TaskStateConflictError,
 )
-from models import Health  # noqa: E402
-from request_guard import RequestGuard, audit_logger  # noqa: E402
-from services import Services, ServicesDep  # noqa: E402
-from settings import Settings, get_settings  # noqa: E402
+from delivery.runtime import Runtime  # noqa: E402
+from delivery.security.auth import Auth  # noqa: E402
+from delivery.security.rate_limits import RateLimits  # noqa: E402
+from delivery.security.request_guard import RequestGuard, audit_logger  # noqa: E402
+from delivery.settings import Settings, get_settings  # noqa: E402
+from delivery.streaming.backend import EventBackend  # noqa: E402
 
 log = logging.getLogger("multi_agent")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -37,7 +56,7 @@ TEST_UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-
                "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
                "frame-ancestors 'none'; form-action 'self'")
 
-HTTP_STATUS = {
+HTTP_STATUS: dict[type[DomainError], int] = {
     TaskNotFoundError: 404,
     DeliverableNotFoundError: 404,
     TaskNotFinishedError: 409,
@@ -50,25 +69,28 @@ HTTP_STATUS = {
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, event_backend: EventBackend | None = None) -> FastAPI:
+    """`event_backend` replaces the backend EVENT_BACKEND names (the benchmarks' baseline)."""
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = Services(settings)
-        app.state.services = services
-        services.start(asyncio.get_running_loop())
-        maintenance = asyncio.create_task(services.maintain())
-        log.info("LLM: %s; up to %d concurrent tasks", services.model_label, settings.max_concurrent_tasks)
+        runtime = Runtime(settings, event_backend=event_backend)
+        app.state.runtime = runtime
+        app.state.auth = Auth(settings)
+        app.state.rate_limits = RateLimits(settings)
+        runtime.start(asyncio.get_running_loop())
+        maintenance = asyncio.create_task(runtime.maintain())
+        log.info("LLM: %s; up to %d concurrent tasks", runtime.model_label, settings.max_concurrent_tasks)
         yield
         maintenance.cancel()
-        services.stop()
+        runtime.stop()
 
     app = FastAPI(
         title="Multi-Agent Software Delivery System",
-        description="A CrewAI crew (ProductManager → QAEngineer → SoftwareDeveloper → Coordinator) "
-                    "turns a requirement into a delivery package, streamed live over SSE.",
-        version="0.3.0",
+        description="A CrewAI crew (" + " → ".join(ROSTER.names) + ") turns a requirement into a "
+                    "delivery package, streamed live over SSE.",
+        version=__version__,
         lifespan=lifespan,
     )
     app.include_router(router)
@@ -91,23 +113,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["Retry-After"], max_age=600)
 
     @app.get("/healthz", response_model=Health)
-    async def healthz(services: ServicesDep) -> Health:
-        return Health(status="ok", provider=services.model_label,
-                      active_tasks=len(services.runner.live_records()),
-                      busy_workers=services.runner.busy_workers, auth_required=services.auth.enabled)
+    async def healthz(runtime: RuntimeDep, request: Request) -> Health:
+        return Health(status="ok", provider=runtime.model_label, active_tasks=len(runtime.runs.live_records()),
+                      busy_workers=runtime.phases.busy, auth_required=request.app.state.auth.enabled)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    test_ui_page = _test_ui_page()
 
     @app.get("/test-ui", include_in_schema=False)
-    async def test_ui() -> FileResponse:
-        return FileResponse(STATIC_DIR / "test_ui.html", media_type="text/html",
-                            headers={"Content-Security-Policy": TEST_UI_CSP})
+    async def test_ui() -> HTMLResponse:
+        return HTMLResponse(test_ui_page, headers={"Content-Security-Policy": TEST_UI_CSP})
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/test-ui")
 
     return app
+
+
+def _test_ui_page() -> str:
+    """The page with the crew (agents_config) embedded as data, so the UI never copies the roster
+    and needs no request (and no API key) to draw it."""
+    roster = json.dumps(ROSTER.public(), ensure_ascii=False).replace("<", "\\u003c")
+    page = (STATIC_DIR / "test_ui.html").read_text(encoding="utf-8")
+    return page.replace("<!--CREW-->", f'<script type="application/json" id="crew">{roster}</script>')
 
 
 app = create_app()

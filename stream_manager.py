@@ -1,245 +1,183 @@
-"""Per-task event logs, fanned out to any number of SSE subscribers.
+"""The StreamManager: this process's task event logs, and the one place that knows where they live.
 
-Threads meet the event loop in exactly one place: ``MemoryEventBackend.publish`` (any thread)
-appends to a task's log under a short lock and, at most once per loop iteration, schedules
-``_TaskStream.wake`` on the loop with ``call_soon_threadsafe``. The publisher never waits for
-the loop or for a client. Subscribers hold only a cursor into the shared log, so a viewer that
-stops reading costs no memory and cannot slow the agents or other viewers; a late viewer
-replays the log from any sequence.
+Agent threads publish through it, SSE viewers subscribe through it, and the task lifecycle asks it
+for a task's log, its last sequence, and to publish the terminal event. Whether a log is held here
+in memory, mirrored from Redis, or reloaded from the task store is decided here and nowhere else.
+
+It is the process's singleton (the design card's "StreamManager keyed by task_id"): built once at
+start-up from settings with `StreamManager.create(settings, store)`, found anywhere afterwards with
+`StreamManager.instance()`, and never patched. Tests and benchmarks may build private managers
+with the constructor.
+
+The bridge from agent threads to the event loop is `MemoryEventBackend.publish`
+(delivery/streaming/memory.py); docs/architecture.md tells the whole path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar, Protocol
 
-from errors import StreamClosedError, TaskNotFoundError
-from event_backend import MAX_BATCH, Event, EventBackend, StreamSnapshot, Subscription, iterate
-from models import TERMINAL_EVENT_TYPES
+from delivery.errors import StreamClosedError, TaskNotFoundError
+from delivery.events import Event
+from delivery.settings import EventBackendKind, Settings
+from delivery.streaming.archive import EventArchiver
+from delivery.streaming.backend import EventBackend, StreamSnapshot, Subscription, iterate
+from delivery.streaming.memory import MemoryEventBackend
+from delivery.streaming.redis_backend import RedisEventBackend
+from delivery.tasks.store import TaskStore
 
-class _TaskStream:
-    __slots__ = ("task_id", "log", "lock", "closed", "created_at", "closed_at", "subscriptions",
-                 "wake_pending")
+log = logging.getLogger(__name__)
 
-    def __init__(self, task_id: str) -> None:
-        self.task_id = task_id
-        self.log: list[Event] = []
-        self.lock = threading.Lock()
-        self.closed = False
-        self.created_at = time.time()
-        self.closed_at: float | None = None
-        self.subscriptions: set[_MemorySubscription] = set()  # touched on the loop thread only
-        self.wake_pending = False
-
-    def wake(self) -> None:
-        # Cleared before notifying, so a publish racing with this call schedules a fresh wake.
-        self.wake_pending = False
-        for sub in self.subscriptions:
-            sub.notify()
+class PublishEvent(Protocol):
+    def __call__(self, task_id: str, agent_name: str, event_type: str, content: str,
+                 metadata: dict[str, Any] | None = None, /) -> None: ...
 
 
-class _MemorySubscription(Subscription):
-    __slots__ = ("_stream", "_cursor", "_closed")
+def backend_for(settings: Settings) -> EventBackend:
+    """The event backend EVENT_BACKEND names."""
+    if settings.event_backend is EventBackendKind.redis:
+        return RedisEventBackend(settings.redis_url, maxlen=settings.redis_stream_maxlen,
+                                 ttl_s=settings.stream_ttl_s)
+    return MemoryEventBackend()
 
-    def __init__(self, stream: _TaskStream, after: int) -> None:
-        super().__init__()
-        self._stream = stream
-        self._cursor = after
-        self._closed = False
-        stream.subscriptions.add(self)
 
-    def take(self) -> list[Event]:
-        log = self._stream.log
-        head = len(log)
-        if self._cursor >= head:
-            return []
-        end = min(head, self._cursor + MAX_BATCH)
-        batch = log[self._cursor:end]
-        self._cursor = end
-        return batch
+class StreamManager:
+    _instance: ClassVar[StreamManager | None] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    @property
-    def finished(self) -> bool:
-        return self._stream.closed and self._cursor >= len(self._stream.log)
+    # Bound to the backend's own methods in __init__: the event path has no call in between.
+    publish: PublishEvent
+    """publish(task_id, agent_name, event_type, content, metadata=None), from any thread, never
+    blocking; StreamClosedError after the terminal event, TaskNotFoundError for logs not held."""
+    is_closed: Callable[[str], bool]
+    """Whether the task's log has its terminal event (cheap: asked before every event)."""
+
+    def __init__(self, backend: EventBackend, store: TaskStore | None = None) -> None:
+        """`store` makes logs durable and replayable after they leave memory; without one (unit
+        tests, benchmarks of the core) logs live only as long as they are held."""
+        self._backend = backend
+        self._store = store
+        self._archiver = EventArchiver(store) if store is not None else None
+        backend.attach_archive(self._archiver.queue if self._archiver else None)
+        self.publish = backend.publish
+        self.is_closed = backend.is_closed
+
+    # -- the process's one manager --------------------------------------------------------------
+
+    @classmethod
+    def create(cls, settings: Settings, store: TaskStore, backend: EventBackend | None = None) -> StreamManager:
+        """Build this process's manager from settings (`backend` overrides EVENT_BACKEND)."""
+        with cls._instance_lock:
+            if cls._instance is not None:
+                raise RuntimeError("This process already has a StreamManager; use StreamManager.instance(), "
+                                   "or close() the old one first.")
+            cls._instance = cls(backend or backend_for(settings), store)
+            return cls._instance
+
+    @classmethod
+    def instance(cls) -> StreamManager:
+        manager = cls._instance
+        if manager is None:
+            raise RuntimeError("No StreamManager yet: it is created when the app or the worker starts "
+                               "(delivery.runtime.Runtime).")
+        return manager
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Begin serving: `loop` is the event loop viewers are served on (None in a worker)."""
+        self._backend.bind_loop(loop)
+        self._backend.start()
+        if self._archiver is not None:
+            self._archiver.start()
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._stream.subscriptions.discard(self)
+        """Write out everything published, stop, and stop being the process's manager."""
+        self._backend.bind_loop(None)
+        self._backend.stop()
+        if self._archiver is not None:
+            self._archiver.stop()
+        with self._instance_lock:
+            if StreamManager._instance is self:
+                StreamManager._instance = None
 
-
-class MemoryEventBackend(EventBackend):
-    def __init__(self, archive: deque | None = None) -> None:
-        self._streams: dict[str, _TaskStream] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Every published event is also appended here for the durable archive (see event_archive).
-        self.archive = archive
-
-    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self._loop = loop
-
-    def replicate(self, task_id: str, events: list[Event]) -> None:
-        """Append events whose sequences were assigned elsewhere (a shared backend's reader).
-        Ones already held are skipped, so overlapping reads never duplicate an event."""
-        stream = self._get(task_id)
-        with stream.lock:
-            for event in events:
-                if stream.closed or event.sequence <= len(stream.log):
-                    continue
-                if event.sequence != len(stream.log) + 1:
-                    raise ValueError(f"{task_id}: sequence {event.sequence} after {len(stream.log)}")
-                stream.log.append(event)
-                if event.event_type in TERMINAL_EVENT_TYPES:
-                    stream.closed = True
-                    stream.closed_at = time.time()
-            schedule = not stream.wake_pending
-            stream.wake_pending = True
-        self._schedule_wake(stream, schedule)
-
-    def _schedule_wake(self, stream: _TaskStream, schedule: bool) -> None:
-        loop = self._loop
-        if schedule and loop is not None:
-            try:
-                loop.call_soon_threadsafe(stream.wake)
-            except RuntimeError:  # loop closed during shutdown: nobody is listening any more
-                pass
-
-    def _get(self, task_id: str) -> _TaskStream:
-        stream = self._streams.get(task_id)
-        if stream is None:
-            raise TaskNotFoundError(task_id)
-        return stream
+    # -- writing ----------------------------------------------------------------------------------
 
     def open(self, task_id: str) -> None:
-        if task_id in self._streams:
-            raise ValueError(f"stream {task_id} already exists")
-        self._streams[task_id] = _TaskStream(task_id)
+        """Start the log of a new task."""
+        self._backend.open(task_id)
 
-    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> None:
-        stream = self._get(task_id)
-        with stream.lock:
-            if stream.closed:
-                raise StreamClosedError(f"stream {task_id} already ended")
-            sequence = len(stream.log) + 1
-            event = Event(task_id, sequence, agent_name, event_type, content, time.time(), metadata)
-            stream.log.append(event)
-            if self.archive is not None:
-                self.archive.append(event)
-            if event_type in TERMINAL_EVENT_TYPES:
-                stream.closed = True
-                stream.closed_at = time.time()
-            schedule = not stream.wake_pending
-            stream.wake_pending = True
-        self._schedule_wake(stream, schedule)
+    def publish_terminal(self, task_id: str, agent_name: str, event_type: str, content: str,
+                         metadata: dict[str, Any] | None = None) -> None:
+        """Publish the event that ends a task's log, wherever that log is.
 
-    def restore(self, task_id: str, events: list[Any], closed: bool = True) -> None:
-        if task_id in self._streams:
+        Call only after winning the store's conditional update for the ending (see
+        delivery/tasks/runs.py), so no one else can be ending the same log.
+        """
+        try:
+            self.make_available(task_id, live=True)
+            self.publish(task_id, agent_name, event_type, content, metadata)
+        except StreamClosedError:  # the store decided first, so this cannot race; kept as a guard
+            log.error("task %s already had a terminal event", task_id)
+        except TaskNotFoundError:  # the stream died with its process and no store holds it
+            log.error("task %s has no log anywhere; its terminal event is lost", task_id)
+
+    # -- where a log lives --------------------------------------------------------------------------
+
+    def holds(self, task_id: str) -> bool:
+        """The log is here, ready for viewers without any I/O."""
+        return self._backend.holds(task_id)
+
+    def make_available(self, task_id: str, *, live: bool = False) -> None:
+        """Hold the task's log here: it is already held, or it is mirrored from the shared backend,
+        or it is reloaded from the store (TaskNotFoundError when it is nowhere). `live` keeps a
+        reloaded log open for more events (a task that goes on after a restart). Blocking."""
+        if self._backend.holds(task_id) or self._backend.load(task_id):
             return
-        stream = _TaskStream(task_id)
-        stream.log = [Event(e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts,
-                            e.metadata) for e in events]
-        if closed:
-            stream.closed = True
-            stream.closed_at = time.time()
-        if stream.log:
-            stream.created_at = stream.log[0].ts
-        self._streams[task_id] = stream
+        if self._store is None:
+            raise TaskNotFoundError(task_id)
+        self._store.get(task_id)  # TaskNotFoundError for unknown ids
+        if self._archiver is not None:
+            self._archiver.flush()
+        self._backend.restore(task_id, self._store.load_events(task_id), closed=not live)
+
+    # -- reading ------------------------------------------------------------------------------------
 
     def subscription(self, task_id: str, after: int = 0) -> Subscription:
-        return _MemorySubscription(self._get(task_id), max(after, 0))
+        """A viewer's cursor after sequence `after` in a log held here (call make_available first)."""
+        return self._backend.subscription(task_id, after)
 
     async def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
+        """Batches of events after `after`, live, until the log ends (for in-process readers)."""
         async for batch in iterate(self.subscription(task_id, after)):
             yield batch
 
     def events(self, task_id: str) -> list[Event]:
-        return list(self._get(task_id).log)
+        """The task's whole log: held here, else from the store. Blocking when it reads the store."""
+        if self._backend.holds(task_id):
+            return self._backend.events(task_id)
+        if self._store is None:
+            raise TaskNotFoundError(task_id)
+        if self._archiver is not None:
+            self._archiver.flush()
+        return self._store.load_events(task_id)
 
-    def is_closed(self, task_id: str) -> bool:
-        stream = self._streams.get(task_id)
-        return stream is not None and stream.closed
-
-    def snapshot(self, task_id: str) -> StreamSnapshot:
-        s = self._get(task_id)
-        return StreamSnapshot(s.task_id, s.closed, len(s.subscriptions), len(s.log), s.created_at,
-                              s.closed_at)
-
-    def snapshots(self) -> list[StreamSnapshot]:
-        return [self.snapshot(task_id) for task_id in list(self._streams)]
-
-    def evict_closed_before(self, deadline: float) -> list[str]:
-        expired = [tid for tid, s in list(self._streams.items())
-                   if s.closed and s.closed_at is not None and s.closed_at < deadline]
-        for task_id in expired:
-            self._streams.pop(task_id, None)
-        return expired
-
-
-class StreamManager:
-    """The process-wide registry of task streams (a singleton: use ``StreamManager.instance()``)."""
-
-    _instance: StreamManager | None = None
-    _instance_lock = threading.Lock()
-
-    def __init__(self, backend: EventBackend | None = None) -> None:
-        self.backend: EventBackend = backend or MemoryEventBackend()
-
-    @classmethod
-    def instance(cls) -> StreamManager:
-        with cls._instance_lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.backend.bind_loop(loop)
-
-    def attach_archive(self, archive: deque | None) -> None:
-        self.backend.attach_archive(archive)
-
-    def load(self, task_id: str) -> bool:
-        return self.backend.load(task_id)
-
-    def open(self, task_id: str) -> None:
-        self.backend.open(task_id)
-
-    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> None:
-        self.backend.publish(task_id, agent_name, event_type, content, metadata)
-
-    def subscribe(self, task_id: str, after: int = 0) -> AsyncIterator[list[Event]]:
-        return self.backend.subscribe(task_id, after)
-
-    def subscription(self, task_id: str, after: int = 0) -> Subscription:
-        return self.backend.subscription(task_id, after)
-
-    def restore(self, task_id: str, events: list[Any], closed: bool = True) -> None:
-        self.backend.restore(task_id, events, closed)
-
-    def is_closed(self, task_id: str) -> bool:
-        return self.backend.is_closed(task_id)
-
-    def events(self, task_id: str) -> list[Event]:
-        """A copy of the log held in memory (raises TaskNotFoundError when not held)."""
-        return self.backend.events(task_id)
-
-    def holds(self, task_id: str) -> bool:
-        try:
-            self.backend.snapshot(task_id)
-        except TaskNotFoundError:
-            return False
-        return True
+    def last_sequence(self, task_id: str) -> int:
+        if self._backend.holds(task_id):
+            return self._backend.snapshot(task_id).last_sequence
+        return self._store.last_sequence(task_id) if self._store is not None else 0
 
     def snapshot(self, task_id: str) -> StreamSnapshot:
-        return self.backend.snapshot(task_id)
+        return self._backend.snapshot(task_id)
 
     def snapshots(self) -> list[StreamSnapshot]:
-        return self.backend.snapshots()
+        return self._backend.snapshots()
 
     def evict_expired(self, ttl_s: float) -> list[str]:
-        return self.backend.evict_closed_before(time.time() - ttl_s)
+        """Forget logs that ended more than `ttl_s` ago (the store still replays them)."""
+        return self._backend.evict_closed_before(time.time() - ttl_s)

@@ -16,31 +16,33 @@ def check_imports() -> None:
     import crew_factory  # noqa: F401
     import main  # noqa: F401
     import stream_manager  # noqa: F401
+    import worker  # noqa: F401
 
 
 def check_agents() -> None:
     from agents_config import AGENTS
     from crew_factory import build_analysis_crew, build_delivery_crew
-    from llm_providers import make_llm_factory
-    from settings import get_settings
-    from task_store import TaskRecord
+    from delivery.llm.providers import make_llm_factory
+    from delivery.settings import get_settings
+    from delivery.tasks.records import TaskRecord
 
     record = TaskRecord(task_id="self-check", requirement="self check", skip_confirmation=True,
                         language="en")
     factory = make_llm_factory(get_settings())
     crews = [build_analysis_crew(record, factory), build_delivery_crew(record, factory)]
     roles = [agent.role for crew in crews for agent in crew.agents]
-    assert roles == [a["role"] for a in AGENTS], roles
+    assert roles == [a.role for a in AGENTS], roles
 
 
 def check_stream_manager() -> None:
-    from stream_manager import MemoryEventBackend, StreamManager
+    from delivery.streaming.memory import MemoryEventBackend
+    from stream_manager import StreamManager
 
     manager = StreamManager(MemoryEventBackend())
     manager.open("self-check")
     for n in range(3):
-        manager.publish("self-check", "System", "thought", str(n))
-    manager.publish("self-check", "System", "end", "")
+        manager.publish("self-check", "System", "thought", str(n), None)
+    manager.publish("self-check", "System", "end", "", None)
 
     async def read() -> list[int]:
         return [e.sequence async for batch in manager.subscribe("self-check") for e in batch]
@@ -55,8 +57,8 @@ def check_routes() -> None:
     expected = {"/api/run_task", "/api/stream/{task_id}", "/api/task/{task_id}/status",
                 "/api/task/{task_id}/result", "/api/task/{task_id}/confirm",
                 "/api/task/{task_id}/cancel", "/api/task/{task_id}/deliverables",
-                "/api/task/{task_id}/deliverables.zip", "/api/tasks", "/api/streams", "/healthz",
-                "/test-ui"}
+                "/api/task/{task_id}/deliverables.zip", "/api/tasks", "/api/streams", "/api/crew",
+                "/healthz", "/test-ui"}
     missing = expected - paths
     assert not missing, f"missing routes: {missing}"
 

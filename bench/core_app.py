@@ -1,5 +1,6 @@
 """The service plus two benchmark-only routes that flood streams with synthetic tokens straight
-from worker threads, bypassing CrewAI: they measure the streaming core alone."""
+from worker threads, bypassing CrewAI: they measure the streaming core alone. BENCH_NAIVE=1
+builds it on the seed-design baseline instead."""
 
 import os
 import threading
@@ -8,18 +9,19 @@ import uuid
 
 from fastapi import Request
 
-if os.environ.get("BENCH_NAIVE") == "1":
-    import naive_app  # noqa: F401  (installs the seed-design stream manager first)
+from delivery.events import EventType
 
-from main import app  # noqa: E402
-from models import EventType  # noqa: E402
+if os.environ.get("BENCH_NAIVE") == "1":
+    from bench.naive_app import app
+else:
+    from main import app
 
 _prepared: dict[str, list[str]] = {}
 
 
 @app.post("/bench/prepare")
 def prepare(request: Request, tasks: int = 20) -> dict:
-    streams = request.app.state.services.streams
+    streams = request.app.state.runtime.streams
     ids = [f"flood-{uuid.uuid4()}" for _ in range(tasks)]
     for task_id in ids:
         streams.open(task_id)
@@ -31,7 +33,7 @@ def prepare(request: Request, tasks: int = 20) -> dict:
 @app.post("/bench/start")
 def start(request: Request, batch: str, tokens: int = 2000, rate: float = 0) -> dict:
     """Each stream gets `tokens` events, as fast as possible (rate=0) or paced at `rate`/s."""
-    publish = request.app.state.services.streams.publish
+    publish = request.app.state.runtime.streams.publish
 
     def produce(task_id: str) -> None:
         t0 = time.perf_counter()

@@ -1,8 +1,6 @@
-"""The service with the seed's streaming design swapped in (benchmark baseline only)."""
+"""The service built with the seed's streaming design as its event backend (baseline only)."""
 
-import stream_manager
-from naive_stream_manager import NaiveStreamManager
+from bench.naive_backend import NaiveEventBackend
+from main import create_app
 
-stream_manager.StreamManager._instance = NaiveStreamManager()
-
-from main import app  # noqa: E402,F401
+app = create_app(event_backend=NaiveEventBackend())

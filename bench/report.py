@@ -60,7 +60,7 @@ def draw(rows, out: Path) -> None:
     fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 3.2 * nrows), squeeze=False)
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
-    for ax, (label, ours, naive, unit) in zip(axes.flat, rows):
+    for ax, (label, ours, naive, unit) in zip(axes.flat, rows, strict=False):
         ax.bar(["ours", "seed"], [ours, naive], color=["#2a6df4", "#999999"])
         ax.set_title(label.replace(", ", "\n").replace(" (", "\n("), fontsize=7)
         ax.set_ylabel(unit, fontsize=7)

@@ -1,10 +1,12 @@
 "use strict";
 // The test UI: plain JavaScript, no build step, no network beyond this server.
 
-const AGENTS = ["ProductManager", "QAEngineer", "SoftwareDeveloper", "Coordinator"];
-const DOCS = [  // deliverable name → agent that writes it, in pipeline order
-  ["requirements_analysis", "ProductManager"], ["test_plan", "QAEngineer"],
-  ["technical_design", "SoftwareDeveloper"], ["delivery_review", "Coordinator"]];
+// The crew, embedded in the page by the server from agents_config.py (never copied here).
+const CREW = JSON.parse(document.getElementById("crew").textContent);
+const AGENTS = CREW.agents.map((a) => a.name);
+const ANALYST = AGENTS[0];  // writes the analysis the user confirms
+const DOCS = CREW.agents.map((a) => [a.deliverable, a.name]);  // deliverable → its agent, in order
+const ANALYSIS = DOCS[0][0];  // the document the user confirms
 const EVENT_TYPES = ["start", "agent_start", "thought", "action", "output", "step_end",
   "awaiting_confirmation", "confirmed", "end", "error", "cancelled"];
 const TERMINAL = new Set(["end", "error", "cancelled"]);
@@ -27,17 +29,14 @@ const I18N = {
     requestChanges: "Request changes", approve: "Approve", roundsLeft: "Revision rounds left: {n}",
     needFeedback: "Write what should change before requesting changes.",
     notYet: "Not written yet.", verdict: "Verdict: {v}",
-    "role.ProductManager": "Requirements analysis", "role.QAEngineer": "Test plan",
-    "role.SoftwareDeveloper": "Technical design", "role.Coordinator": "Delivery review",
-    "doc.requirements_analysis": "Requirements", "doc.test_plan": "Test plan",
-    "doc.technical_design": "Design", "doc.delivery_review": "Review",
     "state.waiting": "waiting", "state.working": "working", "state.done": "done", "state.failed": "failed",
     "state.cancelled": "cancelled", "state.waiting_user": "waiting for you",
     "status.queued": "queued", "status.running": "running", "status.awaiting_confirmation": "awaiting your review",
     "status.succeeded": "succeeded", "status.failed": "failed", "status.cancelled": "cancelled",
     "conn.idle": "not connected", "conn.connecting": "connecting…", "conn.live": "live",
     "conn.reconnecting": "connection lost, reconnecting…", "conn.finished": "stream finished",
-    "conn.offline": "cannot reach the server", taskNotFound: "Task {id} does not exist or has expired.",
+    "conn.offline": "cannot reach the server", "conn.restarting": "server restarting, will reconnect…",
+    taskNotFound: "Task {id} does not exist or has expired.",
     requestFailed: "The server answered {status}: {detail}", networkFailed: "Cannot reach the server: {detail}",
     authTitle: "This server needs an API key", apiKeyLabel: "API key", useKey: "Use this key",
     apiKeyHelp: "Ask the operator for a key. It is kept in this browser only.",
@@ -56,17 +55,14 @@ const I18N = {
     requestChanges: "请求修改", approve: "批准", roundsLeft: "剩余修改次数：{n}",
     needFeedback: "请先写明需要修改的内容。",
     notYet: "尚未生成。", verdict: "结论：{v}",
-    "role.ProductManager": "需求分析", "role.QAEngineer": "测试计划",
-    "role.SoftwareDeveloper": "技术设计", "role.Coordinator": "交付评审",
-    "doc.requirements_analysis": "需求分析", "doc.test_plan": "测试计划",
-    "doc.technical_design": "技术设计", "doc.delivery_review": "交付评审",
     "state.waiting": "等待中", "state.working": "工作中", "state.done": "已完成", "state.failed": "失败",
     "state.cancelled": "已取消", "state.waiting_user": "等待您确认",
     "status.queued": "排队中", "status.running": "运行中", "status.awaiting_confirmation": "等待确认",
     "status.succeeded": "已完成", "status.failed": "失败", "status.cancelled": "已取消",
     "conn.idle": "未连接", "conn.connecting": "连接中…", "conn.live": "实时",
     "conn.reconnecting": "连接中断，正在重连…", "conn.finished": "事件流已结束",
-    "conn.offline": "无法连接服务器", taskNotFound: "任务 {id} 不存在或已过期。",
+    "conn.offline": "无法连接服务器", "conn.restarting": "服务器正在重启，稍后自动重连…",
+    taskNotFound: "任务 {id} 不存在或已过期。",
     requestFailed: "服务器返回 {status}：{detail}", networkFailed: "无法连接服务器：{detail}",
     authTitle: "此服务器需要 API 密钥", apiKeyLabel: "API 密钥", useKey: "使用此密钥",
     apiKeyHelp: "请向管理员索取密钥。密钥只保存在本浏览器中。",
@@ -81,6 +77,15 @@ function pickLanguage() {
   if (saved && I18N[saved]) return saved;
   return (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
 }
+// What each agent's document is called, in the current language (from the crew's data).
+function docTitle(agentName) {
+  const agent = CREW.agents.find((a) => a.name === agentName);
+  return agent.title[lang] ?? agent.title.en;
+}
+function docTab(deliverable) {
+  const agent = CREW.agents.find((a) => a.deliverable === deliverable);
+  return agent.tab[lang] ?? agent.tab.en;
+}
 function t(key, vars = {}) {
   const text = I18N[lang][key] ?? I18N.en[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (_, k) => String(vars[k] ?? ""));
@@ -90,8 +95,8 @@ function t(key, vars = {}) {
 
 const view = {
   taskId: null, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0,
-  timer: null, queue: [], flushing: false, agentState: {}, tokenAgent: null, done: 0, total: 4,
-  awaiting: null, docs: {}, selectedDoc: "requirements_analysis", verdict: null, conn: "idle",
+  timer: null, queue: [], flushing: false, agentState: {}, tokenAgent: null, done: 0, total: CREW.total_steps,
+  awaiting: null, docs: {}, selectedDoc: ANALYSIS, verdict: null, conn: "idle",
 };
 
 function showError(message) {
@@ -135,7 +140,7 @@ function renderAgents() {
     const li = document.createElement("li");
     li.className = "agent"; li.dataset.agent = name; li.dataset.state = state;
     const n = document.createElement("div"); n.className = "name"; n.textContent = name;
-    const r = document.createElement("div"); r.className = "role"; r.textContent = t("role." + name);
+    const r = document.createElement("div"); r.className = "role"; r.textContent = docTitle(name);
     const s = document.createElement("div"); s.className = "state"; s.textContent = t("state." + state);
     li.append(n, r, s);
     return li;
@@ -171,7 +176,7 @@ function renderTabs() {
     tab.type = "button"; tab.setAttribute("role", "tab"); tab.id = "tab-" + name;
     tab.setAttribute("aria-controls", "panel-" + name);
     tab.setAttribute("aria-selected", String(selected)); tab.tabIndex = selected ? 0 : -1;
-    tab.textContent = t("doc." + name);
+    tab.textContent = docTab(name);
     tab.addEventListener("click", () => { view.selectedDoc = name; renderTabs(); });
     tab.addEventListener("keydown", onTabKey);
     const panel = document.createElement("div");
@@ -291,13 +296,13 @@ function apply(event) {
       view.agentState[event.agent_name] = "done";
       view.done = meta.completed_steps ?? view.done; view.total = meta.total_steps || view.total; break;
     case "awaiting_confirmation":
-      view.status = "awaiting_confirmation"; view.agentState.ProductManager = "waiting_user";
+      view.status = "awaiting_confirmation"; view.agentState[ANALYST] = "waiting_user";
       view.awaiting = { roundsLeft: meta.revision_rounds_left };
       openConfirmation(); break;
     case "confirmed":
       view.awaiting = null; view.status = "running"; closeConfirmation();
-      if (meta.approved === false) view.agentState.ProductManager = "working";
-      else view.agentState.ProductManager = "done";
+      if (meta.approved === false) view.agentState[ANALYST] = "working";
+      else view.agentState[ANALYST] = "done";
       break;
     case "end":
       view.status = "succeeded"; view.verdict = meta.verdict || null;
@@ -305,6 +310,7 @@ function apply(event) {
       break;
     case "error":
     case "cancelled":
+      if (event.event_type === "error") showError(event.content);  // it says what went wrong and what to do
       view.status = event.event_type === "error" ? "failed" : "cancelled";
       for (const name of AGENTS) if (view.agentState[name] === "working" || view.agentState[name] === "waiting_user")
         view.agentState[name] = event.event_type === "error" ? "failed" : "cancelled";
@@ -332,9 +338,9 @@ async function loadDocument(name) {
     const r = await fetch(`/api/task/${encodeURIComponent(taskId)}/deliverables/${name}?format=html`, withKey());
     if (!r.ok || taskId !== view.taskId) return;  // 404: not written (yet)
     view.docs[name] = await r.text();
-    if (!view.docs[view.selectedDoc] || name === "requirements_analysis" && view.selectedDoc === name) view.selectedDoc = name;
+    if (!view.docs[view.selectedDoc] || name === ANALYSIS && view.selectedDoc === name) view.selectedDoc = name;
     renderTabs();
-    if (name === "requirements_analysis" && $("confirm-dialog").open) $("analysis").innerHTML = view.docs[name];
+    if (name === ANALYSIS && $("confirm-dialog").open) $("analysis").innerHTML = view.docs[name];
   } catch (_) { /* offline: the stream's reconnect shows it; the document loads with the next event */ }
 }
 
@@ -358,13 +364,16 @@ async function connect() {
   setConn(view.reconnects ? "reconnecting" : "connecting");
   source.onopen = () => { view.reconnects = 0; setConn("live"); };
   source.onerror = () => {
-    if (view.source !== source || view.terminal) return;
+    if (view.source !== source || view.terminal || (view.conn === "restarting" && source.readyState !== EventSource.CLOSED)) return;
     // While CONNECTING the browser retries by itself and sends Last-Event-ID; once CLOSED (an
     // HTTP error, e.g. a proxy's 502) it has given up and we reconnect after our own backoff.
     setConn("reconnecting");
     if (source.readyState === EventSource.CLOSED) { source.close(); scheduleReconnect(); }
   };
   for (const type of EVENT_TYPES) source.addEventListener(type, onMessage);
+  // The server's goodbye before it stops (no id: Last-Event-ID stays at the last task event).
+  // The browser reconnects by itself once the server is back.
+  source.addEventListener("shutdown", () => { if (view.source === source) setConn("restarting"); });
 }
 
 async function scheduleReconnect() {
@@ -391,8 +400,8 @@ function follow(taskId, { push = true } = {}) {
   clearTimeout(view.timer);
   Object.assign(view, {
     taskId, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0, queue: [],
-    agentState: {}, tokenAgent: null, done: 0, total: 4, awaiting: null, docs: {},
-    selectedDoc: "requirements_analysis", verdict: null,
+    agentState: {}, tokenAgent: null, done: 0, total: CREW.total_steps, awaiting: null, docs: {},
+    selectedDoc: ANALYSIS, verdict: null,
   });
   $("log").replaceChildren(); $("tokens").textContent = ""; $("tokens-agent").textContent = "";
   $("task-requirement").textContent = ""; $("zip").hidden = true; showError("");
@@ -418,8 +427,8 @@ function openConfirmation() {
   $("rounds-left").textContent = view.awaiting && view.awaiting.roundsLeft !== undefined
     ? t("roundsLeft", { n: view.awaiting.roundsLeft }) : "";
   $("revise").disabled = view.awaiting && view.awaiting.roundsLeft === 0;
-  if (view.docs.requirements_analysis) $("analysis").innerHTML = view.docs.requirements_analysis;
-  else loadDocument("requirements_analysis");
+  if (view.docs[ANALYSIS]) $("analysis").innerHTML = view.docs[ANALYSIS];
+  else loadDocument(ANALYSIS);
   if (!dialog.open) dialog.showModal();
 }
 

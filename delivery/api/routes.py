@@ -1,0 +1,230 @@
+"""The /api routes. Domain errors raised below are mapped to HTTP statuses once, in main.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from delivery.api.deps import RuntimeDep, guard
+from delivery.api.schemas import (
+    ConfirmRequest,
+    CrewInfo,
+    DeliverableInfo,
+    DeliverableList,
+    Deliverables,
+    ErrorResponse,
+    RunTaskRequest,
+    RunTaskResponse,
+    StreamInfo,
+    StreamList,
+    StreamTokenResponse,
+    TaskActionResponse,
+    TaskList,
+    TaskResultResponse,
+    TaskStatusResponse,
+    TaskSummary,
+    Traceability,
+)
+from delivery.api.stream_route import register_stream_route
+from delivery.crew.roster import ROSTER
+from delivery.documents.package import build_zip
+from delivery.documents.render import to_html
+from delivery.errors import DeliverableNotFoundError, InvalidRequestError, RateLimitedError, TaskNotFinishedError
+from delivery.runtime import Runtime
+from delivery.security.auth import Auth
+from delivery.streaming.backend import StreamSnapshot
+from delivery.tasks.records import TaskRecord, TaskStatus
+
+GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "API keys are on and none was sent"},
+    403: {"model": ErrorResponse, "description": "The API key (or stream token) is not valid"},
+    413: {"model": ErrorResponse, "description": "Body larger than MAX_REQUEST_BYTES"},
+    415: {"model": ErrorResponse, "description": "Body is not application/json"},
+    422: {"model": ErrorResponse, "description": "Malformed or unusable input; the detail says which"},
+    429: {"model": ErrorResponse, "description": "Rate limit or queue limit reached; see Retry-After"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Unknown or expired task"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "Not possible in the task's current state"}}
+NOT_FINISHED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "Not finished yet"}}
+
+router = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=GUARDED)
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
+
+
+def _auth(request: Request) -> Auth:
+    auth: Auth = request.app.state.auth
+    return auth
+
+
+def _stream_info(s: StreamSnapshot) -> StreamInfo:
+    return StreamInfo(task_id=s.task_id, closed=s.closed, subscribers=s.subscribers,
+                      last_sequence=s.last_sequence, created_at=_dt(s.created_at),
+                      closed_at=_dt(s.closed_at))
+
+
+@router.post("/run_task", status_code=202, response_model=RunTaskResponse)
+def run_task(body: RunTaskRequest, runtime: RuntimeDep, request: Request) -> RunTaskResponse:
+    _admit(runtime)
+    record = runtime.commands.submit(body.user_requirement, body.skip_confirmation)
+    tid = record.task_id
+    auth = _auth(request)
+    token = auth.stream_token(tid)[0] if auth.enabled else None
+    return RunTaskResponse(
+        task_id=tid, status="started",
+        message=f"Task accepted. Follow it with: curl -N http://<host>/api/stream/{tid}",
+        stream_url=f"/api/stream/{tid}", status_url=f"/api/task/{tid}/status", stream_token=token)
+
+
+def _admit(runtime: Runtime) -> None:
+    """Refuse new work, before creating anything, while too many tasks are waiting to start."""
+    limit = runtime.settings.max_queued_tasks
+    if runtime.store.count(TaskStatus.queued) >= limit:
+        raise RateLimitedError(f"The service is at capacity: {limit} tasks are already waiting to start "
+                               "(MAX_QUEUED_TASKS). Retry in a minute.", 60)
+
+
+@router.post("/task/{task_id}/stream_token", response_model=StreamTokenResponse, responses=NOT_FOUND)
+def stream_token(task_id: str, runtime: RuntimeDep, request: Request) -> StreamTokenResponse:
+    """A token for `?token=` on this task's stream, for viewers that cannot send headers."""
+    runtime.runs.record(task_id)  # 404 for unknown tasks
+    token, expires = _auth(request).stream_token(task_id)
+    return StreamTokenResponse(task_id=task_id, stream_token=token, expires_at=_dt(expires))
+
+
+register_stream_route(router, NOT_FOUND)
+
+
+@router.get("/task/{task_id}/status", response_model=TaskStatusResponse, responses=NOT_FOUND)
+def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatusResponse:
+    r = runtime.runs.record(task_id)
+    return TaskStatusResponse(
+        task_id=r.task_id, status=r.status, requirement=r.requirement, current_agent=r.current_agent,
+        completed_steps=r.completed_steps, total_steps=r.total_steps,
+        created_at=_dt(r.created_at), started_at=_dt(r.started_at),
+        finished_at=_dt(r.finished_at), error=r.error,
+        last_sequence=runtime.streams.last_sequence(task_id))
+
+
+@router.get("/task/{task_id}/result", response_model=TaskResultResponse, responses={**NOT_FOUND, **NOT_FINISHED})
+def task_result(task_id: str, runtime: RuntimeDep) -> TaskResultResponse:
+    r = _finished(runtime.runs.record(task_id))
+    return TaskResultResponse(
+        task_id=r.task_id, status=r.status, language=r.language,
+        deliverables=Deliverables(**r.deliverables), error=r.error,
+        traceability=Traceability(**r.traceability) if r.traceability else None)
+
+
+def _finished(record: TaskRecord) -> TaskRecord:
+    if not record.status.finished:
+        raise TaskNotFinishedError(record.task_id, record.status.value)
+    return record
+
+
+@router.post("/task/{task_id}/confirm", response_model=TaskActionResponse,
+             responses={**NOT_FOUND, **CONFLICT,
+                        422: {"model": ErrorResponse, "description": "Changes requested without feedback"}})
+def confirm(task_id: str, body: ConfirmRequest, runtime: RuntimeDep) -> TaskActionResponse:
+    r = runtime.commands.confirm(task_id, body.approved, body.feedback)
+    message = ("Approved: the rest of the crew is next." if body.approved else
+               "Changes requested: the ProductManager is revising the analysis.")
+    return TaskActionResponse(task_id=task_id, status=r.status, message=message)
+
+
+@router.post("/task/{task_id}/cancel", response_model=TaskActionResponse,
+             responses={**NOT_FOUND, **CONFLICT})
+def cancel(task_id: str, runtime: RuntimeDep) -> TaskActionResponse:
+    r = runtime.commands.cancel(task_id)
+    return TaskActionResponse(task_id=task_id, status=r.status, message="The task is cancelled.")
+
+
+@router.get("/task/{task_id}/deliverables", response_model=DeliverableList, responses=NOT_FOUND)
+def list_deliverables(task_id: str, runtime: RuntimeDep) -> DeliverableList:
+    r = runtime.runs.record(task_id)
+    items = [DeliverableInfo(name=spec.deliverable, filename=spec.filename, agent=spec.name,
+                             size=len(r.deliverables[spec.deliverable].encode()),
+                             url=f"/api/task/{task_id}/deliverables/{spec.deliverable}")
+             for spec in ROSTER.agents if spec.deliverable in r.deliverables]
+    return DeliverableList(task_id=task_id, status=r.status, deliverables=items,
+                           zip_url=f"/api/task/{task_id}/deliverables.zip")
+
+
+@router.get("/task/{task_id}/deliverables.zip", response_class=Response,
+            responses={200: {"content": {"application/zip": {}}}, **NOT_FOUND, **NOT_FINISHED})
+def deliverables_zip(task_id: str, runtime: RuntimeDep) -> Response:
+    r = _finished(runtime.runs.record(task_id))
+    task = {"task_id": r.task_id, "status": r.status.value, "requirement": r.requirement,
+            "language": r.language, "created_at": r.created_at, "started_at": r.started_at,
+            "finished_at": r.finished_at, "error": r.error, "feedback": r.feedback,
+            "traceability": r.traceability}
+    events = [e.to_dict() for e in runtime.streams.events(task_id)]
+    return Response(build_zip(r.deliverables, events, task), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="delivery-{task_id}.zip"'})
+
+
+@router.get("/task/{task_id}/deliverables/{name}", response_class=Response,
+            responses={200: {"content": {"text/markdown": {}, "text/html": {}}}, **NOT_FOUND})
+def deliverable(
+    task_id: str,
+    name: str,
+    runtime: RuntimeDep,
+    format: Annotated[Literal["markdown", "html"], Query(
+        description="markdown: the document as written; html: rendered, raw HTML escaped")] = "markdown",
+) -> Response:
+    r = runtime.runs.record(task_id)
+    key = ROSTER.resolve_deliverable(name)
+    if key is None:
+        raise DeliverableNotFoundError(
+            f"No deliverable called {name!r}; use one of {', '.join(ROSTER.deliverable_keys)} "
+            f"(or {', '.join(ROSTER.filenames.values())}).")
+    if key not in r.deliverables:
+        raise DeliverableNotFoundError(f"{key} has not been produced yet (task is {r.status.value}).")
+    if format == "html":
+        return Response(to_html(r.deliverables[key]), media_type="text/html; charset=utf-8")
+    return Response(r.deliverables[key], media_type="text/markdown; charset=utf-8",
+                    headers={"Content-Disposition": f'inline; filename="{ROSTER.filenames[key]}"'})
+
+
+@router.get("/tasks", response_model=TaskList)
+def list_tasks(
+    runtime: RuntimeDep,
+    status: TaskStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[datetime | None, Query(description="Only tasks created before this time")] = None,
+) -> TaskList:
+    if before is not None and before.tzinfo is None:
+        before = before.replace(tzinfo=UTC)
+    try:
+        cutoff = before.timestamp() if before else None
+    except (OverflowError, ValueError):
+        raise InvalidRequestError("before is outside the range of dates this server handles; "
+                                  "pass the next_before of a previous page.") from None
+    records = runtime.store.list_tasks(status, limit, cutoff)
+    live = runtime.runs.live_records()
+    records = [live.get(r.task_id, r) for r in records]
+    tasks = [TaskSummary(task_id=r.task_id, status=r.status, requirement=r.requirement[:200],
+                         created_at=_dt(r.created_at), finished_at=_dt(r.finished_at),
+                         error=r.error)
+             for r in records]
+    next_before = tasks[-1].created_at if len(tasks) == limit else None
+    return TaskList(tasks=tasks, next_before=next_before)
+
+
+@router.get("/streams", response_model=StreamList)
+async def list_streams(runtime: RuntimeDep) -> StreamList:
+    infos = [_stream_info(s) for s in runtime.streams.snapshots()]
+    return StreamList(active=[i for i in infos if not i.closed],
+                      finished=[i for i in infos if i.closed])
+
+
+@router.get("/crew", response_model=CrewInfo)
+async def crew() -> CrewInfo:
+    """The agents in pipeline order, with the document each writes (from agents_config.py)."""
+    return CrewInfo(**ROSTER.public())

@@ -1,0 +1,208 @@
+"""Typed request, response and event models of the public API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, create_model, field_validator
+
+from delivery.crew.roster import ROSTER
+from delivery.events import EventType
+from delivery.tasks.records import TaskStatus
+
+MAX_REQUIREMENT_CHARS = 20_000
+
+
+class RunTaskRequest(BaseModel):
+    user_requirement: str = Field(
+        description="What to build, in any language (1-20,000 characters after trimming).",
+        examples=["开发一个简单的待办事项应用"],
+    )
+    skip_confirmation: bool = Field(
+        False,
+        description="false (default): pause after the ProductManager's analysis until someone "
+        "answers POST /api/task/{id}/confirm. true: run straight through.",
+    )
+
+    @field_validator("user_requirement")
+    @classmethod
+    def _strip_and_bound(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("user_requirement is empty: describe the software you want built")
+        if len(value) > MAX_REQUIREMENT_CHARS:
+            raise ValueError(
+                f"user_requirement has {len(value)} characters; shorten it to at most "
+                f"{MAX_REQUIREMENT_CHARS}"
+            )
+        return value
+
+
+class RunTaskResponse(BaseModel):
+    task_id: str
+    status: str = Field("started", description="Always 'started': the task was accepted.")
+    message: str
+    stream_url: str
+    status_url: str
+    stream_token: str | None = Field(None, description="With API keys on: pass as ?token= to open this "
+                                     "task's stream where headers cannot be sent (browsers' EventSource).")
+
+
+class StreamTokenResponse(BaseModel):
+    task_id: str
+    stream_token: str = Field(description="Pass as ?token= to GET /api/stream/{task_id}.")
+    expires_at: datetime
+
+
+class TaskStatusResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    requirement: str = Field(description="The requirement as submitted (trimmed).")
+    current_agent: str | None
+    completed_steps: int
+    total_steps: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    last_sequence: int
+
+
+# One optional Markdown field per agent's deliverable, in pipeline order (from agents_config).
+Deliverables = create_model(
+    "Deliverables", __doc__="The documents produced so far, keyed by deliverable name.",
+    **{key: (str | None, None) for key in ROSTER.deliverable_keys},  # type: ignore[call-overload]
+)
+
+
+class TraceRow(BaseModel):
+    requirement: str
+    test_cases: list[str]
+    design_elements: list[str]
+
+
+class TraceGap(BaseModel):
+    requirement: str
+    missing: list[str] = Field(description="'test_case' and/or 'design'")
+
+
+class Traceability(BaseModel):
+    """Computed by code from the documents, not taken from the model."""
+
+    requirements: list[str]
+    matrix: list[TraceRow]
+    gaps: list[TraceGap]
+    verdict: str = Field(description="GO or NO-GO")
+    reason: str
+
+
+class TaskResultResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    language: str = Field(description="'zh' or 'en': the language the deliverables are written in.")
+    deliverables: Deliverables  # type: ignore[valid-type]  # built from the roster
+    traceability: Traceability | None
+    error: str | None
+
+
+class ConfirmRequest(BaseModel):
+    approved: bool
+    feedback: str | None = Field(None, max_length=5000,
+                                 description="Required when approved is false: what to change.")
+
+    @field_validator("feedback")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        value = value.strip() if value else None
+        return value or None
+
+
+class TaskActionResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    message: str
+
+
+class DeliverableInfo(BaseModel):
+    name: str
+    filename: str
+    agent: str
+    size: int
+    url: str
+
+
+class DeliverableList(BaseModel):
+    task_id: str
+    status: TaskStatus
+    deliverables: list[DeliverableInfo]
+    zip_url: str
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    status: TaskStatus
+    requirement: str = Field(description="The first 200 characters of the requirement.")
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskSummary]
+    next_before: datetime | None = Field(description="Pass as ?before= for the next page.")
+
+
+class StreamInfo(BaseModel):
+    task_id: str
+    closed: bool
+    subscribers: int
+    last_sequence: int
+    created_at: datetime
+    closed_at: datetime | None
+
+
+class StreamList(BaseModel):
+    active: list[StreamInfo]
+    finished: list[StreamInfo]
+
+
+class StreamEventModel(BaseModel):
+    """The JSON carried in every SSE `data:` line (the seed's unified format)."""
+
+    task_id: str
+    sequence: int = Field(description="1, 2, 3, ... per task: no gap, no duplicate.")
+    agent_name: str
+    event_type: EventType
+    content: str
+    timestamp: str = Field(description="UTC ISO-8601 with milliseconds, e.g. 2026-11-21T10:00:00.123Z")
+    metadata: dict[str, Any] | None = Field(None, description="Optional extra detail.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="What went wrong and what to do; for malformed fields, FastAPI's list of errors.")
+
+
+class CrewAgent(BaseModel):
+    name: str = Field(description="The agent's `agent_name` in the event stream.")
+    role: str
+    deliverable: str = Field(description="Key of the document it writes.")
+    filename: str = Field(description="File name of that document in downloads and the zip.")
+    title: dict[str, str] = Field(description="What the document is called, per language (en, zh).")
+    tab: dict[str, str] = Field(description="A short label for the document, per language.")
+
+
+class CrewInfo(BaseModel):
+    """The crew, in pipeline order (agents_config.AGENTS)."""
+
+    agents: list[CrewAgent]
+    total_steps: int
+
+
+class Health(BaseModel):
+    status: str
+    provider: str
+    active_tasks: int
+    busy_workers: int = Field(description="Worker threads currently running a crew.")
+    auth_required: bool = Field(False, description="Whether /api routes need an API key (API_KEYS).")

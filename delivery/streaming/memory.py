@@ -1,0 +1,189 @@
+"""Per-task event logs held in this process, fanned out to any number of subscribers.
+
+Threads meet the event loop in exactly one place: `MemoryEventBackend.publish` (any thread)
+appends to a task's log under a short lock and, at most once per loop iteration, schedules
+`_TaskStream.wake` on the loop with `call_soon_threadsafe`. The publisher never waits for the
+loop or for a client. Subscribers hold only a cursor into the shared log, so a viewer that stops
+reading costs no memory and cannot slow the agents or other viewers; a late viewer replays the
+log from any sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from delivery.errors import StreamClosedError, TaskNotFoundError
+from delivery.events import TERMINAL_EVENT_TYPES, Event
+from delivery.streaming.backend import MAX_BATCH, EventBackend, StreamSnapshot, Subscription
+
+
+class _TaskStream:
+    __slots__ = (
+        "closed",
+        "closed_at",
+        "created_at",
+        "lock",
+        "log",
+        "subscriptions",
+        "task_id",
+        "wake_pending",
+    )
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.log: list[Event] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        self.created_at = time.time()
+        self.closed_at: float | None = None
+        self.subscriptions: set[_MemorySubscription] = set()  # touched on the loop thread only
+        self.wake_pending = False
+
+    def wake(self) -> None:
+        # Cleared before notifying, so a publish racing with this call schedules a fresh wake.
+        self.wake_pending = False
+        for sub in self.subscriptions:
+            sub.notify()
+
+    def close(self) -> None:
+        self.closed = True
+        self.closed_at = time.time()
+
+
+class _MemorySubscription(Subscription):
+    __slots__ = ("_closed", "_cursor", "_stream")
+
+    def __init__(self, stream: _TaskStream, after: int) -> None:
+        super().__init__()
+        self._stream = stream
+        self._cursor = after
+        self._closed = False
+        stream.subscriptions.add(self)
+
+    def take(self) -> list[Event]:
+        log = self._stream.log
+        head = len(log)
+        if self._cursor >= head:
+            return []
+        end = min(head, self._cursor + MAX_BATCH)
+        batch = log[self._cursor:end]
+        self._cursor = end
+        return batch
+
+    @property
+    def finished(self) -> bool:
+        return self._stream.closed and self._cursor >= len(self._stream.log)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._stream.subscriptions.discard(self)
+
+
+class MemoryEventBackend(EventBackend):
+    def __init__(self, archive: deque[Event] | None = None) -> None:
+        self._streams: dict[str, _TaskStream] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.archive = archive  # every published event is also appended here (see archive.py)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+
+    def _get(self, task_id: str) -> _TaskStream:
+        stream = self._streams.get(task_id)
+        if stream is None:
+            raise TaskNotFoundError(task_id)
+        return stream
+
+    def _schedule_wake(self, stream: _TaskStream, schedule: bool) -> None:
+        loop = self._loop
+        if schedule and loop is not None:
+            try:
+                loop.call_soon_threadsafe(stream.wake)
+            except RuntimeError:  # loop closed during shutdown: nobody is listening any more
+                pass
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def open(self, task_id: str) -> None:
+        if task_id in self._streams:
+            raise ValueError(f"stream {task_id} already exists")
+        self._streams[task_id] = _TaskStream(task_id)
+
+    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
+                metadata: dict[str, Any] | None = None) -> None:
+        stream = self._get(task_id)
+        with stream.lock:
+            if stream.closed:
+                raise StreamClosedError(f"stream {task_id} already ended")
+            event = Event(task_id, len(stream.log) + 1, agent_name, event_type, content, time.time(), metadata)
+            stream.log.append(event)
+            if self.archive is not None:
+                self.archive.append(event)
+            if event_type in TERMINAL_EVENT_TYPES:
+                stream.close()
+            schedule = not stream.wake_pending
+            stream.wake_pending = True
+        self._schedule_wake(stream, schedule)
+
+    def replicate(self, task_id: str, events: list[Event]) -> None:
+        """Append events whose sequences were assigned elsewhere (a shared backend's reader).
+        Ones already held are skipped, so overlapping reads never duplicate an event."""
+        stream = self._get(task_id)
+        with stream.lock:
+            for event in events:
+                if stream.closed or event.sequence <= len(stream.log):
+                    continue
+                if event.sequence != len(stream.log) + 1:
+                    raise ValueError(f"{task_id}: sequence {event.sequence} after {len(stream.log)}")
+                stream.log.append(event)
+                if event.event_type in TERMINAL_EVENT_TYPES:
+                    stream.close()
+            schedule = not stream.wake_pending
+            stream.wake_pending = True
+        self._schedule_wake(stream, schedule)
+
+    def restore(self, task_id: str, events: list[Event], closed: bool = True) -> None:
+        if task_id in self._streams:
+            return
+        stream = _TaskStream(task_id)
+        stream.log = list(events)
+        if closed:
+            stream.close()
+        if stream.log:
+            stream.created_at = stream.log[0].ts
+        self._streams[task_id] = stream
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def holds(self, task_id: str) -> bool:
+        return task_id in self._streams
+
+    def subscription(self, task_id: str, after: int = 0) -> Subscription:
+        return _MemorySubscription(self._get(task_id), max(after, 0))
+
+    def events(self, task_id: str) -> list[Event]:
+        return list(self._get(task_id).log)
+
+    def is_closed(self, task_id: str) -> bool:
+        stream = self._streams.get(task_id)
+        return stream is not None and stream.closed
+
+    def snapshot(self, task_id: str) -> StreamSnapshot:
+        s = self._get(task_id)
+        return StreamSnapshot(s.task_id, s.closed, len(s.subscriptions), len(s.log), s.created_at,
+                              s.closed_at)
+
+    def snapshots(self) -> list[StreamSnapshot]:
+        return [self.snapshot(task_id) for task_id in list(self._streams)]
+
+    def evict_closed_before(self, deadline: float) -> list[str]:
+        expired = [tid for tid, s in list(self._streams.items())
+                   if s.closed and s.closed_at is not None and s.closed_at < deadline]
+        for task_id in expired:
+            self._streams.pop(task_id, None)
+        return expired

@@ -1,0 +1,256 @@
+"""Task events in Redis Streams, shared by every API and worker process.
+
+Writes: `publish` only appends to an in-process outbox (the agent thread never waits for the
+network). One writer thread drains it and, per task, runs a Lua script that assigns the next
+sequences and appends the events in one atomic step, so sequences stay gap-free however many
+processes write. Each event's stream entry id is `<sequence>-0`, so "after N" is a plain XREAD.
+
+Reads: one reader thread per process tails, with a single blocking XREAD, every task this process
+holds, and replicates what it reads into a local `MemoryEventBackend`. Viewers subscribe to that
+mirror exactly as with the memory backend: one Redis connection per process, not per viewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, cast
+
+import redis
+
+from delivery.errors import StreamClosedError, TaskNotFoundError
+from delivery.events import TERMINAL_EVENT_TYPES, Event
+from delivery.streaming.backend import EventBackend, StreamSnapshot, Subscription
+from delivery.streaming.memory import MemoryEventBackend
+
+log = logging.getLogger(__name__)
+
+# KEYS: events stream, meta hash. ARGV: maxlen, ttl_s, then (terminal flag, payload) pairs.
+# Returns {first, last} sequence appended, {-1, -1} when the stream had already ended and
+# {-2, -2} when there is no such stream (never opened, or expired).
+_APPEND = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-2, -2} end
+if redis.call('HGET', KEYS[2], 'closed') == '1' then return {-1, -1} end
+local first = -1
+local seq = -1
+for i = 3, #ARGV, 2 do
+  seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+  if first == -1 then first = seq end
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', ARGV[i + 1])
+  if ARGV[i] == '1' then
+    redis.call('HSET', KEYS[2], 'closed', '1')
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+    break
+  end
+end
+return {first, seq}
+"""
+WRITE_BATCH = 2000
+READ_BLOCK_MS = 100
+
+# What redis-py returns (bytes: the client does not decode): entries of one stream, and XREAD's
+# replies per stream key.
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+_Replies = list[tuple[bytes, _Entries]] | None
+
+# An event waiting in the outbox: (task_id, agent_name, event_type, content, ts, metadata).
+_Pending = tuple[str, str, str, str, float, dict[str, Any] | None]
+
+
+def _events_key(task_id: str) -> str:
+    return f"mad:task:{task_id}:events"
+
+
+def _meta_key(task_id: str) -> str:
+    return f"mad:task:{task_id}:meta"
+
+
+def _decode(task_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+    d = json.loads(fields[b"e"])
+    return Event(task_id, int(entry_id.split(b"-", 1)[0]), d["a"], d["t"], d["c"], d["ts"], d.get("m"))
+
+
+class RedisEventBackend(EventBackend):
+    def __init__(self, url: str, *, maxlen: int = 100_000, ttl_s: float = 3600.0) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self._append = self._redis.register_script(_APPEND)
+        self._maxlen = maxlen
+        self._ttl_s = max(1, int(ttl_s))
+        self._mirror = MemoryEventBackend()
+        self._outbox: deque[_Pending] = deque()
+        self._outbox_ready = threading.Event()
+        self._ended_here: set[str] = set()
+        self._tailed: dict[str, int] = {}  # task_id -> last sequence replicated
+        self._tail_lock = threading.Lock()
+        self._running = False
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._mirror.bind_loop(loop)
+
+    def start(self) -> None:
+        """Start the writer and reader threads."""
+        if self._running:
+            return
+        self._redis.ping()  # fail at start-up, with the URL in the error, not at the first event
+        self._running = True
+        self._threads = [threading.Thread(target=self._write_loop, name="redis-events-writer", daemon=True),
+                         threading.Thread(target=self._read_loop, name="redis-events-reader", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Write what is still in the outbox, then stop both threads."""
+        if not self._running:
+            return
+        self._running = False
+        self._outbox_ready.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._redis.close()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def open(self, task_id: str) -> None:
+        if not self._redis.hsetnx(_meta_key(task_id), "seq", 0):
+            raise ValueError(f"stream {task_id} already exists")
+        self._mirror.open(task_id)
+        with self._tail_lock:
+            self._tailed[task_id] = 0
+
+    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
+                metadata: dict[str, Any] | None = None) -> None:
+        if task_id in self._ended_here:
+            raise StreamClosedError(f"stream {task_id} already ended")
+        if event_type in TERMINAL_EVENT_TYPES:
+            self._ended_here.add(task_id)
+        self._outbox.append((task_id, agent_name, event_type, content, time.time(), metadata))
+        if not self._outbox_ready.is_set():
+            self._outbox_ready.set()
+
+    def _write_loop(self) -> None:
+        pending: list[_Pending] = []
+        while self._running or self._outbox or pending:
+            if not pending:
+                self._outbox_ready.wait(0.5)
+                self._outbox_ready.clear()
+                while self._outbox and len(pending) < WRITE_BATCH:
+                    pending.append(self._outbox.popleft())
+                if not pending:
+                    continue
+            try:
+                self._write(pending)
+                pending = []
+            except redis.RedisError as exc:  # keep the batch and retry: nothing is dropped
+                log.error("Redis write failed (%s); retrying in 1 s. Check REDIS_URL and that "
+                          "Redis is up.", exc)
+                time.sleep(1.0)
+
+    def _write(self, items: list[_Pending]) -> None:
+        runs: list[tuple[str, list[_Pending]]] = []  # consecutive events of one task, in publish order
+        for item in items:
+            if runs and runs[-1][0] == item[0]:
+                runs[-1][1].append(item)
+            else:
+                runs.append((item[0], [item]))
+        pipe = self._redis.pipeline(transaction=False)
+        for task_id, run in runs:
+            args: list[Any] = [self._maxlen, self._ttl_s]
+            for _, agent, etype, content, ts, meta in run:
+                payload = {"a": agent, "t": etype, "c": content, "ts": ts}
+                if meta:
+                    payload["m"] = meta
+                args += ["1" if etype in TERMINAL_EVENT_TYPES else "0",
+                         json.dumps(payload, ensure_ascii=False, separators=(",", ":"))]
+            self._append(keys=[_events_key(task_id), _meta_key(task_id)], args=args, client=pipe)
+        results = pipe.execute()
+        archive = self.archive
+        for (task_id, run), (first, _last) in zip(runs, results, strict=True):
+            if first < 0:
+                log.info("dropped %d events for %s: %s", len(run), task_id,
+                            "its stream had already ended" if first == -1 else "no such stream in Redis")
+                continue
+            if archive is not None:
+                for offset, (_, agent, etype, content, ts, meta) in enumerate(run):
+                    archive.append(Event(task_id, first + offset, agent, etype, content, ts, meta))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def load(self, task_id: str) -> bool:
+        entries = cast(_Entries, self._redis.xrange(_events_key(task_id)))
+        if not entries and not self._redis.exists(_meta_key(task_id)):
+            return False
+        events = [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
+        if events and events[0].sequence != 1:
+            log.warning("%s: Redis kept events from %d on (REDIS_STREAM_MAXLEN)", task_id, events[0].sequence)
+        try:
+            self._mirror.open(task_id)
+        except ValueError:  # another viewer loaded it first
+            return True
+        self._mirror.replicate(task_id, events)
+        if not (events and events[-1].event_type in TERMINAL_EVENT_TYPES):
+            with self._tail_lock:
+                self._tailed[task_id] = events[-1].sequence if events else 0
+        return True
+
+    def _read_loop(self) -> None:
+        reader = redis.Redis(connection_pool=self._redis.connection_pool)
+        while self._running:
+            with self._tail_lock:
+                streams = {_events_key(t): f"{seq}-0" for t, seq in self._tailed.items()}
+            if not streams:
+                time.sleep(READ_BLOCK_MS / 1000)
+                continue
+            try:
+                replies = cast(_Replies, reader.xread(cast(Any, streams), count=WRITE_BATCH, block=READ_BLOCK_MS))
+            except redis.RedisError as exc:
+                log.error("Redis read failed (%s); retrying in 1 s", exc)
+                time.sleep(1.0)
+                continue
+            for key, entries in replies or []:
+                task_id = key.decode().split(":")[2]
+                events = [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
+                try:
+                    self._mirror.replicate(task_id, events)
+                except TaskNotFoundError:  # evicted meanwhile
+                    pass
+                with self._tail_lock:
+                    if events[-1].event_type in TERMINAL_EVENT_TYPES:
+                        self._tailed.pop(task_id, None)
+                    elif task_id in self._tailed:
+                        self._tailed[task_id] = events[-1].sequence
+
+    # -- the local mirror ---------------------------------------------------------------------
+
+    def holds(self, task_id: str) -> bool:
+        return self._mirror.holds(task_id)
+
+    def subscription(self, task_id: str, after: int = 0) -> Subscription:
+        return self._mirror.subscription(task_id, after)
+
+    def restore(self, task_id: str, events: list[Event], closed: bool = True) -> None:
+        self._mirror.restore(task_id, events, closed)
+
+    def is_closed(self, task_id: str) -> bool:
+        return task_id in self._ended_here or self._mirror.is_closed(task_id)
+
+    def snapshot(self, task_id: str) -> StreamSnapshot:
+        return self._mirror.snapshot(task_id)
+
+    def snapshots(self) -> list[StreamSnapshot]:
+        return self._mirror.snapshots()
+
+    def events(self, task_id: str) -> list[Event]:
+        return self._mirror.events(task_id)
+
+    def evict_closed_before(self, deadline: float) -> list[str]:
+        evicted = self._mirror.evict_closed_before(deadline)
+        self._ended_here.difference_update(evicted)
+        return evicted

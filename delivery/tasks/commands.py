@@ -1,0 +1,86 @@
+"""What users ask of a task: submit it, answer the confirmation, cancel it. Called on API
+threads, in any process; the race rules are in runs.py."""
+
+from __future__ import annotations
+
+import uuid
+
+from agents_config import detect_language
+from delivery.errors import InvalidRequestError, StreamClosedError, TaskStateConflictError
+from delivery.events import EventType
+from delivery.tasks.executors import Executor
+from delivery.tasks.records import Phase, TaskRecord, TaskStatus
+from delivery.tasks.runs import Ending, Run, Runs
+
+
+class TaskCommands:
+    def __init__(self, runs: Runs, executor: Executor) -> None:
+        self._runs = runs
+        self._executor = executor
+
+    def submit(self, requirement: str, skip_confirmation: bool) -> TaskRecord:
+        record = TaskRecord(task_id=str(uuid.uuid4()), requirement=requirement,
+                            skip_confirmation=skip_confirmation, language=detect_language(requirement))
+        self._runs.store.save(record)
+        self._runs.streams.open(record.task_id)
+        self._hold(record)
+        self._executor.dispatch(record.task_id, Phase.analysis)
+        return record
+
+    def confirm(self, task_id: str, approved: bool, feedback: str | None) -> TaskRecord:
+        runs, settings = self._runs, self._runs.settings
+        r = runs.store.get(task_id)
+        if r.status is not TaskStatus.awaiting_confirmation:
+            raise _not_waiting(r)
+        if not approved and not feedback:
+            raise InvalidRequestError(
+                "To request changes, say what to change in `feedback`; to stop the task, "
+                f"POST /api/task/{task_id}/cancel.")
+        if not approved and len(r.feedback) >= settings.max_revision_rounds:
+            raise TaskStateConflictError(
+                f"The ProductManager has already revised {len(r.feedback)} times "
+                f"(MAX_REVISION_ROUNDS={settings.max_revision_rounds}); approve the "
+                "analysis or cancel the task.")
+        r.status, r.confirm_deadline = TaskStatus.running, None
+        if not approved:
+            r.feedback.append(feedback or "")
+        if not runs.store.transition(r, TaskStatus.awaiting_confirmation):
+            raise _not_waiting(runs.store.get(task_id))  # someone answered or cancelled first
+        run = self._hold(r)
+        content = "Approved" if approved else f"Changes requested: {feedback}"
+        try:
+            runs.streams.publish(task_id, "User", EventType.confirmed.value, content,
+                                 {"approved": approved, "feedback": feedback, "revision_round": len(r.feedback)})
+        except StreamClosedError:  # cancelled between our update and this event
+            if run is not None:
+                runs.release(run)
+            raise _not_waiting(runs.store.get(task_id)) from None
+        self._executor.dispatch(task_id, Phase.delivery if approved else Phase.analysis)
+        return r
+
+    def cancel(self, task_id: str, reason: str = "Cancelled by user") -> TaskRecord:
+        runs = self._runs
+        run = runs.get(task_id)
+        if run is not None:
+            with run.lock:
+                if not run.record.status.finished:
+                    runs.end_run(run, Ending.cancelled(reason))
+        else:
+            r = runs.store.get(task_id)
+            if not r.status.finished:
+                runs.end_idle_task(r, Ending.cancelled(reason))
+        r = runs.store.get(task_id)
+        if r.status is not TaskStatus.cancelled:
+            raise TaskStateConflictError(f"Task {task_id} already {r.status.value}; only "
+                                         "queued, running or waiting tasks can be cancelled.")
+        return r
+
+    def _hold(self, record: TaskRecord) -> Run | None:
+        """Local executors hold queued tasks as runs here, so cancelling one needs no worker."""
+        return self._runs.hold(record) if self._executor.local else None
+
+
+def _not_waiting(r: TaskRecord) -> TaskStateConflictError:
+    return TaskStateConflictError(
+        f"Task {r.task_id} is {r.status.value}; it can be confirmed only while "
+        "awaiting_confirmation (wait for the awaiting_confirmation event).")

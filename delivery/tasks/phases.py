@@ -1,0 +1,163 @@
+"""Running a task's phases on executor threads (this process's pool, or a Celery worker):
+the analysis (again on each revision round), then the delivery crew. The race rules are in
+runs.py; the crews themselves are built in crew_factory.py."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from crew_factory import CrewEventsHandler, Publish, run_analysis, run_delivery
+from delivery.crew.roster import ROSTER
+from delivery.documents.traceability import ANALYSIS, DESIGN, REVIEW, TEST_PLAN, review_with_matrix, trace
+from delivery.errors import StreamClosedError
+from delivery.events import SYSTEM_AGENT, EventType
+from delivery.llm.failures import describe_failure
+from delivery.llm.providers import LLMFactory
+from delivery.tasks.records import Phase, TaskStatus
+from delivery.tasks.runs import Ending, Run, Runs, TaskAborted
+
+log = logging.getLogger(__name__)
+
+# Events that also save the record, so every process's status shows the progress.
+_PROGRESS_EVENTS = frozenset({EventType.agent_start.value, EventType.step_end.value})
+
+
+class PhaseRunner:
+    def __init__(self, runs: Runs, llm_factory: LLMFactory, handler_class: type[CrewEventsHandler],
+                 model_label: str) -> None:
+        self._runs = runs
+        self._llm_factory = llm_factory
+        self._handler_class = handler_class
+        self._model_label = model_label
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    @property
+    def busy(self) -> int:
+        """Executor threads of this process running a phase now."""
+        return self._busy
+
+    def run(self, task_id: str, phase: Phase) -> None:
+        """Run one phase to its end on the calling thread; every failure ends the task."""
+        runs = self._runs
+        run = runs.get(task_id)
+        if run is None:  # a Celery worker, or a task confirmed by another process
+            record = runs.store.get(task_id)
+            if record.status.finished:
+                return
+            run = runs.hold(record)
+        if not runs.streams.holds(task_id):
+            runs.streams.make_available(task_id, live=True)  # a shared backend: see others' events
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            if phase is Phase.analysis:
+                self._analysis(run)
+            else:
+                self._begin(run)
+                self._deliver(run)
+        except TaskAborted:
+            pass  # cancelled or timed out: the terminal event is already out
+        except BaseException as exc:
+            log.exception("task %s failed", task_id)
+            with run.lock:
+                if not run.record.status.finished:
+                    runs.end_run(run, Ending.failed(describe_failure(exc, self._model_label),
+                                                    agent=run.record.current_agent or SYSTEM_AGENT))
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+            # A phase ends waiting, finished or aborted: either way this process no longer runs
+            # the task (unless a confirm here has already queued its next phase).
+            runs.release(run)
+
+    def _handler(self, run: Run) -> CrewEventsHandler:
+        return self._handler_class(run.record, self._publisher(run))
+
+    def _publisher(self, run: Run) -> Publish:
+        """The crew's publish: stops the crew once its task ended (rule 4 in runs.py)."""
+        streams, store, record, aborted = self._runs.streams, self._runs.store, run.record, run.aborted
+        task_id = record.task_id
+        publish, is_closed = streams.publish, streams.is_closed
+
+        def publish_event(agent: str, event_type: str, content: str, metadata: dict[str, Any] | None) -> None:
+            if aborted.is_set() or is_closed(task_id):
+                raise TaskAborted()
+            if event_type in _PROGRESS_EVENTS and not store.save_unless_finished(record):
+                raise TaskAborted()
+            try:
+                publish(task_id, agent, event_type, content, metadata)
+            except StreamClosedError:
+                raise TaskAborted() from None
+        return publish_event
+
+    def _begin(self, run: Run) -> None:
+        with run.lock:
+            r = run.record
+            if r.status.finished:
+                raise TaskAborted()
+            first = r.started_at is None
+            r.status = TaskStatus.running
+            run.active_since = time.time()
+            if first:
+                r.started_at = run.active_since
+            if not self._runs.store.save_unless_finished(r):
+                raise TaskAborted()  # cancelled while it was queued
+            if first:
+                self._runs.streams.publish(r.task_id, SYSTEM_AGENT, EventType.start.value,
+                                           f"Task started with {self._model_label}",
+                                           {"model": self._model_label, "language": r.language,
+                                            "total_steps": r.total_steps,
+                                            "skip_confirmation": r.skip_confirmation})
+
+    def _analysis(self, run: Run) -> None:
+        self._begin(run)
+        r = run.record
+        analysis = run_analysis(r, self._handler(run), self._llm_factory)
+        if r.skip_confirmation:
+            self._deliver(run)
+            return
+        settings = self._runs.settings
+        with run.lock:
+            if r.status.finished:
+                return
+            now = time.time()
+            run.pause_clock(now)
+            r.run_seconds = run.active_before
+            r.status, r.current_agent = TaskStatus.awaiting_confirmation, None
+            r.confirm_deadline = now + settings.confirmation_timeout_s
+            if not self._runs.store.transition(r, TaskStatus.running):
+                raise TaskAborted()  # ended by another process meanwhile
+            rounds_left = settings.max_revision_rounds - len(r.feedback)
+            self._runs.streams.publish(r.task_id, ROSTER.analyst.name, EventType.awaiting_confirmation.value,
+                                       _confirmation_prompt(r.task_id, analysis, rounds_left),
+                                       {"confirm_url": f"/api/task/{r.task_id}/confirm",
+                                        "revision_rounds_left": rounds_left,
+                                        "timeout_s": settings.confirmation_timeout_s})
+
+    def _deliver(self, run: Run) -> None:
+        r = run.record
+        run_delivery(r, self._handler(run), self._llm_factory)
+        docs = r.deliverables
+        traced = trace(docs.get(ANALYSIS, ""), docs.get(TEST_PLAN, ""), docs.get(DESIGN, ""))
+        with run.lock:
+            if r.status.finished:
+                return
+            r.traceability = traced
+            docs[REVIEW] = review_with_matrix(docs.get(REVIEW, ""), traced, r.language)
+            self._runs.end_run(run, Ending.succeeded(
+                f"Delivery package complete. Verdict: {traced['verdict']} ({traced['reason']})",
+                {"deliverables": sorted(docs), "verdict": traced["verdict"], "gaps": traced["gaps"]}))
+
+
+def _confirmation_prompt(task_id: str, analysis: str, rounds_left: int) -> str:
+    changes = (f'or request changes ({rounds_left} revision round(s) left):\n'
+               f'  {{"approved": false, "feedback": "what to change"}}\n' if rounds_left > 0 else
+               "(no revision rounds left: approve or cancel)\n")
+    return (f"{analysis}\n\n---\nThe ProductManager's analysis awaits your confirmation.\n"
+            f"POST /api/task/{task_id}/confirm with\n  {{\"approved\": true}}\n{changes}"
+            f"or POST /api/task/{task_id}/cancel to stop.")
+

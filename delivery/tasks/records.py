@@ -1,0 +1,58 @@
+"""What a task is: its status, the phases it runs in, and the record kept for it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from delivery.crew.roster import ROSTER
+
+
+class TaskStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    awaiting_confirmation = "awaiting_confirmation"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskStatus.succeeded, TaskStatus.failed, TaskStatus.cancelled)
+
+
+FINISHED_STATUSES = frozenset(s for s in TaskStatus if s.finished)
+
+
+class Phase(str, Enum):
+    """A unit of work dispatched to an executor."""
+
+    analysis = "analysis"  # the first agent alone (again on each revision round)
+    delivery = "delivery"  # the rest of the crew, once the analysis is approved
+
+
+@dataclass
+class TaskRecord:
+    task_id: str
+    requirement: str
+    skip_confirmation: bool
+    language: str
+    status: TaskStatus = TaskStatus.queued
+    # Microsecond precision, like the ISO times the API shows and takes back as ?before=.
+    created_at: float = field(default_factory=lambda: round(time.time(), 6))
+    started_at: float | None = None
+    finished_at: float | None = None
+    current_agent: str | None = None
+    completed_steps: int = 0
+    total_steps: int = ROSTER.total_steps
+    error: str | None = None
+    # deliverable key (agents_config.AGENTS[i].deliverable) -> Markdown
+    deliverables: dict[str, str] = field(default_factory=dict)
+    feedback: list[str] = field(default_factory=list)  # one entry per requested revision
+    traceability: dict[str, Any] | None = None
+    owner: str | None = None  # the process running (or last running) a phase: its instance id
+    heartbeat_at: float | None = None  # refreshed by the owner while a phase is queued or running
+    confirm_deadline: float | None = None  # while awaiting_confirmation
+    run_seconds: float = 0.0  # running time of the phases that ended (TASK_TIMEOUT_S counts it)

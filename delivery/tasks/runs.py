@@ -1,0 +1,163 @@
+"""The runs this process holds, and the two ways a task ends: the rules every part of the
+lifecycle (commands.py, phases.py, watchdog.py) follows.
+
+A task runs in phases (records.Phase), each dispatched to an executor: this process's thread pool
+or a Celery worker. A *run* is this process's handle on a task with a phase queued or running
+here: its record, a lock and an abort flag. A task awaiting confirmation has no run anywhere; it
+lives in the store, so any process can confirm or cancel it, also after a restart.
+
+The race rules, written once:
+
+1. **The store decides.** Every change of a task's state is a conditional update:
+   `transition(record, expected_status)` (confirm; pausing for confirmation) or
+   `save_unless_finished(record)` (starting a phase, progress, every ending). Whoever's update
+   wins publishes the event that goes with it; a loser publishes nothing and backs off (a phase
+   raises TaskAborted, a command answers 409). So confirm racing cancel, a timeout racing the end
+   of a crew, or two reapers racing each other leave one outcome and one event.
+2. **One terminal event.** Every ending goes through `Runs.end_run` (a run held here: its crew is
+   stopped at its next event) or `Runs.end_idle_task` (a task no phase of which runs here:
+   awaiting confirmation, queued in Celery, or lost with its owner). Both publish the terminal
+   event only after winning `save_unless_finished`.
+3. **Within this process**, a run's transitions also happen under its `lock`, so the watchdog, a
+   command and the phase itself never interleave their read-modify-write of the record.
+4. **A crew learns it was ended** at its next event: the run's `aborted` flag (ended here) or its
+   closed stream (ended by another process) makes the publish raise TaskAborted, a BaseException
+   so that CrewAI's `except Exception` retry paths do not swallow it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from delivery.events import SYSTEM_AGENT, EventType
+from delivery.settings import Settings
+from delivery.tasks.records import TaskRecord, TaskStatus
+from delivery.tasks.store import TaskStore
+from stream_manager import StreamManager
+
+log = logging.getLogger(__name__)
+
+
+class TaskAborted(BaseException):
+    """Raised on the agent thread at its next event once the task was ended (rule 4)."""
+
+
+@dataclass
+class Run:
+    record: TaskRecord
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    aborted: threading.Event = field(default_factory=threading.Event)
+    active_since: float | None = None  # start of the current running phase
+    active_before: float = 0.0  # running seconds of earlier phases
+
+    def active_seconds(self, now: float) -> float:
+        return self.active_before + (now - self.active_since if self.active_since else 0.0)
+
+    def pause_clock(self, now: float) -> None:
+        self.active_before = self.active_seconds(now)
+        self.active_since = None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a task ends: its final status and the terminal event that says so."""
+
+    status: TaskStatus
+    event_type: EventType
+    content: str
+    agent: str = SYSTEM_AGENT
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def succeeded(cls, content: str, metadata: dict[str, Any]) -> Ending:
+        return cls(TaskStatus.succeeded, EventType.end, content, metadata=metadata)
+
+    @classmethod
+    def failed(cls, message: str, agent: str = SYSTEM_AGENT) -> Ending:
+        return cls(TaskStatus.failed, EventType.error, message, agent)
+
+    @classmethod
+    def cancelled(cls, reason: str) -> Ending:
+        return cls(TaskStatus.cancelled, EventType.cancelled, reason)
+
+    @property
+    def error(self) -> str | None:
+        """What the record's `error` says: the message of a failure, nothing otherwise."""
+        return self.content if self.status is TaskStatus.failed else None
+
+
+class Runs:
+    """The runs of this process, and what the lifecycle units share: settings, store, streams."""
+
+    def __init__(self, settings: Settings, store: TaskStore, streams: StreamManager, instance_id: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.streams = streams
+        self.instance_id = instance_id
+        self._runs: dict[str, Run] = {}
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Run | None:
+        return self._runs.get(task_id)
+
+    def all(self) -> list[Run]:
+        return list(self._runs.values())
+
+    def record(self, task_id: str) -> TaskRecord:
+        """The freshest record: held here, else stored (TaskNotFoundError for unknown ids)."""
+        run = self._runs.get(task_id)
+        return run.record if run is not None else self.store.get(task_id)
+
+    def live_records(self) -> dict[str, TaskRecord]:
+        return {task_id: run.record for task_id, run in list(self._runs.items())}
+
+    # -- holding ----------------------------------------------------------------------------------
+
+    def hold(self, record: TaskRecord) -> Run:
+        """Hold a run for `record` in this process, which becomes its owner."""
+        record.owner, record.heartbeat_at = self.instance_id, time.time()
+        run = Run(record, active_before=record.run_seconds)
+        self._runs[record.task_id] = run
+        return run
+
+    def release(self, run: Run) -> None:
+        """Forget `run` unless a newer run of the same task replaced it meanwhile."""
+        if self._runs.get(run.record.task_id) is run:
+            del self._runs[run.record.task_id]
+
+    # -- the two ways a task ends (rule 2) -----------------------------------------------------------
+
+    def end_run(self, run: Run, ending: Ending) -> bool:
+        """End a run held here (caller holds run.lock): its crew stops at its next event.
+        False when another process had ended the task first."""
+        r = run.record
+        now = time.time()
+        run.aborted.set()
+        run.pause_clock(now)
+        r.status, r.finished_at, r.error, r.run_seconds = ending.status, now, ending.error, run.active_before
+        if ending.status is TaskStatus.succeeded:
+            r.current_agent = None
+        self._runs.pop(r.task_id, None)
+        if not self.store.save_unless_finished(r):
+            return False
+        self._publish_terminal(r.task_id, ending)
+        return True
+
+    def end_idle_task(self, record: TaskRecord, ending: Ending) -> bool:
+        """End a task no phase of which runs here. False when someone had ended it first."""
+        record.status, record.finished_at, record.error = ending.status, time.time(), ending.error
+        if not self.store.save_unless_finished(record):
+            return False
+        self._publish_terminal(record.task_id, ending)
+        if ending.status is TaskStatus.failed:
+            log.warning("task %s failed: %s", record.task_id, ending.content)
+        return True
+
+    def _publish_terminal(self, task_id: str, ending: Ending) -> None:
+        self.streams.publish_terminal(task_id, ending.agent, ending.event_type.value, ending.content,
+                                      ending.metadata)

@@ -1,0 +1,52 @@
+"""A tiny OpenAI-compatible chat endpoint that can fail on purpose, run in a thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from delivery.crew.compat import FINAL_ANSWER_PREFIX
+from tests.support.server_process import free_port
+
+ANSWER = FINAL_ANSWER_PREFIX + "# Document\n\n- REQ-1: the feature works\n- TC-1 covers REQ-1\n"
+
+
+class FakeOpenAI:
+    def __init__(self, fail_first: int, status: int = 503) -> None:
+        self.fail_first, self.status = fail_first, status
+        self.requests = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.02)
+
+    async def _chat(self, request: Request):
+        self.requests += 1
+        if self.requests <= self.fail_first:
+            return JSONResponse({"error": {"message": "overloaded, try again", "type": "server_error"}},
+                                status_code=self.status)
+
+        def chunks():
+            for word in ANSWER.split(" "):
+                delta = {"choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                         "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+                yield f"data: {json.dumps(delta)}\n\n"
+            done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+            yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)

@@ -1,0 +1,28 @@
+"""The scripted test double: deterministic, labelled, traceable documents, streamed token by token."""
+
+from __future__ import annotations
+
+from delivery.crew.roster import ROSTER
+from delivery.llm.scripted import ScriptedLLM, requirement_items, scripted_document, tokenize
+
+
+def test_scripted_documents_are_deterministic_labelled_and_traceable():
+    req = "Build a shop with a cart, payments and order history"
+    items = requirement_items(req)
+    assert len(items) >= 3
+    docs = {key: scripted_document(key, req, "en") for key in ROSTER.deliverable_keys}
+    assert docs == {key: scripted_document(key, req, "en") for key in docs}
+    for n in range(1, len(items) + 1):
+        assert f"REQ-{n}" in docs["requirements_analysis"] and f"TC-{n} | REQ-{n}" in docs["test_plan"]
+        assert f"serves REQ-{n}" in docs["technical_design"]
+    assert all("scripted provider" in d for d in docs.values())
+    assert "".join(tokenize(docs["test_plan"])) == docs["test_plan"]
+    assert tokenize("开发 app") == ["开", "发", " ", "app"]
+
+
+def test_each_agent_gets_the_document_its_deliverable_names():
+    for spec in ROSTER.agents:
+        llm = ScriptedLLM(model="scripted-test-double", agent_name=spec.name, requirement="Build a wiki")
+        streamed: list[str] = []
+        assert llm.complete("", None, None, streamed.append) == scripted_document(spec.deliverable, "Build a wiki", "en")
+        assert "".join(streamed) == scripted_document(spec.deliverable, "Build a wiki", "en")

@@ -1,0 +1,204 @@
+"""The EventBackend contract, run against the memory backend and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+
+from delivery.errors import StreamClosedError, TaskNotFoundError
+from delivery.streaming.backend import EventBackend, iterate
+from delivery.streaming.memory import MemoryEventBackend
+from delivery.streaming.redis_backend import RedisEventBackend
+from tests.support.real_services import ensure_redis
+
+Factory = Callable[[], EventBackend]
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.system)])
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_backend(kind) -> Iterator[Callable[[], EventBackend]]:
+    """A factory: with Redis, each call is a separate 'process' sharing the same Redis."""
+    url = ensure_redis() if kind == "redis" else None
+    made: list[EventBackend] = []
+
+    def make() -> EventBackend:
+        backend = RedisEventBackend(url, maxlen=100_000, ttl_s=60) if url else MemoryEventBackend()
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.bind_loop(None)
+        backend.stop()
+
+
+def new_id() -> str:
+    return f"test-{uuid.uuid4()}"
+
+
+async def collect(backend: EventBackend, task_id: str, after: int = 0) -> list:
+    events = []
+    async for batch in iterate(backend.subscription(task_id, after)):
+        events.extend(batch)
+    return events
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Yield to the loop until `condition` holds; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.01)
+
+
+def run(scenario: Callable[[asyncio.AbstractEventLoop], Awaitable[None]], *backends: EventBackend) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for b in backends:
+            b.bind_loop(loop)
+            b.start()
+        await asyncio.wait_for(scenario(loop), timeout=60)
+    asyncio.run(main())
+
+
+def test_every_subscriber_gets_every_event_live_mid_and_late(make_backend):
+    backend = make_backend()
+    task_id = new_id()
+
+    async def scenario(loop) -> None:
+        backend.open(task_id)
+        early = [asyncio.create_task(collect(backend, task_id)) for _ in range(3)]
+        await asyncio.sleep(0)
+
+        def produce() -> None:
+            for i in range(500):
+                backend.publish(task_id, "A", "thought", str(i))
+            backend.publish(task_id, "System", "end", "bye", {"verdict": "GO"})
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        await asyncio.sleep(0.001)
+        middle = asyncio.create_task(collect(backend, task_id))
+        await asyncio.to_thread(producer.join)
+        results = await asyncio.gather(*early, middle)
+        late = await collect(backend, task_id)
+        for events in [*results, late]:
+            assert [e.sequence for e in events] == list(range(1, 502))
+            assert [e.content for e in events[:-1]] == [str(i) for i in range(500)]
+            assert events[-1].event_type == "end" and events[-1].metadata == {"verdict": "GO"}
+        resumed = await collect(backend, task_id, after=450)
+        assert [e.sequence for e in resumed] == list(range(451, 502))
+        assert backend.snapshot(task_id).subscribers == 0
+
+    run(scenario, backend)
+
+
+def test_sequences_stay_gap_free_with_many_writer_threads(make_backend):
+    backend = make_backend()
+    task_id = new_id()
+
+    async def scenario(loop) -> None:
+        backend.open(task_id)
+        reader = asyncio.create_task(collect(backend, task_id))
+        barrier = threading.Barrier(4)
+
+        def publisher(n: int) -> None:
+            barrier.wait()
+            for i in range(1000):
+                backend.publish(task_id, f"agent{n}", "thought", str(i))
+
+        threads = [threading.Thread(target=publisher, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            await asyncio.to_thread(t.join)
+        backend.publish(task_id, "System", "end", "done")
+        events = await reader
+        assert [e.sequence for e in events] == list(range(1, 4002))
+        for n in range(4):  # each writer's own order is kept
+            assert [e.content for e in events if e.agent_name == f"agent{n}"] == [str(i) for i in range(1000)]
+
+    run(scenario, backend)
+
+
+def test_the_log_ends_once(make_backend):
+    backend = make_backend()
+    task_id = new_id()
+
+    async def scenario(loop) -> None:
+        backend.open(task_id)
+        backend.publish(task_id, "System", "cancelled", "stopped by the user")
+        with pytest.raises(StreamClosedError):
+            backend.publish(task_id, "System", "end", "too late")
+        events = await collect(backend, task_id)
+        assert [(e.sequence, e.event_type) for e in events] == [(1, "cancelled")]
+        with pytest.raises(TaskNotFoundError):
+            backend.subscription(new_id())
+
+    run(scenario, backend)
+
+
+def test_the_archive_receives_every_event_with_its_sequence(make_backend):
+    backend = make_backend()
+    archive: deque = deque()
+    backend.attach_archive(archive)
+    task_id = new_id()
+
+    async def scenario(loop) -> None:
+        backend.open(task_id)
+        for i in range(300):
+            backend.publish(task_id, "A", "thought", str(i))
+        backend.publish(task_id, "System", "end", "done")
+        await collect(backend, task_id)
+        await until(lambda: len(archive) == 301)  # the Redis writer archives after its write returns
+        assert [(e.sequence, e.content) for e in archive][:3] == [(1, "0"), (2, "1"), (3, "2")]
+        assert [e.sequence for e in archive] == list(range(1, 302))
+
+    run(scenario, backend)
+
+
+def test_writers_in_two_processes_share_one_gap_free_sequence(kind, make_backend):
+    """Two backends stand for two processes; only Redis shares a task between them."""
+    if kind == "memory":
+        assert make_backend().load(new_id()) is False  # nothing outside the process
+        return
+    a, b = make_backend(), make_backend()
+    task_id = new_id()
+
+    async def scenario(loop) -> None:
+        a.open(task_id)
+        a.publish(task_id, "A", "thought", "from a, before b looked")
+        await until(lambda: len(a.events(task_id)) == 1)  # written to Redis and read back by a
+        assert await asyncio.to_thread(b.load, task_id) is True
+        viewer_b = asyncio.create_task(collect(b, task_id))
+
+        def write(backend, name) -> None:
+            for i in range(500):
+                backend.publish(task_id, name, "thought", str(i))
+
+        writers = [threading.Thread(target=write, args=(x, n)) for x, n in ((a, "A"), (b, "B"))]
+        for t in writers:
+            t.start()
+        for t in writers:
+            await asyncio.to_thread(t.join)
+        # Each process writes its own outbox: the end must not overtake the other's last events.
+        await until(lambda: len(a.events(task_id)) == len(b.events(task_id)) == 1001)
+        b.publish(task_id, "System", "end", "done")
+        events_b = await viewer_b
+        events_a = await collect(a, task_id)
+        assert [e.sequence for e in events_b] == list(range(1, 1003))
+        assert [(e.sequence, e.agent_name, e.content) for e in events_a] == \
+            [(e.sequence, e.agent_name, e.content) for e in events_b]
+        assert [e.content for e in events_b if e.agent_name == "B"] == [str(i) for i in range(500)]
+        assert await asyncio.to_thread(b.load, new_id()) is False
+
+    run(scenario, a, b)

@@ -1,0 +1,195 @@
+"""The task lifecycle in process: each race of delivery/tasks/runs.py played in both orders, at
+the exact point where the two sides meet. Every outcome has one terminal event that matches the
+final status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from delivery.errors import TaskStateConflictError
+from delivery.tasks.records import Phase, TaskStatus
+from delivery.tasks.watchdog import WORKER_LOST
+from tests.support.lifecycle import Lifecycle, handler_stepping_in
+
+LATER = 10**6  # seconds: "now" for a watchdog pass long after every deadline and lease
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Iterator[list[Lifecycle]]:
+    built: list[Lifecycle] = []
+    yield built
+    for lifecycle in built:
+        if lifecycle.streams is not None and not any(o is not lifecycle and o.streams is lifecycle.streams
+                                                     for o in built[:built.index(lifecycle)]):
+            lifecycle.close()
+
+
+def lifecycle(made: list[Lifecycle], folder: Path, **kw) -> Lifecycle:
+    lc = Lifecycle(folder, **kw)
+    made.append(lc)
+    return lc
+
+
+def waiting_task(lc: Lifecycle) -> str:
+    """A task whose analysis is done and which awaits confirmation."""
+    record = lc.commands.submit("Build a wiki with search", skip_confirmation=False)
+    assert lc.run_next() is Phase.analysis
+    assert lc.store.get(record.task_id).status is TaskStatus.awaiting_confirmation
+    return record.task_id
+
+
+def assert_one_ending(lc: Lifecycle, task_id: str, event_type: str, status: TaskStatus) -> None:
+    assert [e.event_type for e in lc.terminal_events(task_id)] == [event_type]
+    assert lc.types(task_id)[-1] == event_type
+    assert lc.store.get(task_id).status is status
+    assert lc.runs.get(task_id) is None  # this process holds nothing for it any more
+    sequences = [e.sequence for e in lc.log(task_id)]
+    assert sequences == list(range(1, len(sequences) + 1))
+
+
+# -- confirm vs cancel --------------------------------------------------------------------------
+
+def test_cancel_between_confirms_decision_and_its_event_wins_and_confirm_answers_409(made, tmp_path):
+    lc = lifecycle(made, tmp_path)
+    task_id = waiting_task(lc)
+    lc.store.after["transition"] = lambda: lc.commands.cancel(task_id)
+    with pytest.raises(TaskStateConflictError, match="cancelled"):
+        lc.commands.confirm(task_id, approved=True, feedback=None)
+    assert "confirmed" not in lc.types(task_id)
+    assert lc.executor.queue == []  # no phase was dispatched for the lost confirm
+    assert_one_ending(lc, task_id, "cancelled", TaskStatus.cancelled)
+
+
+def test_cancel_after_confirm_stops_the_queued_phase_before_it_starts(made, tmp_path):
+    lc = lifecycle(made, tmp_path)
+    task_id = waiting_task(lc)
+    lc.commands.confirm(task_id, approved=True, feedback=None)
+    assert lc.executor.queue == [(task_id, Phase.delivery)]
+    lc.commands.cancel(task_id)
+    agents_before = lc.types(task_id).count("agent_start")
+    lc.run_next()  # the queued delivery phase finds its task ended and runs no agent
+    assert lc.types(task_id).count("agent_start") == agents_before
+    assert lc.types(task_id)[-2:] == ["confirmed", "cancelled"]
+    assert_one_ending(lc, task_id, "cancelled", TaskStatus.cancelled)
+
+
+def test_of_two_answers_at_once_only_the_first_decision_counts(made, tmp_path):
+    """Both answers saw the task waiting; the store takes one transition, the other gets 409."""
+    lc = lifecycle(made, tmp_path)
+    task_id = waiting_task(lc)
+    lc.store.before["transition"] = lambda: lc.commands.confirm(task_id, approved=True, feedback=None)
+    with pytest.raises(TaskStateConflictError, match="is running"):
+        lc.commands.confirm(task_id, approved=False, feedback="add export")
+    assert lc.types(task_id).count("confirmed") == 1
+    assert lc.executor.queue == [(task_id, Phase.delivery)]
+    assert lc.store.get(task_id).feedback == []  # the losing answer left no trace
+    lc.run_next()
+    assert_one_ending(lc, task_id, "end", TaskStatus.succeeded)
+
+
+def test_confirm_after_cancel_is_refused(made, tmp_path):
+    lc = lifecycle(made, tmp_path)
+    task_id = waiting_task(lc)
+    lc.commands.cancel(task_id)
+    with pytest.raises(TaskStateConflictError, match="is cancelled"):
+        lc.commands.confirm(task_id, approved=True, feedback=None)
+    assert_one_ending(lc, task_id, "cancelled", TaskStatus.cancelled)
+
+
+# -- timeout vs finish ----------------------------------------------------------------------------
+
+def test_a_timeout_after_the_last_agent_but_before_the_end_wins_once(made, tmp_path):
+    holder: list[Lifecycle] = []
+    handler = handler_stepping_in("Coordinator", lambda: holder[0].watchdog.check_deadlines(time.time() + LATER))
+    lc = lifecycle(made, tmp_path, handler_class=handler)
+    holder.append(lc)
+    task_id = lc.commands.submit("Build a payroll system", skip_confirmation=True).task_id
+    lc.run_next()
+    assert "end" not in lc.types(task_id)
+    assert_one_ending(lc, task_id, "error", TaskStatus.failed)
+    assert "TASK_TIMEOUT_S" in (lc.store.get(task_id).error or "")
+
+
+def test_a_watchdog_pass_after_the_end_changes_nothing(made, tmp_path):
+    lc = lifecycle(made, tmp_path)
+    task_id = lc.commands.submit("Build a payroll system", skip_confirmation=True).task_id
+    lc.run_next()
+    log = lc.log(task_id)
+    lc.watchdog.check_deadlines(time.time() + LATER)
+    assert lc.log(task_id) == log
+    assert_one_ending(lc, task_id, "end", TaskStatus.succeeded)
+
+
+# -- reaper vs finish -----------------------------------------------------------------------------
+
+def test_a_reaper_elsewhere_ending_the_task_before_its_owner_does_wins_once(made, tmp_path):
+    """Another process sees the owner's lease expired (say it was cut off) just as the owner's
+    crew finishes: the store lets the reaper's ending win; the owner's is dropped."""
+    holder: list[Lifecycle] = []
+
+    def reap() -> None:
+        holder[0].watchdog.reap_lost(time.time() + LATER)
+
+    handler = handler_stepping_in("Coordinator", reap)
+    owner = lifecycle(made, tmp_path, name="owner", handler_class=handler)
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
+    holder.append(reaper)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    owner.run_next()
+    assert "end" not in owner.types(task_id)
+    assert_one_ending(owner, task_id, "error", TaskStatus.failed)
+    assert owner.store.get(task_id).error == WORKER_LOST.format(owner="owner", lease=owner.settings.task_lease_s)
+
+
+def test_a_reaper_after_the_owner_finished_finds_nothing_to_reap(made, tmp_path):
+    owner = lifecycle(made, tmp_path, name="owner")
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    owner.run_next()
+    assert reaper.watchdog.reap_lost(time.time() + LATER) == []
+    assert_one_ending(owner, task_id, "end", TaskStatus.succeeded)
+
+
+def test_a_process_does_not_reap_the_runs_it_holds(made, tmp_path):
+    lc = lifecycle(made, tmp_path)
+    task_id = lc.commands.submit("Build a parking app", skip_confirmation=True).task_id  # queued, held here
+    assert lc.watchdog.reap_lost(time.time() + LATER) == []
+    lc.run_next()
+    assert_one_ending(lc, task_id, "end", TaskStatus.succeeded)
+
+
+# -- cancel vs start -------------------------------------------------------------------------------
+
+def test_a_task_cancelled_while_queued_never_starts(made, tmp_path):
+    lc = lifecycle(made, tmp_path)
+    task_id = lc.commands.submit("Build a quiz app", skip_confirmation=True).task_id
+    lc.commands.cancel(task_id)
+    lc.run_next()
+    assert lc.types(task_id) == ["cancelled"]
+    assert_one_ending(lc, task_id, "cancelled", TaskStatus.cancelled)
+
+
+def test_a_confirmation_nobody_answers_is_cancelled_by_the_watchdog(made, tmp_path):
+    lc = lifecycle(made, tmp_path, confirmation_timeout_s=60)
+    task_id = waiting_task(lc)
+    lc.watchdog.check_deadlines(time.time() + 30)
+    assert lc.store.get(task_id).status is TaskStatus.awaiting_confirmation
+    lc.watchdog.check_deadlines(time.time() + 61)
+    assert_one_ending(lc, task_id, "cancelled", TaskStatus.cancelled)
+    assert "CONFIRMATION_TIMEOUT_S=60s" in lc.log(task_id)[-1].content
+
+
+def test_finished_tasks_past_their_retention_are_purged_with_their_events(made, tmp_path):
+    lc = lifecycle(made, tmp_path, task_retention_days=1)
+    task_id = lc.commands.submit("Build a quiz app", skip_confirmation=True).task_id
+    lc.run_next()
+    lc.streams.evict_expired(ttl_s=0)
+    lc.watchdog.tick(time.time() + 3600)  # within a day: kept
+    assert lc.store.get(task_id).status is TaskStatus.succeeded
+    lc.watchdog = type(lc.watchdog)(lc.runs)  # a fresh schedule, so the next pass sweeps again
+    lc.watchdog.tick(time.time() + 2 * 86400)
+    assert lc.store.list_tasks(None, 10, None) == [] and lc.store.load_events(task_id) == []

@@ -1,0 +1,110 @@
+"""The TaskStore contract, run against SQLite (the default) and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from delivery.errors import TaskNotFoundError
+from delivery.events import Event
+from delivery.tasks.records import TaskRecord, TaskStatus
+from delivery.tasks.store import SqlTaskStore
+from tests.support.real_services import fresh_postgres_database
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
+def store_url(request, tmp_path_factory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'tasks.db'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def store(store_url) -> Iterator[SqlTaskStore]:
+    s = SqlTaskStore(store_url)
+    yield s
+    s.close()
+
+
+def record(task_id: str, **kw) -> TaskRecord:
+    return TaskRecord(task_id=task_id, requirement="Build a wiki", skip_confirmation=True, language="en", **kw)
+
+
+def test_save_get_update_round_trip(store):
+    r = record("t-round", deliverables={"test_plan": "# 测试计划"}, feedback=["more tests"])
+    store.save(r)
+    assert store.get("t-round") == r
+    r.status, r.completed_steps, r.traceability = TaskStatus.running, 2, {"verdict": "GO"}
+    store.save(r)
+    assert store.get("t-round") == r
+    with pytest.raises(TaskNotFoundError):
+        store.get("t-missing")
+
+
+def test_list_filters_pages_and_unfinished(store):
+    base = time.time() + 1000
+    for i, status in enumerate([TaskStatus.succeeded, TaskStatus.running, TaskStatus.queued]):
+        store.save(record(f"t-list-{i}", status=status, created_at=base + i))
+    newest = store.list_tasks(None, 2, None)
+    assert [r.task_id for r in newest] == ["t-list-2", "t-list-1"]
+    assert next(r.task_id for r in store.list_tasks(None, 2, newest[-1].created_at)) == "t-list-0"
+    assert next(r.task_id for r in store.list_tasks(TaskStatus.running, 10, None)) == "t-list-1"
+    assert all(r.status is TaskStatus.running for r in store.list_tasks(TaskStatus.running, 10, None))
+    assert {"t-list-1", "t-list-2"} <= {r.task_id for r in store.unfinished()}
+
+
+def test_events_append_in_batches_load_in_order_and_purge(store):
+    store.save(record("t-ev", status=TaskStatus.succeeded, finished_at=time.time() - 100))
+    events = [Event("t-ev", i, "QAEngineer", "thought", f"token {i} ✓", 1.5 + i,
+                          {"n": i} if i % 2 else None) for i in range(1, 1201)]
+    store.append_events(events[600:])
+    store.append_events(events[:600])
+    assert store.load_events("t-ev") == events
+    assert store.last_sequence("t-ev") == 1200
+    assert store.last_sequence("t-none") == 0
+    assert store.purge_finished_before(time.time()) >= 1
+    assert store.load_events("t-ev") == []
+    with pytest.raises(TaskNotFoundError):
+        store.get("t-ev")
+
+
+def test_a_second_store_on_the_same_database_sees_the_same_data(store_url, store):
+    """Several API processes share one database: what one writes, another reads."""
+    store.save(record("t-shared", status=TaskStatus.awaiting_confirmation))
+    other = SqlTaskStore(store_url)  # schema creation on an existing database is a no-op
+    try:
+        assert other.get("t-shared").status is TaskStatus.awaiting_confirmation
+    finally:
+        other.close()
+
+
+def test_a_database_made_by_an_earlier_version_gains_the_new_columns(tmp_path):
+    """Additive migration: nullable columns added since are created, old rows stay readable."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the schema of the first release, one row in it
+        conn.execute("CREATE TABLE tasks (task_id VARCHAR(36) PRIMARY KEY, requirement TEXT NOT NULL, "
+                     "skip_confirmation BOOLEAN NOT NULL, language VARCHAR(8) NOT NULL, status VARCHAR(32) NOT NULL, "
+                     "created_at FLOAT NOT NULL, started_at FLOAT, finished_at FLOAT, current_agent VARCHAR(64), "
+                     "completed_steps INTEGER NOT NULL, total_steps INTEGER NOT NULL, error TEXT, "
+                     "deliverables TEXT NOT NULL, feedback TEXT NOT NULL, traceability TEXT)")
+        conn.execute("INSERT INTO tasks VALUES ('t-old', 'Build a wiki', 1, 'en', 'succeeded', 1.0, 2.0, 3.0, NULL, "
+                     "4, 4, NULL, '{\"test_plan\": \"# Plan\"}', '[]', NULL)")
+    store = SqlTaskStore(f"sqlite:///{path}")
+    try:
+        old = store.get("t-old")
+        assert old.status is TaskStatus.succeeded and old.deliverables == {"test_plan": "# Plan"}
+        assert old.owner is None and old.heartbeat_at is None and old.run_seconds == 0.0
+        with sqlite3.connect(path) as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        assert {"owner", "heartbeat_at", "confirm_deadline", "run_seconds"} <= columns
+        old.owner = "me"
+        store.save(old)
+        assert store.get("t-old").owner == "me"
+    finally:
+        store.close()

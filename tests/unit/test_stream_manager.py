@@ -1,0 +1,255 @@
+"""The StreamManager in process: the event log and its fan-out, where logs live, the singleton."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+
+import pytest
+
+from delivery.errors import StreamClosedError, TaskNotFoundError
+from delivery.events import Event, format_timestamp
+from delivery.streaming.memory import MemoryEventBackend
+from delivery.tasks.records import TaskRecord
+from delivery.tasks.store import SqlTaskStore
+from stream_manager import StreamManager
+
+
+def make_manager() -> StreamManager:
+    return StreamManager(MemoryEventBackend())
+
+
+async def collect(manager: StreamManager, task_id: str, after: int = 0) -> list:
+    events = []
+    async for batch in manager.subscribe(task_id, after):
+        events.extend(batch)
+    return events
+
+
+def test_sequences_are_gap_free_and_per_thread_order_is_kept_under_concurrent_publishers():
+    manager = make_manager()
+    manager.open("t")
+    threads_n, per_thread = 8, 2000
+    barrier = threading.Barrier(threads_n)
+
+    def publisher(n: int) -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            manager.publish("t", f"agent{n}", "thought", str(i))
+
+    threads = [threading.Thread(target=publisher, args=(n,)) for n in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    manager.publish("t", "System", "end", "done")
+
+    events = asyncio.run(collect(manager, "t"))
+    assert [e.sequence for e in events] == list(range(1, threads_n * per_thread + 2))
+    for n in range(threads_n):
+        contents = [e.content for e in events if e.agent_name == f"agent{n}"]
+        assert contents == [str(i) for i in range(per_thread)]
+
+
+def test_every_subscriber_gets_every_event_live_and_late():
+    async def scenario() -> None:
+        manager = make_manager()
+        manager.start(asyncio.get_running_loop())
+        manager.open("t")
+        early = [asyncio.create_task(collect(manager, "t")) for _ in range(3)]
+        await asyncio.sleep(0)
+
+        def produce() -> None:
+            for i in range(500):
+                manager.publish("t", "A", "thought", str(i))
+            manager.publish("t", "System", "end", "bye")
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        await asyncio.sleep(0.001)
+        middle = asyncio.create_task(collect(manager, "t"))  # joins while events flow
+        producer.join()
+        late = await collect(manager, "t")  # joins after the end
+        results = await asyncio.gather(*early, middle)
+        expected = list(range(1, 502))
+        for events in [*results, late]:
+            assert [e.sequence for e in events] == expected
+            assert events[-1].event_type == "end"
+        assert manager.snapshot("t").subscribers == 0
+
+    asyncio.run(scenario())
+
+
+def test_subscribe_after_n_resumes_with_nothing_missing_or_repeated():
+    manager = make_manager()
+    manager.open("t")
+    for i in range(10):
+        manager.publish("t", "A", "thought", str(i))
+    manager.publish("t", "System", "end", "")
+    for after in (0, 1, 5, 10, 11, 50):
+        events = asyncio.run(collect(manager, "t", after))
+        assert [e.sequence for e in events] == list(range(after + 1, 12))
+
+
+def test_subscriber_waiting_beyond_head_receives_later_events():
+    async def scenario() -> None:
+        manager = make_manager()
+        manager.start(asyncio.get_running_loop())
+        manager.open("t")
+        manager.publish("t", "A", "thought", "1")
+        waiting = asyncio.create_task(collect(manager, "t", after=3))
+        while manager.snapshot("t").subscribers == 0:  # the viewer is waiting at the tail
+            await asyncio.sleep(0)
+        for i in range(2, 6):
+            await asyncio.to_thread(manager.publish, "t", "A", "thought", str(i))
+        await asyncio.to_thread(manager.publish, "t", "System", "error", "failed")
+        events = await asyncio.wait_for(waiting, 5)
+        assert [e.sequence for e in events] == [4, 5, 6]
+
+    asyncio.run(scenario())
+
+
+def test_terminal_event_closes_the_log():
+    manager = make_manager()
+    manager.open("t")
+    manager.publish("t", "System", "start", "")
+    manager.publish("t", "System", "error", "boom")
+    with pytest.raises(StreamClosedError):
+        manager.publish("t", "System", "end", "again")
+    assert manager.snapshot("t").closed
+    assert manager.snapshot("t").last_sequence == 2
+
+
+def test_unknown_task_is_an_error_not_a_new_stream():
+    manager = make_manager()
+    with pytest.raises(TaskNotFoundError):
+        manager.snapshot("nope")
+    with pytest.raises(TaskNotFoundError):
+        manager.publish("nope", "A", "thought", "x")
+    with pytest.raises(TaskNotFoundError):
+        asyncio.run(collect(manager, "nope"))
+    assert manager.snapshots() == []
+
+
+def test_eviction_honours_the_ttl_and_never_drops_live_streams():
+    manager = make_manager()
+    for task_id in ("live", "done"):
+        manager.open(task_id)
+    manager.publish("done", "System", "end", "")
+    assert manager.evict_expired(ttl_s=3600) == []
+    time.sleep(0.01)
+    assert manager.evict_expired(ttl_s=0.001) == ["done"]
+    assert [s.task_id for s in manager.snapshots()] == ["live"]
+
+
+def test_publishing_never_waits_for_a_blocked_event_loop():
+    """Publishers must not wait on the loop: here the loop is stuck in a blocking call while a
+    thread publishes; the thread finishes long before the loop wakes up."""
+    async def scenario() -> None:
+        manager = make_manager()
+        manager.start(asyncio.get_running_loop())
+        manager.open("t")
+        done = threading.Event()
+
+        def produce() -> None:
+            for i in range(20_000):
+                manager.publish("t", "A", "thought", str(i))
+            done.set()
+
+        threading.Thread(target=produce).start()
+        finished_while_loop_blocked = done.wait(timeout=20)  # blocks the loop thread itself
+        assert finished_while_loop_blocked
+        manager.publish("t", "System", "end", "")
+        events = await collect(manager, "t")
+        assert len(events) == 20_001
+
+    asyncio.run(scenario())
+
+
+def test_event_wire_format():
+    manager = make_manager()
+    manager.open("t")
+    manager.publish("t", "QAEngineer", "output", "行1\nline 2", {"k": 1})
+    manager.publish("t", "System", "end", "")
+    event = asyncio.run(collect(manager, "t"))[0]
+    text = event.sse.decode()
+    assert text.startswith("id: 1\nevent: output\ndata: {")
+    assert text.endswith("}\n\n") and text.count("\n") == 4  # content newlines are escaped
+    data = event.to_dict()
+    assert list(data) == ["task_id", "sequence", "agent_name", "event_type", "content", "timestamp",
+                          "metadata"]
+    assert data["content"] == "行1\nline 2"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", data["timestamp"])
+    assert format_timestamp(0.5) == "1970-01-01T00:00:00.500Z"
+
+
+# -- where a log lives ----------------------------------------------------------------------------
+
+def stored_manager(tmp_path) -> tuple[StreamManager, SqlTaskStore]:
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    return StreamManager(MemoryEventBackend(), store), store
+
+
+def test_a_log_that_left_memory_is_reloaded_from_the_store_for_replay(tmp_path):
+    manager, store = stored_manager(tmp_path)
+    store.save(TaskRecord(task_id="t", requirement="r", skip_confirmation=True, language="en"))
+    manager.start()
+    manager.open("t")
+    for i in range(5):
+        manager.publish("t", "A", "thought", str(i), None)
+    manager.publish("t", "System", "end", "done", {"verdict": "GO"})
+    held = manager.events("t")
+    time.sleep(0.001)
+    assert manager.evict_expired(ttl_s=0) == ["t"]
+    assert not manager.holds("t")
+    assert manager.events("t") == held  # read from the store (the archive was flushed first)
+    assert manager.last_sequence("t") == 6
+    manager.make_available("t")
+    assert manager.holds("t") and manager.is_closed("t")
+    assert [e.sequence for e in asyncio.run(collect(manager, "t", after=3))] == [4, 5, 6]
+    manager.close()
+    store.close()
+
+
+def test_unknown_tasks_are_not_available_anywhere(tmp_path):
+    manager, store = stored_manager(tmp_path)
+    with pytest.raises(TaskNotFoundError):
+        manager.make_available("nope")
+    assert not manager.holds("nope") and manager.last_sequence("nope") == 0
+    store.close()
+
+
+def test_the_terminal_event_reaches_a_log_reloaded_live_after_a_restart(tmp_path):
+    """A task whose process died: its stored log is reopened and ended right after its last event."""
+    manager, store = stored_manager(tmp_path)
+    store.save(TaskRecord(task_id="t", requirement="r", skip_confirmation=True, language="en"))
+    store.append_events([Event("t", n, "A", "thought", str(n), 1.0 + n) for n in (1, 2, 3)])
+    manager.start()
+    manager.publish_terminal("t", "System", "error", "Interrupted")
+    events = manager.events("t")
+    assert [(e.sequence, e.event_type) for e in events][-2:] == [(3, "thought"), (4, "error")]
+    manager.close()  # flushes the archive
+    assert [e.sequence for e in store.load_events("t")] == [1, 2, 3, 4]
+    store.close()
+
+
+def test_one_manager_per_process_built_from_settings_and_found_by_instance(tmp_path):
+    from delivery.settings import Settings
+
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    with pytest.raises(RuntimeError, match="No StreamManager yet"):
+        StreamManager.instance()
+    manager = StreamManager.create(Settings(_env_file=None), store)
+    try:
+        assert StreamManager.instance() is manager
+        with pytest.raises(RuntimeError, match="already has a StreamManager"):
+            StreamManager.create(Settings(_env_file=None), store)
+        # The event path is the backend's own bound method: no call in between.
+        assert manager.publish == manager._backend.publish
+    finally:
+        manager.close()
+        store.close()
+    with pytest.raises(RuntimeError):
+        StreamManager.instance()
