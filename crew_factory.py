@@ -57,8 +57,9 @@ class CrewEventsHandler:
         if handler is not None:
             handler(event)
 
-    def publish(self, agent_name: str, event_type: EventType, content: str,
-                metadata: dict[str, Any] | None = None) -> None:
+    def publish(
+        self, agent_name: str, event_type: EventType, content: str, metadata: dict[str, Any] | None = None
+    ) -> None:
         self._publish(agent_name, event_type.value, content, metadata)
 
     # -- CrewAI events -> hooks -------------------------------------------------------------
@@ -110,8 +111,12 @@ class CrewEventsHandler:
         self.publish(agent_name, EventType.output, output)
 
     def on_step_end(self, agent_name: str, completed: int, total: int) -> None:
-        self.publish(agent_name, EventType.step_end, f"{agent_name} finished step {completed}/{total}",
-                     {"completed_steps": completed, "total_steps": total})
+        self.publish(
+            agent_name,
+            EventType.step_end,
+            f"{agent_name} finished step {completed}/{total}",
+            {"completed_steps": completed, "total_steps": total},
+        )
 
 
 def load_events_handler(path: str) -> type[CrewEventsHandler]:
@@ -124,8 +129,10 @@ def load_events_handler(path: str) -> type[CrewEventsHandler]:
     try:
         handler = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"EVENTS_HANDLER={path!r} cannot be loaded ({exc}); the module must be importable "
-                         "from the directory the service runs in.") from exc
+        raise ValueError(
+            f"EVENTS_HANDLER={path!r} cannot be loaded ({exc}); the module must be importable "
+            "from the directory the service runs in."
+        ) from exc
     if not (isinstance(handler, type) and issubclass(handler, CrewEventsHandler)):
         raise ValueError(f"EVENTS_HANDLER={path!r} is not a subclass of crew_factory.CrewEventsHandler.")
     return handler
@@ -151,10 +158,14 @@ def build_analysis_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
     if record.feedback:
         description += REVISION_REQUEST.format(
             previous=record.deliverables.get(spec.deliverable, ""),
-            feedback="\n".join(f"- {f}" for f in record.feedback))
+            feedback="\n".join(f"- {f}" for f in record.feedback),
+        )
     agent = _agent(spec, record, llm_factory)
-    task = Task(description=description + LANGUAGE_INSTRUCTIONS[record.language],
-                expected_output=spec.expected_output, agent=agent)
+    task = Task(
+        description=description + LANGUAGE_INSTRUCTIONS[record.language],
+        expected_output=spec.expected_output,
+        agent=agent,
+    )
     return Crew(agents=[agent], tasks=[task], process=Process.sequential, verbose=False)
 
 
@@ -166,13 +177,16 @@ def build_delivery_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
     tasks: list[Task] = []
     for spec in ROSTER.delivery:
         agent = _agent(spec, record, llm_factory)
-        tasks.append(Task(
-            description=spec.description.format(requirement=record.requirement) + analysis
-            + LANGUAGE_INSTRUCTIONS[record.language],
-            expected_output=spec.expected_output,
-            agent=agent,
-            context=list(tasks),
-        ))
+        tasks.append(
+            Task(
+                description=spec.description.format(requirement=record.requirement)
+                + analysis
+                + LANGUAGE_INSTRUCTIONS[record.language],
+                expected_output=spec.expected_output,
+                agent=agent,
+                context=list(tasks),
+            )
+        )
         agents.append(agent)
     return Crew(agents=agents, tasks=tasks, process=Process.sequential, verbose=False)
 

@@ -52,9 +52,11 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 # The page runs only its own script and talks only to this server; deliverables are rendered
 # with raw HTML escaped, and this keeps a slip there from running code.
-TEST_UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-               "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-               "frame-ancestors 'none'; form-action 'self'")
+TEST_UI_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
 
 HTTP_STATUS: dict[type[DomainError], int] = {
     TaskNotFoundError: 404,
@@ -89,7 +91,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
     app = FastAPI(
         title="Multi-Agent Software Delivery System",
         description="A CrewAI crew (" + " → ".join(ROSTER.names) + ") turns a requirement into a "
-                    "delivery package, streamed live over SSE.",
+        "delivery package, streamed live over SSE.",
         version=__version__,
         lifespan=lifespan,
     )
@@ -104,18 +106,29 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
             headers["Retry-After"] = str(exc.retry_after_s)
         return JSONResponse({"detail": str(exc)}, status_code=HTTP_STATUS.get(type(exc), 400), headers=headers)
 
-    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes,
-                       audit=audit_logger(settings.audit_log, settings.data_dir))
+    app.add_middleware(
+        RequestGuard, max_bytes=settings.max_request_bytes, audit=audit_logger(settings.audit_log, settings.data_dir)
+    )
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # none by default: browsers then allow same-origin pages only
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
-                           expose_headers=["Retry-After"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
 
     @app.get("/healthz", response_model=Health)
     async def healthz(runtime: RuntimeDep, request: Request) -> Health:
-        return Health(status="ok", provider=runtime.model_label, active_tasks=len(runtime.runs.live_records()),
-                      busy_workers=runtime.phases.busy, auth_required=request.app.state.auth.enabled)
+        return Health(
+            status="ok",
+            provider=runtime.model_label,
+            active_tasks=len(runtime.runs.live_records()),
+            busy_workers=runtime.phases.busy,
+            auth_required=request.app.state.auth.enabled,
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     test_ui_page = _test_ui_page()

@@ -33,16 +33,17 @@ from delivery.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
+
 class PublishEvent(Protocol):
-    def __call__(self, task_id: str, agent_name: str, event_type: str, content: str,
-                 metadata: dict[str, Any] | None = None, /) -> None: ...
+    def __call__(
+        self, task_id: str, agent_name: str, event_type: str, content: str, metadata: dict[str, Any] | None = None, /
+    ) -> None: ...
 
 
 def backend_for(settings: Settings) -> EventBackend:
     """The event backend EVENT_BACKEND names."""
     if settings.event_backend is EventBackendKind.redis:
-        return RedisEventBackend(settings.redis_url, maxlen=settings.redis_stream_maxlen,
-                                 ttl_s=settings.stream_ttl_s)
+        return RedisEventBackend(settings.redis_url, maxlen=settings.redis_stream_maxlen, ttl_s=settings.stream_ttl_s)
     return MemoryEventBackend()
 
 
@@ -74,8 +75,10 @@ class StreamManager:
         """Build this process's manager from settings (`backend` overrides EVENT_BACKEND)."""
         with cls._instance_lock:
             if cls._instance is not None:
-                raise RuntimeError("This process already has a StreamManager; use StreamManager.instance(), "
-                                   "or close() the old one first.")
+                raise RuntimeError(
+                    "This process already has a StreamManager; use StreamManager.instance(), "
+                    "or close() the old one first."
+                )
             cls._instance = cls(backend or backend_for(settings), store)
             return cls._instance
 
@@ -83,8 +86,9 @@ class StreamManager:
     def instance(cls) -> StreamManager:
         manager = cls._instance
         if manager is None:
-            raise RuntimeError("No StreamManager yet: it is created when the app or the worker starts "
-                               "(delivery.runtime.Runtime).")
+            raise RuntimeError(
+                "No StreamManager yet: it is created when the app or the worker starts (delivery.runtime.Runtime)."
+            )
         return manager
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -112,8 +116,9 @@ class StreamManager:
         """Start the log of a new task."""
         self._backend.open(task_id)
 
-    def publish_terminal(self, task_id: str, agent_name: str, event_type: str, content: str,
-                         metadata: dict[str, Any] | None = None) -> None:
+    def publish_terminal(
+        self, task_id: str, agent_name: str, event_type: str, content: str, metadata: dict[str, Any] | None = None
+    ) -> None:
         """Publish the event that ends a task's log, wherever that log is.
 
         Call only after winning the store's conditional update for the ending (see

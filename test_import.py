@@ -26,8 +26,7 @@ def check_agents() -> None:
     from delivery.settings import get_settings
     from delivery.tasks.records import TaskRecord
 
-    record = TaskRecord(task_id="self-check", requirement="self check", skip_confirmation=True,
-                        language="en")
+    record = TaskRecord(task_id="self-check", requirement="self check", skip_confirmation=True, language="en")
     factory = make_llm_factory(get_settings())
     crews = [build_analysis_crew(record, factory), build_delivery_crew(record, factory)]
     roles = [agent.role for crew in crews for agent in crew.agents]
@@ -54,11 +53,21 @@ def check_routes() -> None:
     from main import app
 
     paths = set(app.openapi()["paths"]) | {getattr(r, "path", "") for r in app.routes}
-    expected = {"/api/run_task", "/api/stream/{task_id}", "/api/task/{task_id}/status",
-                "/api/task/{task_id}/result", "/api/task/{task_id}/confirm",
-                "/api/task/{task_id}/cancel", "/api/task/{task_id}/deliverables",
-                "/api/task/{task_id}/deliverables.zip", "/api/tasks", "/api/streams", "/api/crew",
-                "/healthz", "/test-ui"}
+    expected = {
+        "/api/run_task",
+        "/api/stream/{task_id}",
+        "/api/task/{task_id}/status",
+        "/api/task/{task_id}/result",
+        "/api/task/{task_id}/confirm",
+        "/api/task/{task_id}/cancel",
+        "/api/task/{task_id}/deliverables",
+        "/api/task/{task_id}/deliverables.zip",
+        "/api/tasks",
+        "/api/streams",
+        "/api/crew",
+        "/healthz",
+        "/test-ui",
+    }
     missing = expected - paths
     assert not missing, f"missing routes: {missing}"
 

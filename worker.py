@@ -46,8 +46,9 @@ def _worker_runtime() -> Runtime:
             from delivery.runtime import Runtime  # noqa: PLC0415 - built after Celery forked the pool
 
             settings = get_settings()
-            runtime = Runtime(settings, name=settings.instance_id or f"worker-{socket.gethostname()}-{os.getpid()}",
-                              celery_app=app)
+            runtime = Runtime(
+                settings, name=settings.instance_id or f"worker-{socket.gethostname()}-{os.getpid()}", celery_app=app
+            )
             runtime.start()
             runtime.watch_in_thread()
             log.info("worker %s ready (%s)", runtime.runs.instance_id, runtime.model_label)

@@ -50,8 +50,9 @@ class NaiveEventBackend(EventBackend):
     def open(self, task_id: str) -> None:
         self._streams[task_id] = _NaiveStream(task_id)
 
-    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> None:
+    def publish(
+        self, task_id: str, agent_name: str, event_type: str, content: str, metadata: dict[str, Any] | None = None
+    ) -> None:
         stream = self._get(task_id)
         if stream.closed:
             raise StreamClosedError(task_id)

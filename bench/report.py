@@ -42,14 +42,17 @@ def main(path: str) -> None:
         if section in results:
             for who in ("ours", "naive"):
                 r = results[section][who]
-                print(f"{section} {who}: every subscriber got every sequence exactly once: "
-                      f"{r['all_exact']} (lost {r['lost_total']} across rounds)")
+                print(
+                    f"{section} {who}: every subscriber got every sequence exactly once: "
+                    f"{r['all_exact']} (lost {r['lost_total']} across rounds)"
+                )
     draw(plot, Path(path).with_suffix(".png"))
 
 
 def draw(rows, out: Path) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -58,7 +61,7 @@ def draw(rows, out: Path) -> None:
     cols = 5
     nrows = -(-len(rows) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 3.2 * nrows), squeeze=False)
-    for ax in axes.flat[len(rows):]:
+    for ax in axes.flat[len(rows) :]:
         ax.axis("off")
     for ax, (label, ours, naive, unit) in zip(axes.flat, rows, strict=False):
         ax.bar(["ours", "seed"], [ours, naive], color=["#2a6df4", "#999999"])

@@ -46,8 +46,12 @@ def raise_fd_limit() -> None:
 
 
 def start(kind: str, **env) -> Server:
-    app = {"ours": "main:app", "naive": "bench.naive_app:app", "ours-core": "bench.core_app:app",
-           "naive-core": "bench.core_app:app"}[kind]
+    app = {
+        "ours": "main:app",
+        "naive": "bench.naive_app:app",
+        "ours-core": "bench.core_app:app",
+        "naive-core": "bench.core_app:app",
+    }[kind]
     env = {k.upper(): str(v) for k, v in env.items()}
     env.setdefault("DATA_DIR", str(TMP / f"{kind}-{time.monotonic_ns()}"))
     env.setdefault("LOG_LEVEL", "warning")
@@ -72,6 +76,7 @@ def pct(values: list[float], q: float) -> float:
 
 # 1. Throughput and latency ---------------------------------------------------------------
 
+
 async def _round(server: Server, core: bool, rate: float = 0) -> dict:
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         t0 = time.time()
@@ -80,17 +85,23 @@ async def _round(server: Server, core: bool, rate: float = 0) -> dict:
             prepared = (await client.post("/bench/prepare", params={"tasks": TASKS})).json()
             ids = prepared["streams"]
         else:
-            posts = [client.post("/api/run_task", json={"user_requirement": f"Build app number {n} with "
-                                 "login, search, payments and reports", "skip_confirmation": True})
-                     for n in range(TASKS)]
+            posts = [
+                client.post(
+                    "/api/run_task",
+                    json={
+                        "user_requirement": f"Build app number {n} with login, search, payments and reports",
+                        "skip_confirmation": True,
+                    },
+                )
+                for n in range(TASKS)
+            ]
             ids = [r.json()["task_id"] for r in await asyncio.gather(*posts)]
         subs = [Subscriber(tid) for tid in ids for _ in range(SUBS)]
         readers = [asyncio.create_task(subscribe("127.0.0.1", server.port, s, stop=stop)) for s in subs]
         if core:
             await asyncio.sleep(0.3)  # all subscribers connected before the flood starts
             t0 = time.time()
-            await client.post("/bench/start", params={"batch": prepared["batch"], "tokens": 2000,
-                                                      "rate": rate})
+            await client.post("/bench/start", params={"batch": prepared["batch"], "tokens": 2000, "rate": rate})
 
         async def finished() -> None:
             """Every subscriber saw its terminal event, or every stream ended (the baseline's
@@ -116,10 +127,16 @@ async def _round(server: Server, core: bool, rate: float = 0) -> dict:
     last = max(s.last_event_at or t0 for s in subs)
     exact = sum(s.sequences == list(range(1, expected[s.task_id] + 1)) for s in subs)
     latencies = [x for s in subs for x in s.latencies]
-    return {"delivered": delivered, "seconds": last - t0, "events_per_s": delivered / (last - t0),
-            "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
-            "subscribers_exact": exact, "subscribers": len(subs),
-            "lost": sum(expected[s.task_id] for s in subs) - delivered}
+    return {
+        "delivered": delivered,
+        "seconds": last - t0,
+        "events_per_s": delivered / (last - t0),
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "subscribers_exact": exact,
+        "subscribers": len(subs),
+        "lost": sum(expected[s.task_id] for s in subs) - delivered,
+    }
 
 
 def throughput(kind: str, core: bool, rate: float = 0, **env) -> dict:
@@ -137,6 +154,7 @@ def throughput(kind: str, core: bool, rate: float = 0, **env) -> dict:
 
 
 # 2. Publish cost --------------------------------------------------------------------------
+
 
 def publish_cost(manager: StreamManager, n: int) -> dict:
     loop = asyncio.new_event_loop()
@@ -163,13 +181,14 @@ def publish_cost(manager: StreamManager, n: int) -> dict:
 
 # 3. Idle connections ----------------------------------------------------------------------
 
+
 async def _idle(server: Server) -> dict:
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-        r = await client.post("/api/run_task", json={"user_requirement": "Build an idle app",
-                                                     "skip_confirmation": False})
+        r = await client.post(
+            "/api/run_task", json={"user_requirement": "Build an idle app", "skip_confirmation": False}
+        )
         task_id = r.json()["task_id"]
-        while (status := (await client.get(f"/api/task/{task_id}/status")).json())["status"] != \
-                "awaiting_confirmation":
+        while (status := (await client.get(f"/api/task/{task_id}/status")).json())["status"] != "awaiting_confirmation":
             await asyncio.sleep(0.1)
         tail = status["last_sequence"]  # idle viewers wait at the live tail; nothing is replayed
         release = asyncio.Event()
@@ -184,8 +203,7 @@ async def _idle(server: Server) -> dict:
         async def one() -> bool:
             connected = asyncio.Event()
             async with gate:
-                task = asyncio.create_task(hold_idle("127.0.0.1", server.port, task_id, connected,
-                                                     release, tail))
+                task = asyncio.create_task(hold_idle("127.0.0.1", server.port, task_id, connected, release, tail))
                 await connected.wait()
             return await task
 
@@ -201,8 +219,13 @@ async def _idle(server: Server) -> dict:
         after = rss_kb(server.proc.pid)
         release.set()
         ok = sum(await asyncio.gather(*holders)) + await first
-    return {"connections": IDLE_N, "connected_ok": ok - 1, "rss_before_mb": before / 1024,
-            "rss_after_mb": after / 1024, "kb_per_connection": (after - before) / IDLE_N}
+    return {
+        "connections": IDLE_N,
+        "connected_ok": ok - 1,
+        "rss_before_mb": before / 1024,
+        "rss_after_mb": after / 1024,
+        "kb_per_connection": (after - before) / IDLE_N,
+    }
 
 
 def idle(kind: str) -> dict:
@@ -216,13 +239,15 @@ def idle(kind: str) -> dict:
 
 # 4. Time to first event -------------------------------------------------------------------
 
+
 async def _ttfe(server: Server) -> list[float]:
     out = []
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         for n in range(TTFE_N + 3):
             t0 = time.time()
-            r = await client.post("/api/run_task", json={"user_requirement": f"Build app {n}",
-                                                         "skip_confirmation": True})
+            r = await client.post(
+                "/api/run_task", json={"user_requirement": f"Build app {n}", "skip_confirmation": True}
+            )
             sub = await subscribe("127.0.0.1", server.port, Subscriber(r.json()["task_id"]), first_only=True)
             if n >= 3 and sub.first_event_at is not None:  # the first runs warm caches
                 out.append(sub.first_event_at - t0)
@@ -236,21 +261,21 @@ def ttfe(kind: str) -> dict:
         samples = asyncio.run(_ttfe(server))
     finally:
         server.stop()
-    return {"median_ms": statistics.median(samples) * 1000, "p90_ms": pct(samples, 0.9) * 1000,
-            "n": len(samples)}
+    return {"median_ms": statistics.median(samples) * 1000, "p90_ms": pct(samples, 0.9) * 1000, "n": len(samples)}
 
 
 # 5. One crew on the local model -----------------------------------------------------------
 
+
 async def _crew(server: Server) -> dict:
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         t0 = time.time()
-        r = await client.post("/api/run_task", json={"user_requirement": "Build a todo app with reminders",
-                                                     "skip_confirmation": True})
+        r = await client.post(
+            "/api/run_task", json={"user_requirement": "Build a todo app with reminders", "skip_confirmation": True}
+        )
         sub = await subscribe("127.0.0.1", server.port, Subscriber(r.json()["task_id"]))
         wall = time.time() - t0
-    return {"wall_s": wall, "tokens": sub.thoughts, "tokens_per_s": sub.thoughts / wall,
-            "completed": sub.terminal}
+    return {"wall_s": wall, "tokens": sub.thoughts, "tokens_per_s": sub.thoughts / wall, "completed": sub.terminal}
 
 
 def crew(kind: str) -> dict:
@@ -263,29 +288,55 @@ def crew(kind: str) -> dict:
 
 # -------------------------------------------------------------------------------------------
 
+
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "quick": QUICK}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": QUICK,
+    }
 
 
 def main() -> None:
     raise_fd_limit()  # servers started from here inherit it: 10,000 idle viewers need the fds
     results: dict = {"machine": machine()}
     steps = [
-        ("publish", lambda: {"ours": publish_cost(StreamManager(MemoryEventBackend()), PUBLISH_N),
-                             "naive": publish_cost(StreamManager(NaiveEventBackend()), PUBLISH_N // 10)}),
+        (
+            "publish",
+            lambda: {
+                "ours": publish_cost(StreamManager(MemoryEventBackend()), PUBLISH_N),
+                "naive": publish_cost(StreamManager(NaiveEventBackend()), PUBLISH_N // 10),
+            },
+        ),
         ("throughput_crew", lambda: {"ours": throughput("ours", False), "naive": throughput("naive", False)}),
-        ("throughput_core", lambda: {"ours": throughput("ours-core", True),
-                                     "naive": throughput("naive-core", True)}),
+        ("throughput_core", lambda: {"ours": throughput("ours-core", True), "naive": throughput("naive-core", True)}),
         # 20 streams x 850 events/s = 17,000 published/s = 51,000 delivered/s to 3 viewers each
-        ("latency_core_at_target", lambda: {"ours": throughput("ours-core", True, rate=850),
-                                            "naive": throughput("naive-core", True, rate=850)}),
+        (
+            "latency_core_at_target",
+            lambda: {
+                "ours": throughput("ours-core", True, rate=850),
+                "naive": throughput("naive-core", True, rate=850),
+            },
+        ),
         # A cloud model's pace: 100 tokens/s per agent, through CrewAI
-        ("latency_crew_100tps", lambda: {"ours": throughput("ours", False, scripted_token_delay_ms=10),
-                                         "naive": throughput("naive", False, scripted_token_delay_ms=10)}),
+        (
+            "latency_crew_100tps",
+            lambda: {
+                "ours": throughput("ours", False, scripted_token_delay_ms=10),
+                "naive": throughput("naive", False, scripted_token_delay_ms=10),
+            },
+        ),
         ("ttfe", lambda: {"ours": ttfe("ours"), "naive": ttfe("naive")}),
         ("idle", lambda: {"ours": idle("ours"), "naive": idle("naive")}),
         ("crew_local", lambda: {"ours": crew("ours"), "naive": crew("naive")}),

@@ -38,8 +38,8 @@ class Dechunker:
             start = line_end + 2
             if len(self.raw) < start + size + 2:
                 break
-            out.append(self.raw[start:start + size])
-            self.raw = self.raw[start + size + 2:]
+            out.append(self.raw[start : start + size])
+            self.raw = self.raw[start + size + 2 :]
         return b"".join(out)
 
 
@@ -55,8 +55,9 @@ class Subscriber:
     status: int | None = None
 
 
-async def subscribe(host: str, port: int, sub: Subscriber, *, stop: asyncio.Event | None = None,
-                    first_only: bool = False) -> Subscriber:
+async def subscribe(
+    host: str, port: int, sub: Subscriber, *, stop: asyncio.Event | None = None, first_only: bool = False
+) -> Subscriber:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(f"GET /api/stream/{sub.task_id} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
     buffer = b""
@@ -90,9 +91,9 @@ async def subscribe(host: str, port: int, sub: Subscriber, *, stop: asyncio.Even
             for block in blocks:
                 if not block.startswith(b"id: "):
                     continue
-                sub.sequences.append(int(block[4:block.index(b"\n")]))
+                sub.sequences.append(int(block[4 : block.index(b"\n")]))
                 i = block.find(b'"timestamp":"')
-                sub.latencies.append(now - parse_ts(block[i + 13:i + 37]))
+                sub.latencies.append(now - parse_ts(block[i + 13 : i + 37]))
                 if sub.first_event_at is None:
                     sub.first_event_at = now
                     if first_only:
@@ -106,12 +107,14 @@ async def subscribe(host: str, port: int, sub: Subscriber, *, stop: asyncio.Even
         writer.close()
 
 
-async def hold_idle(host: str, port: int, task_id: str, connected: asyncio.Event,
-                    release: asyncio.Event, last_event_id: int = 0) -> bool:
+async def hold_idle(
+    host: str, port: int, task_id: str, connected: asyncio.Event, release: asyncio.Event, last_event_id: int = 0
+) -> bool:
     """Open one SSE connection at the live tail, read its headers, hold it open until released."""
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET /api/stream/{task_id} HTTP/1.0\r\nHost: bench\r\n"
-                 f"Last-Event-ID: {last_event_id}\r\n\r\n".encode())
+    writer.write(
+        f"GET /api/stream/{task_id} HTTP/1.0\r\nHost: bench\r\nLast-Event-ID: {last_event_id}\r\n\r\n".encode()
+    )
     ok = (await reader.read(4096)).startswith(b"HTTP/1.1 200")
     connected.set()
     await release.wait()

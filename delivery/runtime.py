@@ -36,8 +36,15 @@ WATCHDOG_INTERVAL_S = 0.5
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, name: str | None = None, event_backend: EventBackend | None = None,
-                 celery_app: Celery | None = None, handler_class: type[CrewEventsHandler] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        event_backend: EventBackend | None = None,
+        celery_app: Celery | None = None,
+        handler_class: type[CrewEventsHandler] | None = None,
+    ) -> None:
         """`name` is this process's instance id (default: INSTANCE_ID or host:port);
         `event_backend` replaces the one EVENT_BACKEND names (benchmarks); a worker passes its
         `celery_app`; `handler_class` replaces the one EVENTS_HANDLER names."""
@@ -85,6 +92,7 @@ class Runtime:
 
     def watch_in_thread(self) -> None:
         """A worker's watchdog: renew leases, enforce deadlines, reap and expire, until stop()."""
+
         def watch() -> None:
             while not self._stopping.wait(WATCHDOG_INTERVAL_S):
                 try:

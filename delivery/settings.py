@@ -90,8 +90,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _celery_needs_shared_parts(self) -> Settings:
         if self.executor is ExecutorKind.celery and self.event_backend is not EventBackendKind.redis:
-            raise ValueError("EXECUTOR=celery runs crews in other processes: set EVENT_BACKEND=redis "
-                             "(and a DATABASE_URL every process can reach) so their events reach viewers.")
+            raise ValueError(
+                "EXECUTOR=celery runs crews in other processes: set EVENT_BACKEND=redis "
+                "(and a DATABASE_URL every process can reach) so their events reach viewers."
+            )
         return self
 
     # Exposure (docs/security.md)

@@ -45,12 +45,11 @@ GUARDED: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Malformed or unusable input; the detail says which"},
     429: {"model": ErrorResponse, "description": "Rate limit or queue limit reached; see Retry-After"},
 }
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "Unknown or expired task"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "Unknown or expired task"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorResponse, "description": "Not possible in the task's current state"}}
-NOT_FINISHED: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorResponse, "description": "Not finished yet"}}
+    409: {"model": ErrorResponse, "description": "Not possible in the task's current state"}
+}
+NOT_FINISHED: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "Not finished yet"}}
 
 router = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=GUARDED)
 
@@ -65,9 +64,14 @@ def _auth(request: Request) -> Auth:
 
 
 def _stream_info(s: StreamSnapshot) -> StreamInfo:
-    return StreamInfo(task_id=s.task_id, closed=s.closed, subscribers=s.subscribers,
-                      last_sequence=s.last_sequence, created_at=_dt(s.created_at),
-                      closed_at=_dt(s.closed_at))
+    return StreamInfo(
+        task_id=s.task_id,
+        closed=s.closed,
+        subscribers=s.subscribers,
+        last_sequence=s.last_sequence,
+        created_at=_dt(s.created_at),
+        closed_at=_dt(s.closed_at),
+    )
 
 
 @router.post("/run_task", status_code=202, response_model=RunTaskResponse)
@@ -78,17 +82,24 @@ def run_task(body: RunTaskRequest, runtime: RuntimeDep, request: Request) -> Run
     auth = _auth(request)
     token = auth.stream_token(tid)[0] if auth.enabled else None
     return RunTaskResponse(
-        task_id=tid, status="started",
+        task_id=tid,
+        status="started",
         message=f"Task accepted. Follow it with: curl -N http://<host>/api/stream/{tid}",
-        stream_url=f"/api/stream/{tid}", status_url=f"/api/task/{tid}/status", stream_token=token)
+        stream_url=f"/api/stream/{tid}",
+        status_url=f"/api/task/{tid}/status",
+        stream_token=token,
+    )
 
 
 def _admit(runtime: Runtime) -> None:
     """Refuse new work, before creating anything, while too many tasks are waiting to start."""
     limit = runtime.settings.max_queued_tasks
     if runtime.store.count(TaskStatus.queued) >= limit:
-        raise RateLimitedError(f"The service is at capacity: {limit} tasks are already waiting to start "
-                               "(MAX_QUEUED_TASKS). Retry in a minute.", 60)
+        raise RateLimitedError(
+            f"The service is at capacity: {limit} tasks are already waiting to start "
+            "(MAX_QUEUED_TASKS). Retry in a minute.",
+            60,
+        )
 
 
 @router.post("/task/{task_id}/stream_token", response_model=StreamTokenResponse, responses=NOT_FOUND)
@@ -106,20 +117,31 @@ register_stream_route(router, NOT_FOUND)
 def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatusResponse:
     r = runtime.runs.record(task_id)
     return TaskStatusResponse(
-        task_id=r.task_id, status=r.status, requirement=r.requirement, current_agent=r.current_agent,
-        completed_steps=r.completed_steps, total_steps=r.total_steps,
-        created_at=_dt(r.created_at), started_at=_dt(r.started_at),
-        finished_at=_dt(r.finished_at), error=r.error,
-        last_sequence=runtime.streams.last_sequence(task_id))
+        task_id=r.task_id,
+        status=r.status,
+        requirement=r.requirement,
+        current_agent=r.current_agent,
+        completed_steps=r.completed_steps,
+        total_steps=r.total_steps,
+        created_at=_dt(r.created_at),
+        started_at=_dt(r.started_at),
+        finished_at=_dt(r.finished_at),
+        error=r.error,
+        last_sequence=runtime.streams.last_sequence(task_id),
+    )
 
 
 @router.get("/task/{task_id}/result", response_model=TaskResultResponse, responses={**NOT_FOUND, **NOT_FINISHED})
 def task_result(task_id: str, runtime: RuntimeDep) -> TaskResultResponse:
     r = _finished(runtime.runs.record(task_id))
     return TaskResultResponse(
-        task_id=r.task_id, status=r.status, language=r.language,
-        deliverables=Deliverables(**r.deliverables), error=r.error,
-        traceability=Traceability(**r.traceability) if r.traceability else None)
+        task_id=r.task_id,
+        status=r.status,
+        language=r.language,
+        deliverables=Deliverables(**r.deliverables),
+        error=r.error,
+        traceability=Traceability(**r.traceability) if r.traceability else None,
+    )
 
 
 def _finished(record: TaskRecord) -> TaskRecord:
@@ -128,18 +150,26 @@ def _finished(record: TaskRecord) -> TaskRecord:
     return record
 
 
-@router.post("/task/{task_id}/confirm", response_model=TaskActionResponse,
-             responses={**NOT_FOUND, **CONFLICT,
-                        422: {"model": ErrorResponse, "description": "Changes requested without feedback"}})
+@router.post(
+    "/task/{task_id}/confirm",
+    response_model=TaskActionResponse,
+    responses={
+        **NOT_FOUND,
+        **CONFLICT,
+        422: {"model": ErrorResponse, "description": "Changes requested without feedback"},
+    },
+)
 def confirm(task_id: str, body: ConfirmRequest, runtime: RuntimeDep) -> TaskActionResponse:
     r = runtime.commands.confirm(task_id, body.approved, body.feedback)
-    message = ("Approved: the rest of the crew is next." if body.approved else
-               "Changes requested: the ProductManager is revising the analysis.")
+    message = (
+        "Approved: the rest of the crew is next."
+        if body.approved
+        else "Changes requested: the ProductManager is revising the analysis."
+    )
     return TaskActionResponse(task_id=task_id, status=r.status, message=message)
 
 
-@router.post("/task/{task_id}/cancel", response_model=TaskActionResponse,
-             responses={**NOT_FOUND, **CONFLICT})
+@router.post("/task/{task_id}/cancel", response_model=TaskActionResponse, responses={**NOT_FOUND, **CONFLICT})
 def cancel(task_id: str, runtime: RuntimeDep) -> TaskActionResponse:
     r = runtime.commands.cancel(task_id)
     return TaskActionResponse(task_id=task_id, status=r.status, message="The task is cancelled.")
@@ -148,48 +178,79 @@ def cancel(task_id: str, runtime: RuntimeDep) -> TaskActionResponse:
 @router.get("/task/{task_id}/deliverables", response_model=DeliverableList, responses=NOT_FOUND)
 def list_deliverables(task_id: str, runtime: RuntimeDep) -> DeliverableList:
     r = runtime.runs.record(task_id)
-    items = [DeliverableInfo(name=spec.deliverable, filename=spec.filename, agent=spec.name,
-                             size=len(r.deliverables[spec.deliverable].encode()),
-                             url=f"/api/task/{task_id}/deliverables/{spec.deliverable}")
-             for spec in ROSTER.agents if spec.deliverable in r.deliverables]
-    return DeliverableList(task_id=task_id, status=r.status, deliverables=items,
-                           zip_url=f"/api/task/{task_id}/deliverables.zip")
+    items = [
+        DeliverableInfo(
+            name=spec.deliverable,
+            filename=spec.filename,
+            agent=spec.name,
+            size=len(r.deliverables[spec.deliverable].encode()),
+            url=f"/api/task/{task_id}/deliverables/{spec.deliverable}",
+        )
+        for spec in ROSTER.agents
+        if spec.deliverable in r.deliverables
+    ]
+    return DeliverableList(
+        task_id=task_id, status=r.status, deliverables=items, zip_url=f"/api/task/{task_id}/deliverables.zip"
+    )
 
 
-@router.get("/task/{task_id}/deliverables.zip", response_class=Response,
-            responses={200: {"content": {"application/zip": {}}}, **NOT_FOUND, **NOT_FINISHED})
+@router.get(
+    "/task/{task_id}/deliverables.zip",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}}, **NOT_FOUND, **NOT_FINISHED},
+)
 def deliverables_zip(task_id: str, runtime: RuntimeDep) -> Response:
     r = _finished(runtime.runs.record(task_id))
-    task = {"task_id": r.task_id, "status": r.status.value, "requirement": r.requirement,
-            "language": r.language, "created_at": r.created_at, "started_at": r.started_at,
-            "finished_at": r.finished_at, "error": r.error, "feedback": r.feedback,
-            "traceability": r.traceability}
+    task = {
+        "task_id": r.task_id,
+        "status": r.status.value,
+        "requirement": r.requirement,
+        "language": r.language,
+        "created_at": r.created_at,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "error": r.error,
+        "feedback": r.feedback,
+        "traceability": r.traceability,
+    }
     events = [e.to_dict() for e in runtime.streams.events(task_id)]
-    return Response(build_zip(r.deliverables, events, task), media_type="application/zip", headers={
-        "Content-Disposition": f'attachment; filename="delivery-{task_id}.zip"'})
+    return Response(
+        build_zip(r.deliverables, events, task),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="delivery-{task_id}.zip"'},
+    )
 
 
-@router.get("/task/{task_id}/deliverables/{name}", response_class=Response,
-            responses={200: {"content": {"text/markdown": {}, "text/html": {}}}, **NOT_FOUND})
+@router.get(
+    "/task/{task_id}/deliverables/{name}",
+    response_class=Response,
+    responses={200: {"content": {"text/markdown": {}, "text/html": {}}}, **NOT_FOUND},
+)
 def deliverable(
     task_id: str,
     name: str,
     runtime: RuntimeDep,
-    format: Annotated[Literal["markdown", "html"], Query(
-        description="markdown: the document as written; html: rendered, raw HTML escaped")] = "markdown",
+    format: Annotated[
+        Literal["markdown", "html"],
+        Query(description="markdown: the document as written; html: rendered, raw HTML escaped"),
+    ] = "markdown",
 ) -> Response:
     r = runtime.runs.record(task_id)
     key = ROSTER.resolve_deliverable(name)
     if key is None:
         raise DeliverableNotFoundError(
             f"No deliverable called {name!r}; use one of {', '.join(ROSTER.deliverable_keys)} "
-            f"(or {', '.join(ROSTER.filenames.values())}).")
+            f"(or {', '.join(ROSTER.filenames.values())})."
+        )
     if key not in r.deliverables:
         raise DeliverableNotFoundError(f"{key} has not been produced yet (task is {r.status.value}).")
     if format == "html":
         return Response(to_html(r.deliverables[key]), media_type="text/html; charset=utf-8")
-    return Response(r.deliverables[key], media_type="text/markdown; charset=utf-8",
-                    headers={"Content-Disposition": f'inline; filename="{ROSTER.filenames[key]}"'})
+    return Response(
+        r.deliverables[key],
+        media_type="text/markdown; charset=utf-8",
+        headers={"Content-Disposition": f'inline; filename="{ROSTER.filenames[key]}"'},
+    )
 
 
 @router.get("/tasks", response_model=TaskList)
@@ -204,15 +265,23 @@ def list_tasks(
     try:
         cutoff = before.timestamp() if before else None
     except (OverflowError, ValueError):
-        raise InvalidRequestError("before is outside the range of dates this server handles; "
-                                  "pass the next_before of a previous page.") from None
+        raise InvalidRequestError(
+            "before is outside the range of dates this server handles; pass the next_before of a previous page."
+        ) from None
     records = runtime.store.list_tasks(status, limit, cutoff)
     live = runtime.runs.live_records()
     records = [live.get(r.task_id, r) for r in records]
-    tasks = [TaskSummary(task_id=r.task_id, status=r.status, requirement=r.requirement[:200],
-                         created_at=_dt(r.created_at), finished_at=_dt(r.finished_at),
-                         error=r.error)
-             for r in records]
+    tasks = [
+        TaskSummary(
+            task_id=r.task_id,
+            status=r.status,
+            requirement=r.requirement[:200],
+            created_at=_dt(r.created_at),
+            finished_at=_dt(r.finished_at),
+            error=r.error,
+        )
+        for r in records
+    ]
     next_before = tasks[-1].created_at if len(tasks) == limit else None
     return TaskList(tasks=tasks, next_before=next_before)
 
@@ -220,8 +289,7 @@ def list_tasks(
 @router.get("/streams", response_model=StreamList)
 async def list_streams(runtime: RuntimeDep) -> StreamList:
     infos = [_stream_info(s) for s in runtime.streams.snapshots()]
-    return StreamList(active=[i for i in infos if not i.closed],
-                      finished=[i for i in infos if i.closed])
+    return StreamList(active=[i for i in infos if not i.closed], finished=[i for i in infos if i.closed])
 
 
 @router.get("/crew", response_model=CrewInfo)

@@ -33,8 +33,7 @@ class RunTaskRequest(BaseModel):
             raise ValueError("user_requirement is empty: describe the software you want built")
         if len(value) > MAX_REQUIREMENT_CHARS:
             raise ValueError(
-                f"user_requirement has {len(value)} characters; shorten it to at most "
-                f"{MAX_REQUIREMENT_CHARS}"
+                f"user_requirement has {len(value)} characters; shorten it to at most {MAX_REQUIREMENT_CHARS}"
             )
         return value
 
@@ -45,8 +44,11 @@ class RunTaskResponse(BaseModel):
     message: str
     stream_url: str
     status_url: str
-    stream_token: str | None = Field(None, description="With API keys on: pass as ?token= to open this "
-                                     "task's stream where headers cannot be sent (browsers' EventSource).")
+    stream_token: str | None = Field(
+        None,
+        description="With API keys on: pass as ?token= to open this "
+        "task's stream where headers cannot be sent (browsers' EventSource).",
+    )
 
 
 class StreamTokenResponse(BaseModel):
@@ -71,7 +73,8 @@ class TaskStatusResponse(BaseModel):
 
 # One optional Markdown field per agent's deliverable, in pipeline order (from agents_config).
 Deliverables = create_model(
-    "Deliverables", __doc__="The documents produced so far, keyed by deliverable name.",
+    "Deliverables",
+    __doc__="The documents produced so far, keyed by deliverable name.",
     **{key: (str | None, None) for key in ROSTER.deliverable_keys},  # type: ignore[call-overload]
 )
 
@@ -108,8 +111,7 @@ class TaskResultResponse(BaseModel):
 
 class ConfirmRequest(BaseModel):
     approved: bool
-    feedback: str | None = Field(None, max_length=5000,
-                                 description="Required when approved is false: what to change.")
+    feedback: str | None = Field(None, max_length=5000, description="Required when approved is false: what to change.")
 
     @field_validator("feedback")
     @classmethod
@@ -181,7 +183,8 @@ class StreamEventModel(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str | list[dict[str, Any]] = Field(
-        description="What went wrong and what to do; for malformed fields, FastAPI's list of errors.")
+        description="What went wrong and what to do; for malformed fields, FastAPI's list of errors."
+    )
 
 
 class CrewAgent(BaseModel):

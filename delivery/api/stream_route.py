@@ -34,7 +34,8 @@ def parse_resume_point(last_event_id: str | None, after: int | None) -> int:
         if not value.isdigit():
             raise InvalidResumePointError(
                 f"Last-Event-ID must be the sequence number of the last event received (an integer "
-                f">= 0), got {value[:40]!r}.")
+                f">= 0), got {value[:40]!r}."
+            )
         return int(value)
     return after or 0
 
@@ -44,8 +45,8 @@ def parse_after(value: str | None) -> int | None:
         return None
     if not value.isdigit():
         raise InvalidRequestError(
-            f"after must be the sequence number of the last event received (an integer >= 0), "
-            f"got {value[:40]!r}.")
+            f"after must be the sequence number of the last event received (an integer >= 0), got {value[:40]!r}."
+        )
     return int(value)
 
 
@@ -57,8 +58,15 @@ class EventStreamRoute(APIRoute):
         # Only what serving needs stays referenced while the stream is open: everything used
         # to check and position the viewer lives in _open's frame, which is gone by then.
         subscription, settings = await self._open(scope)
-        await serve_events(subscription, scope, receive, send, heartbeat_s=settings.sse_heartbeat_s,
-                           send_timeout_s=settings.sse_send_timeout_s, retry_ms=SSE_RETRY_MS)
+        await serve_events(
+            subscription,
+            scope,
+            receive,
+            send,
+            heartbeat_s=settings.sse_heartbeat_s,
+            send_timeout_s=settings.sse_send_timeout_s,
+            retry_ms=SSE_RETRY_MS,
+        )
 
     async def _open(self, scope: Scope) -> tuple[Subscription, Settings]:
         task_id = scope["path_params"]["task_id"]
@@ -96,14 +104,19 @@ async def stream(
 
 def register_stream_route(router: APIRouter, not_found: dict) -> None:
     router.add_api_route(
-        "/stream/{task_id}", stream, methods=["GET"], route_class_override=EventStreamRoute,
+        "/stream/{task_id}",
+        stream,
+        methods=["GET"],
+        route_class_override=EventStreamRoute,
         summary="Server-Sent Events of one task, from the beginning or after a sequence",
         response_class=Response,
         status_code=200,
         responses={
-            200: {"description": "`text/event-stream`; each event's `data` is a StreamEvent "
-                                 "(see schema), `id` is its sequence, `event` its type.",
-                  "content": {MEDIA_TYPE: {"schema": StreamEventModel.model_json_schema()}}},
+            200: {
+                "description": "`text/event-stream`; each event's `data` is a StreamEvent "
+                "(see schema), `id` is its sequence, `event` its type.",
+                "content": {MEDIA_TYPE: {"schema": StreamEventModel.model_json_schema()}},
+            },
             400: {"model": ErrorResponse, "description": "Malformed Last-Event-ID"},
             **not_found,
         },

@@ -94,9 +94,11 @@ def version_warning() -> str | None:
     installed = installed_version()
     if installed == PINNED_VERSION:
         return None
-    return (f"CrewAI {installed} is installed, but this service was checked against {PINNED_VERSION}: "
-            "run `make install` to get the pinned version, or run tests/unit/crew/test_crewai_compat.py "
-            "to see whether the internals it relies on still hold.")
+    return (
+        f"CrewAI {installed} is installed, but this service was checked against {PINNED_VERSION}: "
+        "run `make install` to get the pinned version, or run tests/unit/crew/test_crewai_compat.py "
+        "to see whether the internals it relies on still hold."
+    )
 
 
 def detach_console_token_listener() -> int:
@@ -142,13 +144,15 @@ def emit_call_started(llm: BaseLLM, messages: Any, from_task: Any, from_agent: A
 
 
 def emit_chunk(llm: BaseLLM, chunk: str, from_task: Any, from_agent: Any) -> None:
-    llm._emit_stream_chunk_event(chunk=chunk, from_task=from_task, from_agent=from_agent,
-                                 call_type=LLMCallType.LLM_CALL)
+    llm._emit_stream_chunk_event(
+        chunk=chunk, from_task=from_task, from_agent=from_agent, call_type=LLMCallType.LLM_CALL
+    )
 
 
 def emit_call_completed(llm: BaseLLM, response: str, messages: Any, from_task: Any, from_agent: Any) -> None:
-    llm._emit_call_completed_event(response=response, call_type=LLMCallType.LLM_CALL, from_task=from_task,
-                                   from_agent=from_agent, messages=messages)
+    llm._emit_call_completed_event(
+        response=response, call_type=LLMCallType.LLM_CALL, from_task=from_task, from_agent=from_agent, messages=messages
+    )
 
 
 detach_console_token_listener()

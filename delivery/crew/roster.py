@@ -15,8 +15,10 @@ from agents_config import AGENTS, AgentSpec
 class Roster:
     def __init__(self, agents: Sequence[AgentSpec]) -> None:
         if len(agents) < 2:
-            raise ValueError("agents_config.AGENTS needs at least two agents: one writes the analysis "
-                             "the user confirms, the others deliver.")
+            raise ValueError(
+                "agents_config.AGENTS needs at least two agents: one writes the analysis "
+                "the user confirms, the others deliver."
+            )
         for attribute in ("name", "role", "deliverable", "filename"):
             values = [getattr(a, attribute) for a in agents]
             if len(set(values)) != len(values):
@@ -55,10 +57,20 @@ class Roster:
 
     def public(self) -> dict[str, Any]:
         """What clients (the test UI, API users) need to show the crew."""
-        return {"agents": [{"name": a.name, "role": a.role, "deliverable": a.deliverable,
-                            "filename": a.filename, "title": a.title, "tab": a.tab}
-                           for a in self.agents],
-                "total_steps": self.total_steps}
+        return {
+            "agents": [
+                {
+                    "name": a.name,
+                    "role": a.role,
+                    "deliverable": a.deliverable,
+                    "filename": a.filename,
+                    "title": a.title,
+                    "tab": a.tab,
+                }
+                for a in self.agents
+            ],
+            "total_steps": self.total_steps,
+        }
 
 
 ROSTER = Roster(AGENTS)

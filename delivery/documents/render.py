@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from markdown_it import MarkdownIt
 
-_renderer = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}) \
-    .enable(["table", "strikethrough"])
+_renderer = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
+    ["table", "strikethrough"]
+)
 
 
 def to_html(markdown: str) -> str:

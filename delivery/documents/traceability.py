@@ -51,21 +51,27 @@ def trace(requirements_doc: str, test_plan: str, design: str) -> dict[str, Any]:
         verdict, reason = "NO-GO", f"{len(gaps)} of {len(requirements)} requirements are not fully covered"
     else:
         verdict, reason = "GO", f"all {len(requirements)} requirements have a test case and a design element"
-    return {"requirements": requirements, "matrix": matrix, "gaps": gaps, "verdict": verdict,
-            "reason": reason}
+    return {"requirements": requirements, "matrix": matrix, "gaps": gaps, "verdict": verdict, "reason": reason}
 
 
 def review_with_matrix(review: str, traced: dict[str, Any], language: str) -> str:
     """Append the computed matrix, the gaps and the final verdict to the Coordinator's review."""
     zh = language == "zh"
-    lines = ["", "", "---", "",
-             "## 可追溯性矩阵(由代码根据文档计算)" if zh else "## Traceability matrix (computed from the documents)",
-             "",
-             "| 需求 | 测试用例 | 设计 |" if zh else "| Requirement | Test cases | Design |",
-             "|---|---|---|"]
+    lines = [
+        "",
+        "",
+        "---",
+        "",
+        "## 可追溯性矩阵(由代码根据文档计算)" if zh else "## Traceability matrix (computed from the documents)",
+        "",
+        "| 需求 | 测试用例 | 设计 |" if zh else "| Requirement | Test cases | Design |",
+        "|---|---|---|",
+    ]
     for row in traced["matrix"]:
-        lines.append(f"| {row['requirement']} | {', '.join(row['test_cases']) or '—'} | "
-                     f"{', '.join(row['design_elements']) or '—'} |")
+        lines.append(
+            f"| {row['requirement']} | {', '.join(row['test_cases']) or '—'} | "
+            f"{', '.join(row['design_elements']) or '—'} |"
+        )
     lines += ["", "### 缺口" if zh else "### Gaps", ""]
     if traced["gaps"]:
         for gap in traced["gaps"]:

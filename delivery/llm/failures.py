@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 _HINTS = [  # (exception names, what to tell the operator), first match wins
-    ({"AuthenticationError", "PermissionDeniedError"},
-     "The model provider rejected the API key: check DASHSCOPE_API_KEY or OPENAI_API_KEY."),
-    ({"APIConnectionError", "ConnectError", "ConnectionRefusedError", "ConnectionError"},
-     "Could not connect to the model endpoint: check OPENAI_BASE_URL and that the server is running, "
-     "or unset the API key to use the bundled local model."),
-    ({"APITimeoutError", "TimeoutError", "ReadTimeout"},
-     "The model did not answer in time: raise LLM_TIMEOUT_S or try again."),
+    (
+        {"AuthenticationError", "PermissionDeniedError"},
+        "The model provider rejected the API key: check DASHSCOPE_API_KEY or OPENAI_API_KEY.",
+    ),
+    (
+        {"APIConnectionError", "ConnectError", "ConnectionRefusedError", "ConnectionError"},
+        "Could not connect to the model endpoint: check OPENAI_BASE_URL and that the server is running, "
+        "or unset the API key to use the bundled local model.",
+    ),
+    (
+        {"APITimeoutError", "TimeoutError", "ReadTimeout"},
+        "The model did not answer in time: raise LLM_TIMEOUT_S or try again.",
+    ),
     ({"RateLimitError"}, "The model provider is rate-limiting this key: wait, or raise your quota."),
-    ({"InternalServerError", "ServiceUnavailableError"},
-     "The model endpoint kept failing with server errors: check its status and try again later."),
+    (
+        {"InternalServerError", "ServiceUnavailableError"},
+        "The model endpoint kept failing with server errors: check its status and try again later.",
+    ),
     ({"NotFoundError"}, "The endpoint does not know this model: check LLM_MODEL."),
 ]
 

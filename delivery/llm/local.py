@@ -44,8 +44,9 @@ class LocalLlamaLLM(OfflineLLM):
         if key not in _LLAMA_MODELS:
             from llama_cpp import Llama  # noqa: PLC0415 - loaded only when the local model is used
 
-            _LLAMA_MODELS[key] = Llama(model_path=self.model_path, n_ctx=self.n_ctx,
-                                       n_threads=self.n_threads or None, verbose=False)
+            _LLAMA_MODELS[key] = Llama(
+                model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads or None, verbose=False
+            )
         return _LLAMA_MODELS[key]
 
     def _prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
@@ -61,17 +62,22 @@ class LocalLlamaLLM(OfflineLLM):
         else:
             brief = messages if isinstance(messages, str) else messages[-1]["content"]
         brief = brief[-6000:]
-        return (f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
-                f"<|im_start|>user\n{brief}<|im_end|>\n<|im_start|>assistant\n")
+        return (
+            f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
+            f"<|im_start|>user\n{brief}<|im_end|>\n<|im_start|>assistant\n"
+        )
 
-    def complete(self, messages: Any, from_task: Any, from_agent: Any,
-                 emit: Callable[[str], None]) -> str:
+    def complete(self, messages: Any, from_task: Any, from_agent: Any, emit: Callable[[str], None]) -> str:
         prompt = self._prompt(messages, from_task, from_agent)
         parts: list[str] = []
         with _LLAMA_LOCK:
             for piece in self._llama().create_completion(
-                prompt, max_tokens=self.max_new_tokens, temperature=self.sampling_temperature,
-                repeat_penalty=self.repeat_penalty, stop=["<|im_end|>"], stream=True,
+                prompt,
+                max_tokens=self.max_new_tokens,
+                temperature=self.sampling_temperature,
+                repeat_penalty=self.repeat_penalty,
+                stop=["<|im_end|>"],
+                stream=True,
             ):
                 chunk = piece["choices"][0]["text"]
                 if chunk:

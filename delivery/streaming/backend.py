@@ -22,8 +22,15 @@ MAX_BATCH = 512
 class StreamSnapshot:
     __slots__ = ("closed", "closed_at", "created_at", "last_sequence", "subscribers", "task_id")
 
-    def __init__(self, task_id: str, closed: bool, subscribers: int, last_sequence: int,
-                 created_at: float, closed_at: float | None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        closed: bool,
+        subscribers: int,
+        last_sequence: int,
+        created_at: float,
+        closed_at: float | None,
+    ) -> None:
         self.task_id = task_id
         self.closed = closed
         self.subscribers = subscribers
@@ -108,8 +115,9 @@ class EventBackend(ABC):
         """Start a new, empty log (ValueError if the task already has one)."""
 
     @abstractmethod
-    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> None:
+    def publish(
+        self, task_id: str, agent_name: str, event_type: str, content: str, metadata: dict[str, Any] | None = None
+    ) -> None:
         """Append one event from any thread without blocking. The backend assigns its sequence
         (the next one of the task, gap-free even with writers in several processes).
 

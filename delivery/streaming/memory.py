@@ -70,7 +70,7 @@ class _MemorySubscription(Subscription):
         if self._cursor >= head:
             return []
         end = min(head, self._cursor + MAX_BATCH)
-        batch = log[self._cursor:end]
+        batch = log[self._cursor : end]
         self._cursor = end
         return batch
 
@@ -114,8 +114,9 @@ class MemoryEventBackend(EventBackend):
             raise ValueError(f"stream {task_id} already exists")
         self._streams[task_id] = _TaskStream(task_id)
 
-    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> None:
+    def publish(
+        self, task_id: str, agent_name: str, event_type: str, content: str, metadata: dict[str, Any] | None = None
+    ) -> None:
         stream = self._get(task_id)
         with stream.lock:
             if stream.closed:
@@ -175,15 +176,17 @@ class MemoryEventBackend(EventBackend):
 
     def snapshot(self, task_id: str) -> StreamSnapshot:
         s = self._get(task_id)
-        return StreamSnapshot(s.task_id, s.closed, len(s.subscriptions), len(s.log), s.created_at,
-                              s.closed_at)
+        return StreamSnapshot(s.task_id, s.closed, len(s.subscriptions), len(s.log), s.created_at, s.closed_at)
 
     def snapshots(self) -> list[StreamSnapshot]:
         return [self.snapshot(task_id) for task_id in list(self._streams)]
 
     def evict_closed_before(self, deadline: float) -> list[str]:
-        expired = [tid for tid, s in list(self._streams.items())
-                   if s.closed and s.closed_at is not None and s.closed_at < deadline]
+        expired = [
+            tid
+            for tid, s in list(self._streams.items())
+            if s.closed and s.closed_at is not None and s.closed_at < deadline
+        ]
         for task_id in expired:
             self._streams.pop(task_id, None)
         return expired

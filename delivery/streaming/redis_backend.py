@@ -101,8 +101,10 @@ class RedisEventBackend(EventBackend):
             return
         self._redis.ping()  # fail at start-up, with the URL in the error, not at the first event
         self._running = True
-        self._threads = [threading.Thread(target=self._write_loop, name="redis-events-writer", daemon=True),
-                         threading.Thread(target=self._read_loop, name="redis-events-reader", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._write_loop, name="redis-events-writer", daemon=True),
+            threading.Thread(target=self._read_loop, name="redis-events-reader", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -125,8 +127,9 @@ class RedisEventBackend(EventBackend):
         with self._tail_lock:
             self._tailed[task_id] = 0
 
-    def publish(self, task_id: str, agent_name: str, event_type: str, content: str,
-                metadata: dict[str, Any] | None = None) -> None:
+    def publish(
+        self, task_id: str, agent_name: str, event_type: str, content: str, metadata: dict[str, Any] | None = None
+    ) -> None:
         if task_id in self._ended_here:
             raise StreamClosedError(f"stream {task_id} already ended")
         if event_type in TERMINAL_EVENT_TYPES:
@@ -149,8 +152,7 @@ class RedisEventBackend(EventBackend):
                 self._write(pending)
                 pending = []
             except redis.RedisError as exc:  # keep the batch and retry: nothing is dropped
-                log.error("Redis write failed (%s); retrying in 1 s. Check REDIS_URL and that "
-                          "Redis is up.", exc)
+                log.error("Redis write failed (%s); retrying in 1 s. Check REDIS_URL and that Redis is up.", exc)
                 time.sleep(1.0)
 
     def _write(self, items: list[_Pending]) -> None:
@@ -167,15 +169,21 @@ class RedisEventBackend(EventBackend):
                 payload = {"a": agent, "t": etype, "c": content, "ts": ts}
                 if meta:
                     payload["m"] = meta
-                args += ["1" if etype in TERMINAL_EVENT_TYPES else "0",
-                         json.dumps(payload, ensure_ascii=False, separators=(",", ":"))]
+                args += [
+                    "1" if etype in TERMINAL_EVENT_TYPES else "0",
+                    json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+                ]
             self._append(keys=[_events_key(task_id), _meta_key(task_id)], args=args, client=pipe)
         results = pipe.execute()
         archive = self.archive
         for (task_id, run), (first, _last) in zip(runs, results, strict=True):
             if first < 0:
-                log.info("dropped %d events for %s: %s", len(run), task_id,
-                            "its stream had already ended" if first == -1 else "no such stream in Redis")
+                log.info(
+                    "dropped %d events for %s: %s",
+                    len(run),
+                    task_id,
+                    "its stream had already ended" if first == -1 else "no such stream in Redis",
+                )
                 continue
             if archive is not None:
                 for offset, (_, agent, etype, content, ts, meta) in enumerate(run):

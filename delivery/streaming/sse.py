@@ -23,14 +23,19 @@ from delivery.streaming.backend import Subscription
 
 log = logging.getLogger(__name__)
 PING = b": ping\n\n"
-SHUTDOWN_EVENT = (b'event: shutdown\ndata: {"reason": "The server is shutting down.", '
-                  b'"resume": "Reconnect with Last-Event-ID to continue where you left off."}\n\n')
+SHUTDOWN_EVENT = (
+    b'event: shutdown\ndata: {"reason": "The server is shutting down.", '
+    b'"resume": "Reconnect with Last-Event-ID to continue where you left off."}\n\n'
+)
 SHUTDOWN_SEND_TIMEOUT_S = 2.0
 TICK_S = 0.25  # heartbeat resolution
 DISCONNECT_PROBE_S = 0.005
 MEDIA_TYPE = "text/event-stream"
-RAW_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-               (b"x-accel-buffering", b"no")]  # the last one tells Nginx not to buffer
+RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]  # the last one tells Nginx not to buffer
 
 
 class _LoopStreams:
@@ -113,8 +118,16 @@ async def _client_left(receive: Receive) -> bool:
     return message["type"] == "http.disconnect"
 
 
-async def serve_events(sub: Subscription, scope: Scope, receive: Receive, send: Send, *,
-                       heartbeat_s: float, send_timeout_s: float, retry_ms: int) -> None:
+async def serve_events(
+    sub: Subscription,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    heartbeat_s: float,
+    send_timeout_s: float,
+    retry_ms: int,
+) -> None:
     """Stream `sub` as SSE until its log ends, the client leaves, or the server shuts down."""
     loop = asyncio.get_running_loop()
     streams = _streams_of(loop)
@@ -135,8 +148,9 @@ async def serve_events(sub: Subscription, scope: Scope, receive: Receive, send: 
                 next_ping = clock() + heartbeat_s
             batch = sub.take()
             if batch:
-                await _send_body(send, batch[0].sse if len(batch) == 1 else b"".join(e.sse for e in batch),
-                                 send_timeout_s)
+                await _send_body(
+                    send, batch[0].sse if len(batch) == 1 else b"".join(e.sse for e in batch), send_timeout_s
+                )
                 continue
             if sub.finished:
                 break

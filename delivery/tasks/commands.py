@@ -19,8 +19,12 @@ class TaskCommands:
         self._executor = executor
 
     def submit(self, requirement: str, skip_confirmation: bool) -> TaskRecord:
-        record = TaskRecord(task_id=str(uuid.uuid4()), requirement=requirement,
-                            skip_confirmation=skip_confirmation, language=detect_language(requirement))
+        record = TaskRecord(
+            task_id=str(uuid.uuid4()),
+            requirement=requirement,
+            skip_confirmation=skip_confirmation,
+            language=detect_language(requirement),
+        )
         self._runs.store.save(record)
         self._runs.streams.open(record.task_id)
         self._hold(record)
@@ -35,12 +39,14 @@ class TaskCommands:
         if not approved and not feedback:
             raise InvalidRequestError(
                 "To request changes, say what to change in `feedback`; to stop the task, "
-                f"POST /api/task/{task_id}/cancel.")
+                f"POST /api/task/{task_id}/cancel."
+            )
         if not approved and len(r.feedback) >= settings.max_revision_rounds:
             raise TaskStateConflictError(
                 f"The ProductManager has already revised {len(r.feedback)} times "
                 f"(MAX_REVISION_ROUNDS={settings.max_revision_rounds}); approve the "
-                "analysis or cancel the task.")
+                "analysis or cancel the task."
+            )
         r.status, r.confirm_deadline = TaskStatus.running, None
         if not approved:
             r.feedback.append(feedback or "")
@@ -49,8 +55,13 @@ class TaskCommands:
         run = self._hold(r)
         content = "Approved" if approved else f"Changes requested: {feedback}"
         try:
-            runs.streams.publish(task_id, "User", EventType.confirmed.value, content,
-                                 {"approved": approved, "feedback": feedback, "revision_round": len(r.feedback)})
+            runs.streams.publish(
+                task_id,
+                "User",
+                EventType.confirmed.value,
+                content,
+                {"approved": approved, "feedback": feedback, "revision_round": len(r.feedback)},
+            )
         except StreamClosedError:  # cancelled between our update and this event
             if run is not None:
                 runs.release(run)
@@ -71,8 +82,9 @@ class TaskCommands:
                 runs.end_idle_task(r, Ending.cancelled(reason))
         r = runs.store.get(task_id)
         if r.status is not TaskStatus.cancelled:
-            raise TaskStateConflictError(f"Task {task_id} already {r.status.value}; only "
-                                         "queued, running or waiting tasks can be cancelled.")
+            raise TaskStateConflictError(
+                f"Task {task_id} already {r.status.value}; only queued, running or waiting tasks can be cancelled."
+            )
         return r
 
     def _hold(self, record: TaskRecord) -> Run | None:
@@ -83,4 +95,5 @@ class TaskCommands:
 def _not_waiting(r: TaskRecord) -> TaskStateConflictError:
     return TaskStateConflictError(
         f"Task {r.task_id} is {r.status.value}; it can be confirmed only while "
-        "awaiting_confirmation (wait for the awaiting_confirmation event).")
+        "awaiting_confirmation (wait for the awaiting_confirmation event)."
+    )

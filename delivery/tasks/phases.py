@@ -26,8 +26,9 @@ _PROGRESS_EVENTS = frozenset({EventType.agent_start.value, EventType.step_end.va
 
 
 class PhaseRunner:
-    def __init__(self, runs: Runs, llm_factory: LLMFactory, handler_class: type[CrewEventsHandler],
-                 model_label: str) -> None:
+    def __init__(
+        self, runs: Runs, llm_factory: LLMFactory, handler_class: type[CrewEventsHandler], model_label: str
+    ) -> None:
         self._runs = runs
         self._llm_factory = llm_factory
         self._handler_class = handler_class
@@ -65,8 +66,12 @@ class PhaseRunner:
             log.exception("task %s failed", task_id)
             with run.lock:
                 if not run.record.status.finished:
-                    runs.end_run(run, Ending.failed(describe_failure(exc, self._model_label),
-                                                    agent=run.record.current_agent or SYSTEM_AGENT))
+                    runs.end_run(
+                        run,
+                        Ending.failed(
+                            describe_failure(exc, self._model_label), agent=run.record.current_agent or SYSTEM_AGENT
+                        ),
+                    )
         finally:
             with self._busy_lock:
                 self._busy -= 1
@@ -92,6 +97,7 @@ class PhaseRunner:
                 publish(task_id, agent, event_type, content, metadata)
             except StreamClosedError:
                 raise TaskAborted() from None
+
         return publish_event
 
     def _begin(self, run: Run) -> None:
@@ -107,11 +113,18 @@ class PhaseRunner:
             if not self._runs.store.save_unless_finished(r):
                 raise TaskAborted()  # cancelled while it was queued
             if first:
-                self._runs.streams.publish(r.task_id, SYSTEM_AGENT, EventType.start.value,
-                                           f"Task started with {self._model_label}",
-                                           {"model": self._model_label, "language": r.language,
-                                            "total_steps": r.total_steps,
-                                            "skip_confirmation": r.skip_confirmation})
+                self._runs.streams.publish(
+                    r.task_id,
+                    SYSTEM_AGENT,
+                    EventType.start.value,
+                    f"Task started with {self._model_label}",
+                    {
+                        "model": self._model_label,
+                        "language": r.language,
+                        "total_steps": r.total_steps,
+                        "skip_confirmation": r.skip_confirmation,
+                    },
+                )
 
     def _analysis(self, run: Run) -> None:
         self._begin(run)
@@ -132,11 +145,17 @@ class PhaseRunner:
             if not self._runs.store.transition(r, TaskStatus.running):
                 raise TaskAborted()  # ended by another process meanwhile
             rounds_left = settings.max_revision_rounds - len(r.feedback)
-            self._runs.streams.publish(r.task_id, ROSTER.analyst.name, EventType.awaiting_confirmation.value,
-                                       _confirmation_prompt(r.task_id, analysis, rounds_left),
-                                       {"confirm_url": f"/api/task/{r.task_id}/confirm",
-                                        "revision_rounds_left": rounds_left,
-                                        "timeout_s": settings.confirmation_timeout_s})
+            self._runs.streams.publish(
+                r.task_id,
+                ROSTER.analyst.name,
+                EventType.awaiting_confirmation.value,
+                _confirmation_prompt(r.task_id, analysis, rounds_left),
+                {
+                    "confirm_url": f"/api/task/{r.task_id}/confirm",
+                    "revision_rounds_left": rounds_left,
+                    "timeout_s": settings.confirmation_timeout_s,
+                },
+            )
 
     def _deliver(self, run: Run) -> None:
         r = run.record
@@ -148,16 +167,24 @@ class PhaseRunner:
                 return
             r.traceability = traced
             docs[REVIEW] = review_with_matrix(docs.get(REVIEW, ""), traced, r.language)
-            self._runs.end_run(run, Ending.succeeded(
-                f"Delivery package complete. Verdict: {traced['verdict']} ({traced['reason']})",
-                {"deliverables": sorted(docs), "verdict": traced["verdict"], "gaps": traced["gaps"]}))
+            self._runs.end_run(
+                run,
+                Ending.succeeded(
+                    f"Delivery package complete. Verdict: {traced['verdict']} ({traced['reason']})",
+                    {"deliverables": sorted(docs), "verdict": traced["verdict"], "gaps": traced["gaps"]},
+                ),
+            )
 
 
 def _confirmation_prompt(task_id: str, analysis: str, rounds_left: int) -> str:
-    changes = (f'or request changes ({rounds_left} revision round(s) left):\n'
-               f'  {{"approved": false, "feedback": "what to change"}}\n' if rounds_left > 0 else
-               "(no revision rounds left: approve or cancel)\n")
-    return (f"{analysis}\n\n---\nThe ProductManager's analysis awaits your confirmation.\n"
-            f"POST /api/task/{task_id}/confirm with\n  {{\"approved\": true}}\n{changes}"
-            f"or POST /api/task/{task_id}/cancel to stop.")
-
+    changes = (
+        f'or request changes ({rounds_left} revision round(s) left):\n'
+        f'  {{"approved": false, "feedback": "what to change"}}\n'
+        if rounds_left > 0
+        else "(no revision rounds left: approve or cancel)\n"
+    )
+    return (
+        f"{analysis}\n\n---\nThe ProductManager's analysis awaits your confirmation.\n"
+        f"POST /api/task/{task_id}/confirm with\n  {{\"approved\": true}}\n{changes}"
+        f"or POST /api/task/{task_id}/cancel to stop."
+    )

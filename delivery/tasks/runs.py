@@ -159,5 +159,4 @@ class Runs:
         return True
 
     def _publish_terminal(self, task_id: str, ending: Ending) -> None:
-        self.streams.publish_terminal(task_id, ending.agent, ending.event_type.value, ending.content,
-                                      ending.metadata)
+        self.streams.publish_terminal(task_id, ending.agent, ending.event_type.value, ending.content, ending.metadata)

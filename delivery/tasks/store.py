@@ -93,7 +93,8 @@ class TaskStore(ABC):
 
 metadata = MetaData()
 tasks_table = Table(
-    "tasks", metadata,
+    "tasks",
+    metadata,
     Column("task_id", String(36), primary_key=True),
     Column("requirement", Text, nullable=False),
     Column("skip_confirmation", Boolean, nullable=False),
@@ -115,7 +116,8 @@ tasks_table = Table(
     Column("run_seconds", Float),
 )
 events_table = Table(
-    "events", metadata,
+    "events",
+    metadata,
     Column("task_id", String(36), primary_key=True),
     Column("sequence", Integer, primary_key=True),
     Column("agent_name", String(64), nullable=False),
@@ -151,8 +153,7 @@ class SqlTaskStore(TaskStore):
         self._write_lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30})
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
             with self.engine.connect() as conn:  # WAL is a property of the file: set it once
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -167,19 +168,20 @@ class SqlTaskStore(TaskStore):
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
         self._insert_event_sql = (
             "INSERT INTO events (task_id, sequence, agent_name, event_type, content, ts, metadata) "
-            f"VALUES ({', '.join([mark] * 7)})")
+            f"VALUES ({', '.join([mark] * 7)})"
+        )
 
     def save(self, record: TaskRecord) -> None:
         row = _to_row(record)
         with self._write_lock, self.engine.begin() as conn:
-            updated = conn.execute(update(tasks_table).where(tasks_table.c.task_id == record.task_id)
-                                   .values(**row)).rowcount
+            updated = conn.execute(
+                update(tasks_table).where(tasks_table.c.task_id == record.task_id).values(**row)
+            ).rowcount
             if not updated:
                 conn.execute(insert(tasks_table).values(**row))
 
     def _conditional_save(self, record: TaskRecord, condition: Any) -> bool:
-        query = (update(tasks_table).where(tasks_table.c.task_id == record.task_id, condition)
-                 .values(**_to_row(record)))
+        query = update(tasks_table).where(tasks_table.c.task_id == record.task_id, condition).values(**_to_row(record))
         with self._write_lock, self.engine.begin() as conn:
             return conn.execute(query).rowcount == 1
 
@@ -191,8 +193,8 @@ class SqlTaskStore(TaskStore):
 
     def expired_confirmations(self, now: float) -> list[TaskRecord]:
         query = select(tasks_table).where(
-            tasks_table.c.status == TaskStatus.awaiting_confirmation.value,
-            tasks_table.c.confirm_deadline < now)
+            tasks_table.c.status == TaskStatus.awaiting_confirmation.value, tasks_table.c.confirm_deadline < now
+        )
         with self.engine.connect() as conn:
             return [_from_row(row) for row in conn.execute(query)]
 
@@ -222,19 +224,36 @@ class SqlTaskStore(TaskStore):
             return
         # The driver's own executemany: SQLAlchemy's per-row parameter processing is pure
         # Python and, for thousands of events, holds the GIL long enough to delay the SSE loop.
-        rows = [(e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts,
-                 None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False))
-                for e in events]
+        rows = [
+            (
+                e.task_id,
+                e.sequence,
+                e.agent_name,
+                e.event_type,
+                e.content,
+                e.ts,
+                None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False),
+            )
+            for e in events
+        ]
         with self._write_lock, self.engine.begin() as conn:
             conn.exec_driver_sql(self._insert_event_sql, rows)
 
     def load_events(self, task_id: str) -> list[Event]:
-        query = (select(events_table).where(events_table.c.task_id == task_id)
-                 .order_by(events_table.c.sequence))
+        query = select(events_table).where(events_table.c.task_id == task_id).order_by(events_table.c.sequence)
         with self.engine.connect() as conn:
-            return [Event(r.task_id, r.sequence, r.agent_name, r.event_type, r.content, r.ts,
-                                None if r.metadata is None else json.loads(r.metadata))
-                    for r in conn.execute(query)]
+            return [
+                Event(
+                    r.task_id,
+                    r.sequence,
+                    r.agent_name,
+                    r.event_type,
+                    r.content,
+                    r.ts,
+                    None if r.metadata is None else json.loads(r.metadata),
+                )
+                for r in conn.execute(query)
+            ]
 
     def last_sequence(self, task_id: str) -> int:
         query = select(func.max(events_table.c.sequence)).where(events_table.c.task_id == task_id)
@@ -249,8 +268,7 @@ class SqlTaskStore(TaskStore):
     def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> None:
         if not task_ids:
             return
-        query = (update(tasks_table).where(tasks_table.c.task_id.in_(task_ids))
-                 .values(owner=owner, heartbeat_at=ts))
+        query = update(tasks_table).where(tasks_table.c.task_id.in_(task_ids)).values(owner=owner, heartbeat_at=ts)
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(query)
 

@@ -15,8 +15,10 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = "Interrupted by server restart: the task was running or waiting when the server stopped. Submit it again."
 SHUT_DOWN = "Interrupted: the server was shut down while the task ran. Submit it again."
-WORKER_LOST = ("The worker running this task was lost: no heartbeat from {owner} for over {lease:g} s "
-               "(killed, crashed or cut off). Submit the task again.")
+WORKER_LOST = (
+    "The worker running this task was lost: no heartbeat from {owner} for over {lease:g} s "
+    "(killed, crashed or cut off). Submit the task again."
+)
 
 
 class Watchdog:
@@ -47,13 +49,21 @@ class Watchdog:
         for run in runs.all():
             with run.lock:
                 if run.record.status is TaskStatus.running and run.active_seconds(now) > s.task_timeout_s:
-                    runs.end_run(run, Ending.failed(
-                        f"The task ran longer than TASK_TIMEOUT_S={s.task_timeout_s:g}s and was "
-                        "stopped; raise TASK_TIMEOUT_S for larger requirements."))
+                    runs.end_run(
+                        run,
+                        Ending.failed(
+                            f"The task ran longer than TASK_TIMEOUT_S={s.task_timeout_s:g}s and was "
+                            "stopped; raise TASK_TIMEOUT_S for larger requirements."
+                        ),
+                    )
         for record in runs.store.expired_confirmations(now):
-            runs.end_idle_task(record, Ending.cancelled(
-                f"No confirmation within CONFIRMATION_TIMEOUT_S={s.confirmation_timeout_s:g}s; "
-                "the task was cancelled."))
+            runs.end_idle_task(
+                record,
+                Ending.cancelled(
+                    f"No confirmation within CONFIRMATION_TIMEOUT_S={s.confirmation_timeout_s:g}s; "
+                    "the task was cancelled."
+                ),
+            )
 
     def heartbeat(self, now: float) -> None:
         """Renew the lease of every run held here."""
@@ -66,10 +76,15 @@ class Watchdog:
         """Fail queued or running phases of other processes whose lease ran out (any process may
         do it: the store lets exactly one succeed)."""
         runs, lease = self._runs, self._runs.settings.task_lease_s
-        return [r.task_id for r in runs.store.unfinished()
-                if r.status is not TaskStatus.awaiting_confirmation and r.owner is not None
-                and runs.get(r.task_id) is None and (r.heartbeat_at or r.created_at) < now - lease
-                and runs.end_idle_task(r, Ending.failed(WORKER_LOST.format(owner=r.owner, lease=lease)))]
+        return [
+            r.task_id
+            for r in runs.store.unfinished()
+            if r.status is not TaskStatus.awaiting_confirmation
+            and r.owner is not None
+            and runs.get(r.task_id) is None
+            and (r.heartbeat_at or r.created_at) < now - lease
+            and runs.end_idle_task(r, Ending.failed(WORKER_LOST.format(owner=r.owner, lease=lease)))
+        ]
 
     def recover_at_start(self) -> list[str]:
         """At start-up: fail the phases an earlier run of this instance left queued or running
@@ -83,8 +98,9 @@ class Watchdog:
             if record.status is TaskStatus.awaiting_confirmation:
                 if single_process:
                     runs.streams.make_available(record.task_id, live=True)
-            elif self._left_by_earlier_run(record, single_process) \
-                    and runs.end_idle_task(record, Ending.failed(INTERRUPTED)):
+            elif self._left_by_earlier_run(record, single_process) and runs.end_idle_task(
+                record, Ending.failed(INTERRUPTED)
+            ):
                 failed.append(record.task_id)
         if failed:
             log.warning("marked %d tasks interrupted by the restart", len(failed))

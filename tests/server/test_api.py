@@ -39,14 +39,17 @@ def test_skip_confirmation_defaults_to_false_so_the_task_waits_for_confirmation(
     assert client.post(f"/api/task/{task_id}/cancel").json()["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    ({"user_requirement": ""}, "empty"),
-    ({"user_requirement": "   \n\t "}, "empty"),
-    ({"user_requirement": "x" * 20_001}, "at most 20000"),
-    ({}, "Field required"),
-    ({"user_requirement": 42}, "valid string"),
-    ({"user_requirement": "ok", "skip_confirmation": "maybe"}, "valid boolean"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ({"user_requirement": ""}, "empty"),
+        ({"user_requirement": "   \n\t "}, "empty"),
+        ({"user_requirement": "x" * 20_001}, "at most 20000"),
+        ({}, "Field required"),
+        ({"user_requirement": 42}, "valid string"),
+        ({"user_requirement": "ok", "skip_confirmation": "maybe"}, "valid boolean"),
+    ],
+)
 def test_bad_requirements_get_422_with_a_message(client, payload, fragment):
     r = client.post("/api/run_task", json=payload)
     assert r.status_code == 422
@@ -140,11 +143,16 @@ def test_health_docs_and_test_ui(client):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["provider"] == "scripted:test-double"
     schema = client.get("/openapi.json").json()
-    for path in ["/api/run_task", "/api/stream/{task_id}", "/api/task/{task_id}/status",
-                 "/api/task/{task_id}/result", "/api/streams", "/healthz"]:
+    for path in [
+        "/api/run_task",
+        "/api/stream/{task_id}",
+        "/api/task/{task_id}/status",
+        "/api/task/{task_id}/result",
+        "/api/streams",
+        "/healthz",
+    ]:
         assert path in schema["paths"], path
-    for model in ["RunTaskRequest", "RunTaskResponse", "TaskStatusResponse", "TaskResultResponse",
-                  "StreamList"]:
+    for model in ["RunTaskRequest", "RunTaskResponse", "TaskStatusResponse", "TaskResultResponse", "StreamList"]:
         assert model in schema["components"]["schemas"], model
     assert client.get("/docs").status_code == 200
     ui = client.get("/test-ui")
@@ -159,10 +167,12 @@ def test_health_docs_and_test_ui(client):
 
 def test_a_burst_of_concurrent_submissions_is_all_accepted_recorded_and_ended_once(server):
     """SQLite has one writer at a time; concurrent submits must queue, never fail or go missing."""
+
     def submit(n: int) -> httpx.Response:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            return c.post("/api/run_task", json={"user_requirement": f"Build burst app {n}",
-                                                 "skip_confirmation": False})
+            return c.post(
+                "/api/run_task", json={"user_requirement": f"Build burst app {n}", "skip_confirmation": False}
+            )
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(submit, range(48)))

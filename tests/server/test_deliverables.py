@@ -19,9 +19,17 @@ def test_downloads_list_single_files_and_the_zip(server):
         wait_finished(c, task_id)
         listing = c.get(f"/api/task/{task_id}/deliverables").json()
         assert [d["filename"] for d in listing["deliverables"]] == [
-            "REQUIREMENTS.md", "TEST_PLAN.md", "TECH_DESIGN.md", "DELIVERY_REVIEW.md"]
+            "REQUIREMENTS.md",
+            "TEST_PLAN.md",
+            "TECH_DESIGN.md",
+            "DELIVERY_REVIEW.md",
+        ]
         assert [d["agent"] for d in listing["deliverables"]] == [
-            "ProductManager", "QAEngineer", "SoftwareDeveloper", "Coordinator"]
+            "ProductManager",
+            "QAEngineer",
+            "SoftwareDeveloper",
+            "Coordinator",
+        ]
         result = c.get(f"/api/task/{task_id}/result").json()
         for item in listing["deliverables"]:
             r = c.get(item["url"])
@@ -45,8 +53,9 @@ def test_downloads_list_single_files_and_the_zip(server):
         assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
         assert task_id in z.headers["content-disposition"]
         archive = zipfile.ZipFile(io.BytesIO(z.content))
-        assert sorted(archive.namelist()) == sorted([
-            "REQUIREMENTS.md", "TEST_PLAN.md", "TECH_DESIGN.md", "DELIVERY_REVIEW.md", "events.jsonl", "task.json"])
+        assert sorted(archive.namelist()) == sorted(
+            ["REQUIREMENTS.md", "TEST_PLAN.md", "TECH_DESIGN.md", "DELIVERY_REVIEW.md", "events.jsonl", "task.json"]
+        )
         assert archive.read("TECH_DESIGN.md").decode() == result["deliverables"]["technical_design"]
         logged = [json.loads(line) for line in archive.read("events.jsonl").decode().splitlines()]
         assert logged == read_stream(server.url, task_id).events

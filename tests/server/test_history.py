@@ -61,8 +61,10 @@ def test_a_crash_interrupts_running_tasks_while_waiting_ones_go_on(start_server,
         seen = read_stream(first.url, running, max_messages=40)
         wait_status(c, waiting, "awaiting_confirmation")
         before = read_stream(first.url, waiting, until_type="awaiting_confirmation")
-    wait_for(lambda: stored_events(data, running) >= 40 and stored_events(data, waiting) == len(before.messages),
-             message="the archive to hold what the viewers saw")
+    wait_for(
+        lambda: stored_events(data, running) >= 40 and stored_events(data, waiting) == len(before.messages),
+        message="the archive to hold what the viewers saw",
+    )
     first.kill()
 
     second = start_server(data_dir=data)
@@ -81,7 +83,7 @@ def test_a_crash_interrupts_running_tasks_while_waiting_ones_go_on(start_server,
         assert c.get(f"/api/task/{waiting}/status").json()["status"] == "awaiting_confirmation"
         assert c.post(f"/api/task/{waiting}/confirm", json={"approved": True}).status_code == 200
         after = read_stream(second.url, waiting)
-        assert after.events[:len(before.events)] == before.events
+        assert after.events[: len(before.events)] == before.events
         assert after.sequences == list(range(1, len(after.sequences) + 1))
         assert after.events[len(before.events)]["event_type"] == "confirmed"
         assert after.events[-1]["event_type"] == "end"

@@ -53,11 +53,9 @@ def test_approve_after_the_analysis_runs_the_rest_of_the_crew(lc_server, c):
 def test_request_changes_then_approve(lc_server, c):
     task_id = run_task(c, "Build a notes app with tags", skip_confirmation=False)
     first = until(lc_server.url, task_id, "awaiting_confirmation").events
-    r = c.post(f"/api/task/{task_id}/confirm",
-               json={"approved": False, "feedback": "  add offline sync  "})
+    r = c.post(f"/api/task/{task_id}/confirm", json={"approved": False, "feedback": "  add offline sync  "})
     assert r.status_code == 200
-    events = first + until(lc_server.url, task_id, "awaiting_confirmation",
-                           after=first[-1]["sequence"]).events
+    events = first + until(lc_server.url, task_id, "awaiting_confirmation", after=first[-1]["sequence"]).events
     kinds = event_types(events)
     assert kinds.count("awaiting_confirmation") == 2 and kinds.count("confirmed") == 1
     revised = events[-1]
@@ -65,8 +63,7 @@ def test_request_changes_then_approve(lc_server, c):
     assert revised["metadata"]["revision_rounds_left"] == 1
     confirmed = events[kinds.index("confirmed")]
     assert confirmed["metadata"] == {"approved": False, "feedback": "add offline sync", "revision_round": 1}
-    assert [e["agent_name"] for e in events if e["event_type"] == "agent_start"] == \
-        ["ProductManager", "ProductManager"]
+    assert [e["agent_name"] for e in events if e["event_type"] == "agent_start"] == ["ProductManager", "ProductManager"]
     assert c.post(f"/api/task/{task_id}/confirm", json={"approved": True}).status_code == 200
     assert wait_finished(c, task_id)["status"] == "succeeded"
     result = c.get(f"/api/task/{task_id}/result").json()
@@ -75,16 +72,17 @@ def test_request_changes_then_approve(lc_server, c):
 
 
 def test_confirm_errors_say_what_to_do(lc_server, c):
-    assert c.post("/api/task/00000000-0000-4000-8000-000000000000/confirm",
-                  json={"approved": True}).status_code == 404
+    assert c.post("/api/task/00000000-0000-4000-8000-000000000000/confirm", json={"approved": True}).status_code == 404
     task_id = run_task(c, "Build a chat app", skip_confirmation=False)
     until(lc_server.url, task_id, "awaiting_confirmation")
     r = c.post(f"/api/task/{task_id}/confirm", json={"approved": False, "feedback": "   "})
     assert r.status_code == 422 and "feedback" in r.json()["detail"]
     assert c.post(f"/api/task/{task_id}/confirm", json={"feedback": "x"}).status_code == 422
     for round_ in (1, 2):
-        assert c.post(f"/api/task/{task_id}/confirm",
-                      json={"approved": False, "feedback": f"change {round_}"}).status_code == 200
+        assert (
+            c.post(f"/api/task/{task_id}/confirm", json={"approved": False, "feedback": f"change {round_}"}).status_code
+            == 200
+        )
         wait_status(c, task_id, "awaiting_confirmation")
     r = c.post(f"/api/task/{task_id}/confirm", json={"approved": False, "feedback": "again"})
     assert r.status_code == 409 and "MAX_REVISION_ROUNDS=2" in r.json()["detail"]
@@ -124,8 +122,9 @@ def test_cancel_while_tokens_stream_stops_the_worker_within_two_seconds(start_se
         started = time.monotonic()
         r = c.post(f"/api/task/{task_id}/cancel")
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
-        wait_for(lambda: c.get("/healthz").json()["busy_workers"] == 0, 10, interval=0.01,
-                 message="the crew thread to stop")
+        wait_for(
+            lambda: c.get("/healthz").json()["busy_workers"] == 0, 10, interval=0.01, message="the crew thread to stop"
+        )
         stopped_after = time.monotonic() - started
         assert stopped_after < 2.0, f"the crew thread ran on for {stopped_after:.2f}s"
         events = read_stream(server.url, task_id).events

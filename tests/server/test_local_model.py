@@ -37,8 +37,12 @@ def test_cancel_stops_the_local_model_mid_generation_within_two_seconds(start_se
         assert seen.events[-1]["event_type"] == "thought"
         started = time.monotonic()
         assert c.post(f"/api/task/{task_id}/cancel").json()["status"] == "cancelled"
-        wait_for(lambda: c.get("/healthz").json()["busy_workers"] == 0, 10, interval=0.01,
-                 message="the local model to stop generating")
+        wait_for(
+            lambda: c.get("/healthz").json()["busy_workers"] == 0,
+            10,
+            interval=0.01,
+            message="the local model to stop generating",
+        )
         assert time.monotonic() - started < 2.0
         events = read_stream(server.url, task_id).events
         assert events[-1]["event_type"] == "cancelled"

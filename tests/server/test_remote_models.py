@@ -31,8 +31,9 @@ def test_an_unreachable_endpoint_fails_the_task_with_an_actionable_error(start_s
 def test_transient_model_failures_are_retried_then_the_task_succeeds(start_server):
     fake = FakeOpenAI(fail_first=2)  # two 503s, then answers
     try:
-        server = start_server(llm_provider="openai", openai_base_url=fake.url, llm_model="fake",
-                              llm_max_retries=3, llm_retry_base_s=0.05)
+        server = start_server(
+            llm_provider="openai", openai_base_url=fake.url, llm_model="fake", llm_max_retries=3, llm_retry_base_s=0.05
+        )
         with httpx.Client(base_url=server.url, timeout=30) as c:
             task_id = run_task(c)
             events = read_stream(server.url, task_id, timeout=120).events
@@ -46,8 +47,9 @@ def test_transient_model_failures_are_retried_then_the_task_succeeds(start_serve
 def test_a_model_that_keeps_failing_ends_the_task_with_a_clear_error(start_server):
     fake = FakeOpenAI(fail_first=10**6)
     try:
-        server = start_server(llm_provider="openai", openai_base_url=fake.url, llm_model="fake",
-                              llm_max_retries=2, llm_retry_base_s=0.05)
+        server = start_server(
+            llm_provider="openai", openai_base_url=fake.url, llm_model="fake", llm_max_retries=2, llm_retry_base_s=0.05
+        )
         with httpx.Client(base_url=server.url, timeout=30) as c:
             task_id = run_task(c)
             events = read_stream(server.url, task_id, timeout=120).events

@@ -17,15 +17,15 @@ KEY, OTHER_KEY = "k-3c1f2a9d8e", "k-second-77"
 
 
 def run(c: httpx.Client, requirement: str = "Build a bug tracker", **headers: str) -> httpx.Response:
-    return c.post("/api/run_task", json={"user_requirement": requirement, "skip_confirmation": True},
-                  headers=headers)
+    return c.post("/api/run_task", json={"user_requirement": requirement, "skip_confirmation": True}, headers=headers)
 
 
 @pytest.fixture(scope="module")
 def keyed(start_server, tmp_path_factory):
     audit = tmp_path_factory.mktemp("audit") / "audit.log"
-    server = start_server(api_keys=f"{KEY},{OTHER_KEY}", audit_log=str(audit), stream_token_ttl_s=3,
-                          rate_limit_run_task="4/minute")
+    server = start_server(
+        api_keys=f"{KEY},{OTHER_KEY}", audit_log=str(audit), stream_token_ttl_s=3, rate_limit_run_task="4/minute"
+    )
     server.audit_path = audit
     return server
 
@@ -58,6 +58,7 @@ def test_a_stream_token_opens_one_task_stream_without_headers(keyed):
     with httpx.Client(base_url=keyed.url, timeout=30) as c:
         fresh = c.post(f"/api/task/{other}/stream_token", headers={"X-API-Key": KEY}).json()
     assert read_stream(keyed.url, other, params={"token": fresh["stream_token"]}).status == 200
+
     # STREAM_TOKEN_TTL_S=3: the token works until it expires, then the same request is refused.
     def refused() -> StreamResult | None:
         result = read_stream(keyed.url, task_id, params={"token": token})
@@ -82,6 +83,7 @@ def test_the_audit_log_has_one_line_per_change_without_secrets(keyed):
     with httpx.Client(base_url=keyed.url, timeout=30) as c:
         task_id = run(c, requirement, **{"X-API-Key": KEY}).json()["task_id"]
         c.post(f"/api/task/{task_id}/cancel", headers={"X-API-Key": "wrong-key"})
+
     def audited() -> str:
         text = keyed.audit_path.read_text()
         return text if "/cancel" in text else ""
@@ -100,8 +102,11 @@ def test_the_audit_log_has_one_line_per_change_without_secrets(keyed):
 
 def test_bad_requests_get_clear_4xx_answers(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
-        big = c.post("/api/run_task", content=b'{"user_requirement": "' + b"x" * 70_000 + b'"}',
-                     headers={"Content-Type": "application/json"})
+        big = c.post(
+            "/api/run_task",
+            content=b'{"user_requirement": "' + b"x" * 70_000 + b'"}',
+            headers={"Content-Type": "application/json"},
+        )
         assert big.status_code == 413 and "MAX_REQUEST_BYTES" in big.json()["detail"]
         plain = c.post("/api/run_task", content=b"user_requirement=x", headers={"Content-Type": "text/plain"})
         assert plain.status_code == 415 and "application/json" in plain.json()["detail"]
@@ -111,8 +116,10 @@ def test_bad_requests_get_clear_4xx_answers(server):
         before = len(c.get("/api/tasks", params={"limit": 200}).json()["tasks"])
     # A chunked body without Content-Length is counted as it arrives.
     with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.sendall(b"POST /api/run_task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
+        s.sendall(
+            b"POST /api/run_task HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         for _ in range(20):
             s.sendall(b"1000\r\n" + b"x" * 4096 + b"\r\n")
         s.sendall(b"0\r\n\r\n")
@@ -126,8 +133,7 @@ def test_cross_origin_pages_are_refused_unless_listed(server, start_server):
     r = httpx.options(server.url + "/api/run_task", headers=preflight)
     assert "access-control-allow-origin" not in r.headers  # same origin only by default
     allowed = start_server(cors_origins="https://team.example")
-    ok = httpx.options(allowed.url + "/api/run_task",
-                       headers={**preflight, "Origin": "https://team.example"})
+    ok = httpx.options(allowed.url + "/api/run_task", headers={**preflight, "Origin": "https://team.example"})
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://team.example"
     evil = httpx.options(allowed.url + "/api/run_task", headers=preflight)
     assert "access-control-allow-origin" not in evil.headers

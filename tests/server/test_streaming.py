@@ -24,10 +24,10 @@ def test_a_run_streams_the_unified_format_in_order(server):
     assert result.retry == 3000
     # thoughts carry token deltas that add up to the agent's output
     for agent in AGENTS:
-        thoughts = "".join(e["content"] for e in result.events
-                           if e["agent_name"] == agent and e["event_type"] == "thought")
-        output = next(e["content"] for e in result.events
-                      if e["agent_name"] == agent and e["event_type"] == "output")
+        thoughts = "".join(
+            e["content"] for e in result.events if e["agent_name"] == agent and e["event_type"] == "thought"
+        )
+        output = next(e["content"] for e in result.events if e["agent_name"] == agent and e["event_type"] == "output")
         assert thoughts.strip() == output.strip()
 
 
@@ -55,8 +55,11 @@ def test_three_live_subscribers_receive_identical_logs(slow_server):
 def test_late_join_mid_run_and_after_finish_replays_from_sequence_one(slow_server):
     with httpx.Client(base_url=slow_server.url) as c:
         task_id = run_task(c)
-        wait_for(lambda: c.get(f"/api/task/{task_id}/status").json()["last_sequence"] >= 50, 30,
-                 message="50 events of the running task")
+        wait_for(
+            lambda: c.get(f"/api/task/{task_id}/status").json()["last_sequence"] >= 50,
+            30,
+            message="50 events of the running task",
+        )
         mid = read_stream(slow_server.url, task_id)
         wait_finished(c, task_id)
     after = read_stream(slow_server.url, task_id)
@@ -214,13 +217,17 @@ def test_sigterm_ends_every_stream_with_a_final_event_and_interrupts_running_tas
     def view(name: str, task_id: str) -> None:
         results[name] = read_stream(server.url, task_id, timeout=30)
 
-    viewers = [threading.Thread(target=view, args=(name, task_id), daemon=True)
-               for name, task_id in (("waiting-1", waiting), ("waiting-2", waiting), ("running", running))]
+    viewers = [
+        threading.Thread(target=view, args=(name, task_id), daemon=True)
+        for name, task_id in (("waiting-1", waiting), ("waiting-2", waiting), ("running", running))
+    ]
     for v in viewers:
         v.start()
     with httpx.Client(base_url=server.url, timeout=30) as c:
-        wait_for(lambda: subscribers(c, waiting) == 2 and subscribers(c, running) == 1,
-                 message="all three viewers to subscribe")
+        wait_for(
+            lambda: subscribers(c, waiting) == 2 and subscribers(c, running) == 1,
+            message="all three viewers to subscribe",
+        )
     started = time.monotonic()
     server.proc.terminate()
     server.proc.wait(timeout=15)
@@ -248,8 +255,10 @@ def test_fifty_viewers_of_one_task_each_receive_the_whole_log_once(slow_server):
         task_id = run_task(c, "Build a conference schedule app")
 
     async def view() -> list[str]:
-        async with httpx.AsyncClient(base_url=slow_server.url, timeout=60) as client, \
-                client.stream("GET", f"/api/stream/{task_id}") as r:
+        async with (
+            httpx.AsyncClient(base_url=slow_server.url, timeout=60) as client,
+            client.stream("GET", f"/api/stream/{task_id}") as r,
+        ):
             return [line async for line in r.aiter_lines() if line.startswith("data:")]
 
     async def all_viewers() -> list[list[str]]:

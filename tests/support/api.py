@@ -17,10 +17,12 @@ EVENT_KEYS = {"task_id", "sequence", "agent_name", "event_type", "content", "tim
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def run_task(client: httpx.Client, requirement: str = "Build a todo app with login",
-             skip_confirmation: bool = True, **extra: Any) -> str:
-    r = client.post("/api/run_task", json={"user_requirement": requirement,
-                                           "skip_confirmation": skip_confirmation, **extra})
+def run_task(
+    client: httpx.Client, requirement: str = "Build a todo app with login", skip_confirmation: bool = True, **extra: Any
+) -> str:
+    r = client.post(
+        "/api/run_task", json={"user_requirement": requirement, "skip_confirmation": skip_confirmation, **extra}
+    )
     assert r.status_code == 202, r.text
     task_id: str = r.json()["task_id"]
     return task_id

@@ -14,7 +14,8 @@ from tests.support.server_process import ROOT, terminate
 
 def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("DASHSCOPE_API_KEY", "PYTHONPATH")} | {
-        "LLM_PROVIDER": "scripted"}
+        "LLM_PROVIDER": "scripted"
+    }
 
 
 class Worker:
@@ -25,9 +26,22 @@ class Worker:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         pool = ["-P", "threads", "-c", "1"] if pool is None else pool
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker", *pool,
-             "--loglevel", "WARNING", "-n", f"test-{time.monotonic_ns()}@%h"],
-            cwd=ROOT, env={**base_env(), **env}, stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                str(Path(sys.executable).parent / "celery"),
+                "-A",
+                "worker",
+                "worker",
+                *pool,
+                "--loglevel",
+                "WARNING",
+                "-n",
+                f"test-{time.monotonic_ns()}@%h",
+            ],
+            cwd=ROOT,
+            env={**base_env(), **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -34,17 +34,29 @@ class FakeOpenAI:
     async def _chat(self, request: Request):
         self.requests += 1
         if self.requests <= self.fail_first:
-            return JSONResponse({"error": {"message": "overloaded, try again", "type": "server_error"}},
-                                status_code=self.status)
+            return JSONResponse(
+                {"error": {"message": "overloaded, try again", "type": "server_error"}}, status_code=self.status
+            )
 
         def chunks():
             for word in ANSWER.split(" "):
-                delta = {"choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
-                         "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+                delta = {
+                    "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "fake",
+                }
                 yield f"data: {json.dumps(delta)}\n\n"
-            done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                    "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+            done = {
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "fake",
+            }
             yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
     def stop(self) -> None:

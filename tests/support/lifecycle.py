@@ -75,8 +75,15 @@ def handler_stepping_in(after_step_of: str, action: Callable[[], None]) -> type[
 class Lifecycle:
     """One process's lifecycle units (as delivery.runtime.Runtime wires them)."""
 
-    def __init__(self, folder: Path, *, name: str = "here", handler_class: type[CrewEventsHandler] = CrewEventsHandler,
-                 shared_with: Lifecycle | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        name: str = "here",
+        handler_class: type[CrewEventsHandler] = CrewEventsHandler,
+        shared_with: Lifecycle | None = None,
+        **settings: Any,
+    ) -> None:
         self.settings = Settings(_env_file=None, llm_provider="scripted", **settings)
         self.store: HookedStore
         self.streams: StreamManager

@@ -22,8 +22,9 @@ def render_config(upstream_ports: list[int], listen_port: int, workdir: Path) ->
     assert n == 1, "nginx.conf must name its upstream `server api:8000;`"
     text, n = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen_port};", text)
     assert n == 1, "nginx.conf must `listen 80;`"
-    temp = "".join(f"    {kind}_temp_path {workdir}/{kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "".join(
+        f"    {kind}_temp_path {workdir}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     text = text.replace("http {\n", f"http {{\n{temp}    access_log off;\n", 1)
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o777)
@@ -44,8 +45,9 @@ class Nginx:
         checked = check_config(self.conf)
         if checked.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{checked.stderr}")
-        self.proc = subprocess.Popen([NGINX, "-c", str(self.conf), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [NGINX, "-c", str(self.conf), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:

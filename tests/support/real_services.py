@@ -16,8 +16,10 @@ PG_USER = os.environ.get("TEST_PG_USER", "postgres")
 REDIS_PORT = 6379
 
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect {version} main start"
-START_REDIS = ("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
-               "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log")
+START_REDIS = (
+    "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' "
+    "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
 
 
 def _listening(port: int) -> bool:
@@ -35,8 +37,10 @@ def _ensure(port: int, start: str, name: str) -> None:
         if _listening(port):
             return
         time.sleep(0.2)
-    raise RuntimeError(f"{name} is not listening on 127.0.0.1:{port} and `{start}` did not start it; "
-                       f"start {name} (see README, Troubleshooting) and run the tests again.")
+    raise RuntimeError(
+        f"{name} is not listening on 127.0.0.1:{port} and `{start}` did not start it; "
+        f"start {name} (see README, Troubleshooting) and run the tests again."
+    )
 
 
 def ensure_redis() -> str:

@@ -33,8 +33,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], log_path: Path, app: str = "main:app",
-                 port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, app: str = "main:app", port: int | None = None) -> None:
         """Serve `app` (an import path; the project is installed, so `main:app` and
         `bench.core_app:app` resolve from the project directory) with these settings."""
         self.env = dict(env)
@@ -46,10 +45,23 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in kill() or stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
-            cwd=ROOT, env=full_env, stdout=self._log,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:

@@ -40,8 +40,7 @@ class StreamResult:
         return [e["sequence"] for e in self.events]
 
 
-def parse_lines(lines, result: StreamResult, max_messages: int | None = None,
-                until_type: str | None = None) -> bool:
+def parse_lines(lines, result: StreamResult, max_messages: int | None = None, until_type: str | None = None) -> bool:
     """Feed lines into result; return True when max_messages or an `until_type` event arrived."""
     fields: dict[str, str] = {}
     data: list[str] = []
@@ -69,14 +68,23 @@ def parse_lines(lines, result: StreamResult, max_messages: int | None = None,
     return False
 
 
-def read_stream(base_url: str, task_id: str, *, headers: dict[str, str] | None = None,
-                params: dict[str, Any] | None = None, timeout: float = 60.0,
-                max_messages: int | None = None, until_type: str | None = None,
-                allow_cut: bool = False) -> StreamResult:
+def read_stream(
+    base_url: str,
+    task_id: str,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    timeout: float = 60.0,
+    max_messages: int | None = None,
+    until_type: str | None = None,
+    allow_cut: bool = False,
+) -> StreamResult:
     """Read /api/stream/{task_id} until the server closes it (or max_messages arrive). With
     `allow_cut`, a connection that breaks mid-stream ends the read (result.cut) instead of raising."""
-    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout)) as client, \
-            client.stream("GET", f"/api/stream/{task_id}", headers=headers, params=params) as r:
+    with (
+        httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout)) as client,
+        client.stream("GET", f"/api/stream/{task_id}", headers=headers, params=params) as r,
+    ):
         result = StreamResult(status=r.status_code, headers=r.headers)
         if r.status_code != 200:
             r.read()

@@ -28,8 +28,7 @@ class CuttableProxy:
 
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._accept, "127.0.0.1", self.port))
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._accept, "127.0.0.1", self.port))
         ready.set()
         self._loop.run_forever()
 
@@ -65,11 +64,13 @@ class CuttableProxy:
 
     def cut(self) -> int:
         """Abort every open connection (both sides, no orderly close); returns how many."""
+
         async def abort() -> int:
             writers = list(self._writers)
             for w in writers:
                 w.transport.abort()
             return len(writers)
+
         return asyncio.run_coroutine_threadsafe(abort(), self._loop).result(10)
 
     def close(self) -> None:

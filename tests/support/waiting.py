@@ -9,8 +9,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.02,
-             message: str | Callable[[], str] = "condition") -> T:
+def wait_for(
+    condition: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition",
+) -> T:
     """Poll `condition` until it returns something truthy, and return that; AssertionError after
     `timeout` seconds naming `message` (a string, or a callable for the last state)."""
     deadline = time.monotonic() + timeout

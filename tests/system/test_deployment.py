@@ -28,9 +28,14 @@ COMPOSE = shutil.which("docker-compose")
 def compose_config(*args: str) -> dict:
     if COMPOSE is None:
         pytest.fail("docker-compose (Debian package) is missing: run `make test`, which installs it.")
-    done = subprocess.run([COMPOSE, "-f", str(ROOT / "docker-compose.yml"), *args, "config"],
-                          capture_output=True, text=True, cwd=ROOT, check=False,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
+    done = subprocess.run(
+        [COMPOSE, "-f", str(ROOT / "docker-compose.yml"), *args, "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -60,10 +65,15 @@ def test_nginx_conf_passes_nginx_t_and_never_buffers_streams(tmp_path):
     checked = check_config(conf)
     assert checked.returncode == 0, checked.stderr
     text = (ROOT / "nginx.conf").read_text()
-    stream = text[text.index("location /api/stream/"):]
-    stream = stream[:stream.index("}")]
-    for directive in ("proxy_buffering off;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
-                      "gzip off;", "proxy_read_timeout 3600s;"):
+    stream = text[text.index("location /api/stream/") :]
+    stream = stream[: stream.index("}")]
+    for directive in (
+        "proxy_buffering off;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "gzip off;",
+        "proxy_read_timeout 3600s;",
+    ):
         assert directive in stream, directive
 
 
@@ -79,6 +89,7 @@ class IdleUpstream:
                 yield b"id: 1\nevent: start\ndata: {}\n\n"
                 await asyncio.sleep(self.IDLE_S)
                 yield b"id: 2\nevent: end\ndata: {}\n\n"
+
             return StreamingResponse(body(), media_type="text/event-stream")
 
         async def health(request: Request) -> PlainTextResponse:

@@ -21,14 +21,15 @@ from tests.support.waiting import wait_for
 
 
 class Cluster:
-    def __init__(self, a: Server, b: Server, nginx: Nginx, worker: Worker, env: dict[str, str],
-                 folder: Path) -> None:
+    def __init__(self, a: Server, b: Server, nginx: Nginx, worker: Worker, env: dict[str, str], folder: Path) -> None:
         self.a, self.b, self.nginx, self.worker, self.env, self.folder = a, b, nginx, worker, env, folder
 
     def replica(self, name: str, **env: str) -> Server:
         """Another API replica on the cluster's Redis and PostgreSQL."""
-        return Server({**self.env, "INSTANCE_ID": f"replica-{name}", "DATA_DIR": str(self.folder / name), **env},
-                      self.folder / f"{name}.log")
+        return Server(
+            {**self.env, "INSTANCE_ID": f"replica-{name}", "DATA_DIR": str(self.folder / name), **env},
+            self.folder / f"{name}.log",
+        )
 
 
 def viewers_on(server: Server, task_id: str) -> int:
@@ -41,16 +42,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     redis_url = ensure_redis()
     with fresh_postgres_database() as database_url:
         folder = tmp_path_factory.mktemp("cluster")
-        env = {"EVENT_BACKEND": "redis", "REDIS_URL": redis_url, "DATABASE_URL": database_url,
-               "EXECUTOR": "celery", "SCRIPTED_TOKEN_DELAY_MS": "4", "SSE_HEARTBEAT_S": "1",
-               "TASK_LEASE_S": "3", "RATE_LIMIT": "100000/minute", "RATE_LIMIT_RUN_TASK": "100000/minute"}
+        env = {
+            "EVENT_BACKEND": "redis",
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "EXECUTOR": "celery",
+            "SCRIPTED_TOKEN_DELAY_MS": "4",
+            "SSE_HEARTBEAT_S": "1",
+            "TASK_LEASE_S": "3",
+            "RATE_LIMIT": "100000/minute",
+            "RATE_LIMIT_RUN_TASK": "100000/minute",
+        }
         servers: list[Server] = []
         nginx: Nginx | None = None
         worker: Worker | None = None
         try:
             for name in ("a", "b"):  # one after the other: the first creates the schema
-                servers.append(Server({**env, "INSTANCE_ID": f"replica-{name}",
-                                       "DATA_DIR": str(folder / name)}, folder / f"{name}.log"))
+                servers.append(
+                    Server(
+                        {**env, "INSTANCE_ID": f"replica-{name}", "DATA_DIR": str(folder / name)},
+                        folder / f"{name}.log",
+                    )
+                )
             worker = Worker(env, folder / "worker.log")  # one thread: it runs one phase at a time
             nginx = Nginx([s.port for s in servers], folder / "nginx")
             yield Cluster(servers[0], servers[1], nginx, worker, env, folder)
@@ -62,9 +75,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def submit(base_url: str, requirement: str, skip_confirmation: bool = True, **headers: str) -> str:
-    r = httpx.post(base_url + "/api/run_task", json={"user_requirement": requirement,
-                                                     "skip_confirmation": skip_confirmation},
-                   headers=headers, timeout=30)
+    r = httpx.post(
+        base_url + "/api/run_task",
+        json={"user_requirement": requirement, "skip_confirmation": skip_confirmation},
+        headers=headers,
+        timeout=30,
+    )
     assert r.status_code == 202, r.text
     task_id: str = r.json()["task_id"]
     return task_id
@@ -84,6 +100,7 @@ def test_viewers_through_nginx_on_both_replicas_get_identical_gap_free_logs(clus
     viewers = [threading.Thread(target=view, args=(i,)) for i in range(3)]
     for v in viewers:
         v.start()
+
     def all_connected() -> tuple[int, int] | None:
         spread = (viewers_on(cluster.a, task_id), viewers_on(cluster.b, task_id))
         return spread if sum(spread) == 3 else None
@@ -143,19 +160,27 @@ def test_when_the_replica_serving_a_viewer_dies_the_viewer_fails_over_through_ng
     try:
         task_id = submit(nginx.url, "A booking system for a climbing gym")
         seen: list[StreamResult] = []
-        reader = threading.Thread(target=lambda: seen.append(
-            read_stream(nginx.url, task_id, timeout=120, allow_cut=True)))
+        reader = threading.Thread(
+            target=lambda: seen.append(read_stream(nginx.url, task_id, timeout=120, allow_cut=True))
+        )
         reader.start()
-        serving: Server = wait_for(lambda: c if viewers_on(c, task_id) else d if viewers_on(d, task_id) else None,
-                                   20, message="the viewer to reach a replica")
+        serving: Server = wait_for(
+            lambda: c if viewers_on(c, task_id) else d if viewers_on(d, task_id) else None,
+            20,
+            message="the viewer to reach a replica",
+        )
         survivor = d if serving is c else c
-        wait_for(lambda: httpx.get(f"{survivor.url}/api/task/{task_id}/status").json()["last_sequence"] >= 60,
-                 30, message="60 events of the running task")
+        wait_for(
+            lambda: httpx.get(f"{survivor.url}/api/task/{task_id}/status").json()["last_sequence"] >= 60,
+            30,
+            message="60 events of the running task",
+        )
         serving.kill()
         reader.join(60)
         first = seen[0]
-        assert first.cut or not first.events or first.events[-1]["event_type"] != "end", \
+        assert first.cut or not first.events or first.events[-1]["event_type"] != "end", (
             "the viewer's stream should have broken with its replica"
+        )
         last_id = first.messages[-1].id if first.messages else "0"
         rest = read_stream(nginx.url, task_id, headers={"Last-Event-ID": last_id or "0"}, timeout=120)
         assert rest.status == 200 and rest.events[-1]["event_type"] == "end"
@@ -189,8 +214,12 @@ def test_rate_limits_are_shared_by_the_replicas_through_redis(cluster):
     try:
         codes, accepted = [], []
         for server in (f, g, f, g, f):
-            r = httpx.post(server.url + "/api/run_task", headers={"X-API-Key": key}, timeout=30,
-                           json={"user_requirement": "A parking permit portal", "skip_confirmation": False})
+            r = httpx.post(
+                server.url + "/api/run_task",
+                headers={"X-API-Key": key},
+                timeout=30,
+                json={"user_requirement": "A parking permit portal", "skip_confirmation": False},
+            )
             codes.append(r.status_code)
             if r.status_code == 202:
                 accepted.append((server, r.json()["task_id"]))
@@ -205,9 +234,16 @@ def test_rate_limits_are_shared_by_the_replicas_through_redis(cluster):
 def test_a_replica_killed_mid_task_is_failed_by_the_other_with_an_error_event(cluster, tmp_path):
     """A replica running crews in its own threads dies (kill -9): another reaps its task once
     the lease runs out."""
-    doomed = Server({**cluster.env, "EXECUTOR": "thread", "INSTANCE_ID": "replica-doomed",
-                     "DATA_DIR": str(tmp_path / "d"), "SCRIPTED_TOKEN_DELAY_MS": "20"},
-                    tmp_path / "doomed.log")
+    doomed = Server(
+        {
+            **cluster.env,
+            "EXECUTOR": "thread",
+            "INSTANCE_ID": "replica-doomed",
+            "DATA_DIR": str(tmp_path / "d"),
+            "SCRIPTED_TOKEN_DELAY_MS": "20",
+        },
+        tmp_path / "doomed.log",
+    )
     task_id = submit(doomed.url, "A parking garage booking app")
     seen = read_stream(cluster.b.url, task_id, max_messages=20)  # live on B, through Redis
     assert seen.sequences == list(range(1, 21))
@@ -223,8 +259,11 @@ def test_a_replica_killed_mid_task_is_failed_by_the_other_with_an_error_event(cl
 
 
 def test_confirm_and_cancel_through_any_replica_reach_the_worker(cluster):
-    r = httpx.post(cluster.nginx.url + "/api/run_task", timeout=30,
-                   json={"user_requirement": "A wiki for a school", "skip_confirmation": False})
+    r = httpx.post(
+        cluster.nginx.url + "/api/run_task",
+        timeout=30,
+        json={"user_requirement": "A wiki for a school", "skip_confirmation": False},
+    )
     task_id = r.json()["task_id"]
     until = read_stream(cluster.a.url, task_id, until_type="awaiting_confirmation")
     assert until.events[-1]["event_type"] == "awaiting_confirmation"

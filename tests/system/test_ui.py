@@ -19,8 +19,15 @@ from tests.support.tcp_proxy import CuttableProxy
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # tests/artifacts
 # Flags for a closed network (no background connections) and running as root in a sandbox.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 60_000
 
 
@@ -90,8 +97,9 @@ def assert_complete_log(page: Page, last_sequence: int) -> None:
 def test_submit_runs_four_agents_and_renders_escaped_deliverables(server, open_page):
     w = open_page(server.url + "/test-ui")
     page = w.page
-    task_id = submit(page, 'Build a notes app. <img src=x onerror="window.__xss=1"> Share notes by link.',
-                     confirm_first=False)
+    task_id = submit(
+        page, 'Build a notes app. <img src=x onerror="window.__xss=1"> Share notes by link.', confirm_first=False
+    )
     expect(page.locator("#task-status")).to_have_attribute("data-status", "succeeded")
     for name in AGENTS:
         expect(page.locator(f'.agent[data-agent="{name}"]')).to_have_attribute("data-state", "done")
@@ -208,8 +216,9 @@ def test_resumes_after_the_connection_is_cut_without_duplicates(slow_server, ope
         # ...and not because the page dropped repeats: what the server sent over the wire, per
         # connection, continues exactly where the cut connection stopped.
         sent = [ids for ids in proxy.sse_ids if ids]
-        assert len(sent) >= 2 and [n for ids in sent for n in ids] == list(range(1, last + 1)), \
-            [(ids[0], ids[-1]) for ids in sent]
+        assert len(sent) >= 2 and [n for ids in sent for n in ids] == list(range(1, last + 1)), [
+            (ids[0], ids[-1]) for ids in sent
+        ]
         assert w.network_failures_only() == []
     finally:
         proxy.close()
@@ -271,8 +280,13 @@ def test_with_api_keys_the_page_asks_for_one_then_works(start_server, open_page)
 
 
 def test_a_failed_task_shows_what_went_wrong(start_server, open_page):
-    server = start_server(llm_provider="openai", openai_base_url=f"http://127.0.0.1:{free_port()}/v1",
-                          llm_model="m", llm_timeout_s=3, llm_max_retries=0)
+    server = start_server(
+        llm_provider="openai",
+        openai_base_url=f"http://127.0.0.1:{free_port()}/v1",
+        llm_model="m",
+        llm_timeout_s=3,
+        llm_max_retries=0,
+    )
     w = open_page(server.url + "/test-ui")
     page = w.page
     submit(page, "A podcast hosting site", confirm_first=False)

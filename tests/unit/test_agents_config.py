@@ -16,11 +16,16 @@ def test_language_detection():
 
 
 def test_the_roster_is_agents_config_in_pipeline_order():
-    assert ROSTER.names == [a.name for a in AGENTS] == ["ProductManager", "QAEngineer", "SoftwareDeveloper",
-                                                         "Coordinator"]
+    assert (
+        ROSTER.names == [a.name for a in AGENTS] == ["ProductManager", "QAEngineer", "SoftwareDeveloper", "Coordinator"]
+    )
     assert ROSTER.total_steps == 4 and ROSTER.analyst is AGENTS[0] and list(ROSTER.delivery) == AGENTS[1:]
-    assert ROSTER.filenames == {"requirements_analysis": "REQUIREMENTS.md", "test_plan": "TEST_PLAN.md",
-                                "technical_design": "TECH_DESIGN.md", "delivery_review": "DELIVERY_REVIEW.md"}
+    assert ROSTER.filenames == {
+        "requirements_analysis": "REQUIREMENTS.md",
+        "test_plan": "TEST_PLAN.md",
+        "technical_design": "TECH_DESIGN.md",
+        "delivery_review": "DELIVERY_REVIEW.md",
+    }
     assert [ROSTER.step_of(name) for name in ROSTER.names] == [1, 2, 3, 4] and ROSTER.step_of("User") == 0
     assert ROSTER.author_of("test_plan").name == "QAEngineer"
     assert ROSTER.by_role("Software Developer") is AGENTS[2]

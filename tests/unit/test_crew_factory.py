@@ -23,8 +23,7 @@ FACTORY = make_llm_factory(Settings(_env_file=None, llm_provider="scripted"))
 
 
 def record(requirement: str = "Build a wiki with search", task_id: str = "t") -> TaskRecord:
-    return TaskRecord(task_id=task_id, requirement=requirement, skip_confirmation=True,
-                      language="en")
+    return TaskRecord(task_id=task_id, requirement=requirement, skip_confirmation=True, language="en")
 
 
 def run_crew(rec: TaskRecord, handler: CrewEventsHandler, factory=FACTORY) -> dict[str, str]:
@@ -60,8 +59,7 @@ def test_a_revision_shows_the_previous_analysis_and_the_feedback():
 def test_events_map_to_our_types_and_update_the_record():
     rec = record()
     published: list[tuple[str, str, str]] = []
-    deliverables = run_crew(rec, CrewEventsHandler(rec, lambda a, t, c, m: published.append((a, t, c))),
-                            FACTORY)
+    deliverables = run_crew(rec, CrewEventsHandler(rec, lambda a, t, c, m: published.append((a, t, c))), FACTORY)
     kinds = [t for _, t, _ in published]
     assert kinds.count("agent_start") == 4 and kinds.count("output") == 4 and kinds.count("step_end") == 4
     assert kinds.count("action") == 4  # one model call per agent
@@ -69,8 +67,9 @@ def test_events_map_to_our_types_and_update_the_record():
     assert rec.completed_steps == 4
     assert set(deliverables) == {"requirements_analysis", "test_plan", "technical_design", "delivery_review"}
     outputs = [c for _, t, c in published if t == "output"]
-    assert outputs == [deliverables[k] for k in ("requirements_analysis", "test_plan",
-                                                 "technical_design", "delivery_review")]
+    assert outputs == [
+        deliverables[k] for k in ("requirements_analysis", "test_plan", "technical_design", "delivery_review")
+    ]
 
 
 def test_a_subclass_can_customise_what_is_published():

@@ -32,8 +32,12 @@ def test_no_code_edits_sys_path():
     for path in python_files():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr == "path" \
-                    and isinstance(node.value, ast.Name) and node.value.id == "sys":
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, f"sys.path is touched at {offenders}; install the project (make install) instead"
 
@@ -71,7 +75,7 @@ def test_no_import_cycles_among_the_projects_modules():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append([*path[path.index(nxt):], nxt])
+                cycles.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = 2
@@ -85,6 +89,10 @@ def test_no_import_cycles_among_the_projects_modules():
 def test_packages_hold_no_code_in_their_init():
     for init in (ROOT / "delivery").rglob("__init__.py"):
         body = ast.parse(init.read_text(encoding="utf-8")).body
-        code = [n for n in body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
-                and not (isinstance(n, ast.Assign) and init.parent.name == "delivery")]
+        code = [
+            n
+            for n in body
+            if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+            and not (isinstance(n, ast.Assign) and init.parent.name == "delivery")
+        ]
         assert not code, f"{init.relative_to(ROOT)} should hold only its docstring"

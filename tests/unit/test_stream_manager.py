@@ -147,6 +147,7 @@ def test_eviction_honours_the_ttl_and_never_drops_live_streams():
 def test_publishing_never_waits_for_a_blocked_event_loop():
     """Publishers must not wait on the loop: here the loop is stuck in a blocking call while a
     thread publishes; the thread finishes long before the loop wakes up."""
+
     async def scenario() -> None:
         manager = make_manager()
         manager.start(asyncio.get_running_loop())
@@ -178,14 +179,14 @@ def test_event_wire_format():
     assert text.startswith("id: 1\nevent: output\ndata: {")
     assert text.endswith("}\n\n") and text.count("\n") == 4  # content newlines are escaped
     data = event.to_dict()
-    assert list(data) == ["task_id", "sequence", "agent_name", "event_type", "content", "timestamp",
-                          "metadata"]
+    assert list(data) == ["task_id", "sequence", "agent_name", "event_type", "content", "timestamp", "metadata"]
     assert data["content"] == "行1\nline 2"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", data["timestamp"])
     assert format_timestamp(0.5) == "1970-01-01T00:00:00.500Z"
 
 
 # -- where a log lives ----------------------------------------------------------------------------
+
 
 def stored_manager(tmp_path) -> tuple[StreamManager, SqlTaskStore]:
     store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def assume(condition: object, assumption: str) -> None:
-    assert condition, (f"CrewAI {compat.installed_version()} broke an assumption of delivery/crew/compat.py: "
-                       f"{assumption}")
+    assert condition, (
+        f"CrewAI {compat.installed_version()} broke an assumption of delivery/crew/compat.py: {assumption}"
+    )
 
 
 def parameters(function: Any) -> set[str]:
@@ -30,8 +31,9 @@ def parameters(function: Any) -> set[str]:
 
 def test_the_installed_crewai_is_the_pinned_one():
     pinned = re.search(r"^crewai==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
-    assert pinned and pinned.group(1) == compat.PINNED_VERSION, \
+    assert pinned and pinned.group(1) == compat.PINNED_VERSION, (
         "requirements.txt and compat.PINNED_VERSION must name the same CrewAI version"
+    )
     assert compat.installed_version() == compat.PINNED_VERSION, compat.version_warning()
     assert compat.version_warning() is None
 
@@ -48,18 +50,30 @@ def test_event_types_are_the_names_the_handler_maps():
     from crewai.events.types.task_events import TaskCompletedEvent, TaskStartedEvent
     from crewai.events.types.tool_usage_events import ToolUsageStartedEvent
 
-    classes: dict[compat.CrewEvent, type[BaseModel]] = {compat.CrewEvent.task_started: TaskStartedEvent, compat.CrewEvent.task_completed: TaskCompletedEvent,
-               compat.CrewEvent.llm_call_started: LLMCallStartedEvent,
-               compat.CrewEvent.llm_stream_chunk: LLMStreamChunkEvent,
-               compat.CrewEvent.tool_usage_started: ToolUsageStartedEvent}
+    classes: dict[compat.CrewEvent, type[BaseModel]] = {
+        compat.CrewEvent.task_started: TaskStartedEvent,
+        compat.CrewEvent.task_completed: TaskCompletedEvent,
+        compat.CrewEvent.llm_call_started: LLMCallStartedEvent,
+        compat.CrewEvent.llm_stream_chunk: LLMStreamChunkEvent,
+        compat.CrewEvent.tool_usage_started: ToolUsageStartedEvent,
+    }
     for name, event_class in classes.items():
-        assume(event_class.model_fields["type"].default == name.value,
-               f"{event_class.__name__}.type is {name.value!r} (CrewEvent in compat.py)")
-    fields: dict[type[BaseModel], set[str]] = {TaskStartedEvent: {"task"}, TaskCompletedEvent: {"task", "output"}, LLMCallStartedEvent: {"model"},
-              LLMStreamChunkEvent: {"chunk"}, ToolUsageStartedEvent: {"tool_name"}}
+        assume(
+            event_class.model_fields["type"].default == name.value,
+            f"{event_class.__name__}.type is {name.value!r} (CrewEvent in compat.py)",
+        )
+    fields: dict[type[BaseModel], set[str]] = {
+        TaskStartedEvent: {"task"},
+        TaskCompletedEvent: {"task", "output"},
+        LLMCallStartedEvent: {"model"},
+        LLMStreamChunkEvent: {"chunk"},
+        ToolUsageStartedEvent: {"tool_name"},
+    }
     for event_class, names in fields.items():
-        assume(names <= set(event_class.model_fields),
-               f"{event_class.__name__} has the fields {sorted(names)} that crew_factory.CrewEventsHandler reads")
+        assume(
+            names <= set(event_class.model_fields),
+            f"{event_class.__name__} has the fields {sorted(names)} that crew_factory.CrewEventsHandler reads",
+        )
 
 
 def test_the_console_token_listener_is_found_in_the_bus_handler_table_and_detached():
@@ -71,8 +85,11 @@ def test_the_console_token_listener_is_found_in_the_bus_handler_table_and_detach
     assert isinstance(table, dict)
     owner = type(compat.event_listener).__name__ + "."
     left = [h for h in table.get(LLMStreamChunkEvent, ()) if getattr(h, "__qualname__", "").startswith(owner)]
-    assume(not left, "the console listener's token handler is a method of the EventListener singleton, "
-                     "removable with crewai_event_bus.off")
+    assume(
+        not left,
+        "the console listener's token handler is a method of the EventListener singleton, "
+        "removable with crewai_event_bus.off",
+    )
     assert compat.detach_console_token_listener() == 0  # idempotent
 
 
@@ -90,18 +107,21 @@ def test_stream_sinks_receive_every_event_in_order_on_the_emitting_thread():
             crewai_event_bus.emit(None, LLMStreamChunkEvent(chunk=f"t{n}", call_id="c"))
     crewai_event_bus.emit(None, LLMStreamChunkEvent(chunk="after", call_id="c"))  # outside the scope
     me = threading.current_thread().name
-    assume(received == [(me, f"t{n}") for n in range(50)],
-           "stream sinks are called synchronously, in emission order, on the emitting thread, and only "
-           "inside their context")
+    assume(
+        received == [(me, f"t{n}") for n in range(50)],
+        "stream sinks are called synchronously, in emission order, on the emitting thread, and only "
+        "inside their context",
+    )
 
 
 def test_the_llm_emission_helpers_take_the_arguments_compat_passes():
     from crewai.llms.base_llm import BaseLLM
 
-    for name, needed in {"_emit_call_started_event": {"messages", "from_task", "from_agent"},
-                         "_emit_stream_chunk_event": {"chunk", "from_task", "from_agent", "call_type"},
-                         "_emit_call_completed_event": {"response", "call_type", "from_task", "from_agent",
-                                                        "messages"}}.items():
+    for name, needed in {
+        "_emit_call_started_event": {"messages", "from_task", "from_agent"},
+        "_emit_stream_chunk_event": {"chunk", "from_task", "from_agent", "call_type"},
+        "_emit_call_completed_event": {"response", "call_type", "from_task", "from_agent", "messages"},
+    }.items():
         helper = getattr(BaseLLM, name, None)
         assume(helper is not None and needed <= parameters(helper), f"BaseLLM.{name} accepts {sorted(needed)}")
 
@@ -113,9 +133,13 @@ def test_an_offline_llm_emits_started_chunks_and_completed_events():
     llm = ScriptedLLM(model="scripted-test-double", agent_name="QAEngineer", requirement="Build a wiki")
     with compat.stream_sink(lambda source, event: seen.append(event.type)):
         answer = llm.call("hello")
-    assume(seen[0] == "llm_call_started" and seen[-1] == "llm_call_completed"
-           and set(seen[1:-1]) == {"llm_stream_chunk"} and len(seen) > 10,
-           "BaseLLM's _emit_* helpers emit llm_call_started, llm_stream_chunk..., llm_call_completed")
+    assume(
+        seen[0] == "llm_call_started"
+        and seen[-1] == "llm_call_completed"
+        and set(seen[1:-1]) == {"llm_stream_chunk"}
+        and len(seen) > 10,
+        "BaseLLM's _emit_* helpers emit llm_call_started, llm_stream_chunk..., llm_call_completed",
+    )
     assert answer.startswith(compat.FINAL_ANSWER_PREFIX)
 
 
@@ -123,12 +147,23 @@ def test_our_final_answer_format_is_what_the_agent_parser_accepts():
     from crewai.agents.parser import AgentFinish, parse
 
     parsed = parse(compat.FINAL_ANSWER_PREFIX + "# The document\n\nREQ-1")
-    assume(isinstance(parsed, AgentFinish) and parsed.output == "# The document\n\nREQ-1",
-           "a text starting with FINAL_ANSWER_PREFIX parses as an AgentFinish whose output is the rest")
+    assume(
+        isinstance(parsed, AgentFinish) and parsed.output == "# The document\n\nREQ-1",
+        "a text starting with FINAL_ANSWER_PREFIX parses as an AgentFinish whose output is the rest",
+    )
 
 
 def test_the_openai_client_accepts_the_arguments_we_build_it_with():
-    llm = compat.OpenAICompletion(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", stream=True,
-                                  timeout=5.0, max_retries=0, temperature=0.4)
-    assume(llm.stream is True and llm.model == "m", "OpenAICompletion takes model, base_url, api_key, stream, "
-                                                     "timeout, max_retries and temperature")
+    llm = compat.OpenAICompletion(
+        model="m",
+        base_url="http://127.0.0.1:9/v1",
+        api_key="k",
+        stream=True,
+        timeout=5.0,
+        max_retries=0,
+        temperature=0.4,
+    )
+    assume(
+        llm.stream is True and llm.model == "m",
+        "OpenAICompletion takes model, base_url, api_key, stream, timeout, max_retries and temperature",
+    )

@@ -27,17 +27,23 @@ def test_trace_finds_the_gaps_in_crafted_documents():
     assert traced["matrix"] == [
         {"requirement": "REQ-1", "test_cases": ["TC-1"], "design_elements": ["AUTH-1"]},
         {"requirement": "REQ-2", "test_cases": ["TC-2", "TC-3"], "design_elements": []},
-        {"requirement": "REQ-3", "test_cases": [],
-         "design_elements": ["- Moderation is out of scope for now (REQ-3 deferred)"]},
+        {
+            "requirement": "REQ-3",
+            "test_cases": [],
+            "design_elements": ["- Moderation is out of scope for now (REQ-3 deferred)"],
+        },
     ]
-    assert traced["gaps"] == [{"requirement": "REQ-2", "missing": ["design"]},
-                              {"requirement": "REQ-3", "missing": ["test_case"]}]
+    assert traced["gaps"] == [
+        {"requirement": "REQ-2", "missing": ["design"]},
+        {"requirement": "REQ-3", "missing": ["test_case"]},
+    ]
     assert traced["verdict"] == "NO-GO" and "2 of 3" in traced["reason"]
 
 
 def test_trace_is_exact_about_ids_and_says_go_only_when_complete():
     assert trace("REQ-1", "TC-1 covers REQ-10", "C-1 for REQ-10")["gaps"] == [
-        {"requirement": "REQ-1", "missing": ["test_case", "design"]}]
+        {"requirement": "REQ-1", "missing": ["test_case", "design"]}
+    ]
     complete = trace("REQ-1 REQ-2", "TC-1 REQ-1\nTC-2 REQ-2", "C-1 REQ-1\nC-2 REQ-2")
     assert complete["verdict"] == "GO" and complete["gaps"] == []
     nothing = trace("We will build something nice.", "", "")

@@ -67,6 +67,7 @@ def run(scenario: Callable[[asyncio.AbstractEventLoop], Awaitable[None]], *backe
             b.bind_loop(loop)
             b.start()
         await asyncio.wait_for(scenario(loop), timeout=60)
+
     asyncio.run(main())
 
 
@@ -196,8 +197,9 @@ def test_writers_in_two_processes_share_one_gap_free_sequence(kind, make_backend
         events_b = await viewer_b
         events_a = await collect(a, task_id)
         assert [e.sequence for e in events_b] == list(range(1, 1003))
-        assert [(e.sequence, e.agent_name, e.content) for e in events_a] == \
-            [(e.sequence, e.agent_name, e.content) for e in events_b]
+        assert [(e.sequence, e.agent_name, e.content) for e in events_a] == [
+            (e.sequence, e.agent_name, e.content) for e in events_b
+        ]
         assert [e.content for e in events_b if e.agent_name == "B"] == [str(i) for i in range(500)]
         assert await asyncio.to_thread(b.load, new_id()) is False
 

@@ -23,8 +23,9 @@ def made(tmp_path: Path) -> Iterator[list[Lifecycle]]:
     built: list[Lifecycle] = []
     yield built
     for lifecycle in built:
-        if lifecycle.streams is not None and not any(o is not lifecycle and o.streams is lifecycle.streams
-                                                     for o in built[:built.index(lifecycle)]):
+        if lifecycle.streams is not None and not any(
+            o is not lifecycle and o.streams is lifecycle.streams for o in built[: built.index(lifecycle)]
+        ):
             lifecycle.close()
 
 
@@ -52,6 +53,7 @@ def assert_one_ending(lc: Lifecycle, task_id: str, event_type: str, status: Task
 
 
 # -- confirm vs cancel --------------------------------------------------------------------------
+
 
 def test_cancel_between_confirms_decision_and_its_event_wins_and_confirm_answers_409(made, tmp_path):
     lc = lifecycle(made, tmp_path)
@@ -102,6 +104,7 @@ def test_confirm_after_cancel_is_refused(made, tmp_path):
 
 # -- timeout vs finish ----------------------------------------------------------------------------
 
+
 def test_a_timeout_after_the_last_agent_but_before_the_end_wins_once(made, tmp_path):
     holder: list[Lifecycle] = []
     handler = handler_stepping_in("Coordinator", lambda: holder[0].watchdog.check_deadlines(time.time() + LATER))
@@ -125,6 +128,7 @@ def test_a_watchdog_pass_after_the_end_changes_nothing(made, tmp_path):
 
 
 # -- reaper vs finish -----------------------------------------------------------------------------
+
 
 def test_a_reaper_elsewhere_ending_the_task_before_its_owner_does_wins_once(made, tmp_path):
     """Another process sees the owner's lease expired (say it was cut off) just as the owner's
@@ -163,6 +167,7 @@ def test_a_process_does_not_reap_the_runs_it_holds(made, tmp_path):
 
 
 # -- cancel vs start -------------------------------------------------------------------------------
+
 
 def test_a_task_cancelled_while_queued_never_starts(made, tmp_path):
     lc = lifecycle(made, tmp_path)

@@ -59,8 +59,10 @@ def test_list_filters_pages_and_unfinished(store):
 
 def test_events_append_in_batches_load_in_order_and_purge(store):
     store.save(record("t-ev", status=TaskStatus.succeeded, finished_at=time.time() - 100))
-    events = [Event("t-ev", i, "QAEngineer", "thought", f"token {i} ✓", 1.5 + i,
-                          {"n": i} if i % 2 else None) for i in range(1, 1201)]
+    events = [
+        Event("t-ev", i, "QAEngineer", "thought", f"token {i} ✓", 1.5 + i, {"n": i} if i % 2 else None)
+        for i in range(1, 1201)
+    ]
     store.append_events(events[600:])
     store.append_events(events[:600])
     assert store.load_events("t-ev") == events
@@ -88,13 +90,17 @@ def test_a_database_made_by_an_earlier_version_gains_the_new_columns(tmp_path):
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:  # the schema of the first release, one row in it
-        conn.execute("CREATE TABLE tasks (task_id VARCHAR(36) PRIMARY KEY, requirement TEXT NOT NULL, "
-                     "skip_confirmation BOOLEAN NOT NULL, language VARCHAR(8) NOT NULL, status VARCHAR(32) NOT NULL, "
-                     "created_at FLOAT NOT NULL, started_at FLOAT, finished_at FLOAT, current_agent VARCHAR(64), "
-                     "completed_steps INTEGER NOT NULL, total_steps INTEGER NOT NULL, error TEXT, "
-                     "deliverables TEXT NOT NULL, feedback TEXT NOT NULL, traceability TEXT)")
-        conn.execute("INSERT INTO tasks VALUES ('t-old', 'Build a wiki', 1, 'en', 'succeeded', 1.0, 2.0, 3.0, NULL, "
-                     "4, 4, NULL, '{\"test_plan\": \"# Plan\"}', '[]', NULL)")
+        conn.execute(
+            "CREATE TABLE tasks (task_id VARCHAR(36) PRIMARY KEY, requirement TEXT NOT NULL, "
+            "skip_confirmation BOOLEAN NOT NULL, language VARCHAR(8) NOT NULL, status VARCHAR(32) NOT NULL, "
+            "created_at FLOAT NOT NULL, started_at FLOAT, finished_at FLOAT, current_agent VARCHAR(64), "
+            "completed_steps INTEGER NOT NULL, total_steps INTEGER NOT NULL, error TEXT, "
+            "deliverables TEXT NOT NULL, feedback TEXT NOT NULL, traceability TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO tasks VALUES ('t-old', 'Build a wiki', 1, 'en', 'succeeded', 1.0, 2.0, 3.0, NULL, "
+            "4, 4, NULL, '{\"test_plan\": \"# Plan\"}', '[]', NULL)"
+        )
     store = SqlTaskStore(f"sqlite:///{path}")
     try:
         old = store.get("t-old")
