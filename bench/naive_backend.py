@@ -108,17 +108,21 @@ class _NaiveSubscription(Subscription):
         super().__init__()
         self._stream = stream
         self._closed = False
+        self._took_end = False
         stream.subscribers += 1
 
     def take(self) -> list[Event]:
         try:
-            return [self._stream.queue.get_nowait()]
+            event = self._stream.queue.get_nowait()
         except asyncio.QueueEmpty:
             return []
+        self._took_end = event.event_type in TERMINAL_EVENT_TYPES
+        return [event]
 
     @property
     def finished(self) -> bool:
-        return self._stream.closed and self._stream.queue.empty()
+        # The seed's reader stops once it takes the terminal event itself (others may never see it).
+        return self._took_end or (self._stream.closed and self._stream.queue.empty())
 
     def waiter(self) -> asyncio.Future[None]:
         if self._waiter is None or self._waiter.done():
