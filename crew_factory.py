@@ -31,6 +31,7 @@ from delivery.crew.compat import Agent, Crew, CrewEvent, CrewOutput, Process, Ta
 from delivery.crew.roster import ROSTER
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.providers import LLMFactory
+from delivery.llm.usage import agent_usage
 from delivery.tasks.records import TaskRecord
 
 # (agent_name, event_type, content, metadata): how a handler hands an event to the task's stream
@@ -115,7 +116,7 @@ class CrewEventsHandler:
             agent_name,
             EventType.step_end,
             f"{agent_name} finished step {completed}/{total}",
-            {"completed_steps": completed, "total_steps": total},
+            {"completed_steps": completed, "total_steps": total, "usage": agent_usage(self.record, agent_name)},
         )
 
 

@@ -20,7 +20,7 @@ load_dotenv()  # before the settings (and CrewAI) read the environment
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.middleware.cors import CORSMiddleware  # noqa: E402
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 
 from delivery import __version__  # noqa: E402
@@ -40,6 +40,9 @@ from delivery.errors import (  # noqa: E402
     TaskNotFoundError,
     TaskStateConflictError,
 )
+from delivery.observability import metrics  # noqa: E402
+from delivery.observability.logs import TaskLogContext, configure_logging  # noqa: E402
+from delivery.observability.metrics import HttpMetrics  # noqa: E402
 from delivery.runtime import Runtime  # noqa: E402
 from delivery.security.auth import Auth  # noqa: E402
 from delivery.security.rate_limits import RateLimits  # noqa: E402
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, settings.log_format)
         runtime = Runtime(settings, event_backend=event_backend)
         app.state.runtime = runtime
         app.state.auth = Auth(settings)
@@ -109,6 +113,8 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
     app.add_middleware(
         RequestGuard, max_bytes=settings.max_request_bytes, audit=audit_logger(settings.audit_log, settings.data_dir)
     )
+    app.add_middleware(TaskLogContext)
+    app.add_middleware(HttpMetrics)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # none by default: browsers then allow same-origin pages only
         app.add_middleware(
@@ -129,6 +135,12 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
             busy_workers=runtime.phases.busy,
             auth_required=request.app.state.auth.enabled,
         )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus text format; with API_KEYS on, only for a valid key (scrape with a bearer token)."""
+        status, body, content_type = metrics.render(request.app.state.auth, dict(request.headers))
+        return Response(body, status_code=status, media_type=content_type)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     test_ui_page = _test_ui_page()
@@ -158,5 +170,5 @@ if __name__ == "__main__":
     import uvicorn
 
     s = get_settings()
-    logging.basicConfig(level=s.log_level.upper())
-    uvicorn.run("main:app", host=s.host, port=s.port, log_level=s.log_level)
+    configure_logging(s.log_level, s.log_format)
+    uvicorn.run("main:app", host=s.host, port=s.port, log_level=s.log_level, log_config=None)

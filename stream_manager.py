@@ -183,6 +183,10 @@ class StreamManager:
     def snapshots(self) -> list[StreamSnapshot]:
         return self._backend.snapshots()
 
+    def published_count(self) -> int:
+        """Events this process has published since it started (metrics)."""
+        return self._backend.published_count()
+
     def evict_expired(self, ttl_s: float) -> list[str]:
         """Forget logs that ended more than `ttl_s` ago (the store still replays them)."""
         return self._backend.evict_closed_before(time.time() - ttl_s)

@@ -16,8 +16,9 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from celery import signals
 from dotenv import load_dotenv
 
 load_dotenv()  # the same .env as the API, before the settings are read
@@ -39,21 +40,48 @@ _runtime_lock = threading.Lock()
 
 
 def _worker_runtime() -> Runtime:
-    """This process's Runtime, built at its first task."""
+    """This process's Runtime: built when the process that runs tasks starts (below), or at its
+    first task."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
+            from delivery.observability.logs import configure_logging  # noqa: PLC0415 - after the fork
             from delivery.runtime import Runtime  # noqa: PLC0415 - built after Celery forked the pool
 
             settings = get_settings()
-            runtime = Runtime(
-                settings, name=settings.instance_id or f"worker-{socket.gethostname()}-{os.getpid()}", celery_app=app
-            )
+            configure_logging(settings.log_level, settings.log_format)
+            name = settings.instance_id or f"worker-{socket.gethostname()}-{os.getpid()}"
+            runtime = Runtime(settings, role="worker", name=name, celery_app=app)
             runtime.start()
             runtime.watch_in_thread()
             log.info("worker %s ready (%s)", runtime.runs.instance_id, runtime.model_label)
             _runtime = runtime
         return _runtime
+
+
+@signals.worker_init.connect
+def _start_in_the_main_process(sender: Any = None, **_: Any) -> None:
+    """Threads and solo pools run tasks in the main process: start now, so that leases, the
+    watchdog and METRICS_PORT are up before the first task. (The prefork pool's children start
+    their own, below.)"""
+    if "prefork" not in str(getattr(sender, "pool_cls", "")).lower():
+        _worker_runtime()
+
+
+@signals.worker_process_init.connect
+def _start_in_a_pool_child(**_: Any) -> None:
+    _worker_runtime()
+
+
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _stop(**_: Any) -> None:
+    """Write out what is buffered (events to the database, spans to the collector) before exiting."""
+    global _runtime
+    with _runtime_lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.stop()
 
 
 @app.task(name=RUN_PHASE)

@@ -97,6 +97,9 @@ class NaiveEventBackend(EventBackend):
     def events(self, task_id: str) -> list[Event]:
         return []
 
+    def published_count(self) -> int:
+        return sum(s.sequence for s in list(self._streams.values()))
+
     def evict_closed_before(self, deadline: float) -> list[str]:
         return []
 

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from crew_factory import CrewEventsHandler, load_events_handler
 from delivery.crew.compat import version_warning
-from delivery.llm.providers import describe_model, make_llm_factory
+from delivery.llm.providers import describe_model, make_llm_factory, usage_policy
+from delivery.observability import metrics, tracing
+from delivery.security.auth import Auth
 from delivery.settings import Settings, database_url, instance_id
 from delivery.streaming import sse
 from delivery.streaming.backend import EventBackend
@@ -40,26 +42,32 @@ class Runtime:
         self,
         settings: Settings,
         *,
+        role: str = "api",
         name: str | None = None,
         event_backend: EventBackend | None = None,
         celery_app: Celery | None = None,
         handler_class: type[CrewEventsHandler] | None = None,
     ) -> None:
-        """`name` is this process's instance id (default: INSTANCE_ID or host:port);
-        `event_backend` replaces the one EVENT_BACKEND names (benchmarks); a worker passes its
-        `celery_app`; `handler_class` replaces the one EVENTS_HANDLER names."""
+        """`role` ("api" or "worker") names the process in traces; `name` is its instance id
+        (default: INSTANCE_ID or host:port); `event_backend` replaces the one EVENT_BACKEND names
+        (benchmarks); a worker passes its `celery_app`; `handler_class` replaces the one
+        EVENTS_HANDLER names."""
         self.settings = settings
+        self.role = role
         self.model_label = describe_model(settings)
+        tracing.configure(settings, service_name=f"multi-agent-delivery-{role}")
         llm_factory = make_llm_factory(settings)  # fails now, with what to set, if misconfigured
         handler = handler_class or load_events_handler(settings.events_handler)
         self.store = SqlTaskStore(database_url(settings))
         self.streams = StreamManager.create(settings, self.store, backend=event_backend)
         self.runs = Runs(settings, self.store, self.streams, name or instance_id(settings))
-        self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label)
+        self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label, usage_policy(settings))
         self.executor = make_executor(settings, self.phases.run, celery_app)
         self.commands = TaskCommands(self.runs, self.executor)
         self.watchdog = Watchdog(self.runs)
         self._stopping = threading.Event()
+        self._collector: metrics.RuntimeCollector | None = None
+        self._metrics_server: metrics.MetricsServer | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start serving (`loop`: the event loop viewers are served on; None in a worker)."""
@@ -68,9 +76,30 @@ class Runtime:
             log.warning(warning)
         self.streams.start(loop)
         self.watchdog.recover_at_start()
+        self._collector = metrics.register(self)
+        if self.role == "worker" and self.settings.metrics_port:  # API processes serve GET /metrics
+            try:
+                self._metrics_server = metrics.MetricsServer(
+                    self.settings.metrics_host, self.settings.metrics_port, Auth(self.settings)
+                )
+            except OSError as exc:
+                log.warning(
+                    "no metrics from this worker process: %s:%d is taken (%s). With Celery's prefork "
+                    "pool only one child can serve METRICS_PORT; run workers with -P threads.",
+                    self.settings.metrics_host,
+                    self.settings.metrics_port,
+                    exc,
+                )
+            else:
+                self._metrics_server.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        if self._collector is not None:
+            metrics.unregister(self._collector)
+        tracing.shutdown()
         self.executor.shutdown()
         self.streams.close()
         self.store.close()

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from delivery.llm.prices import parse_prices
+
 
 class LLMProvider(str, Enum):
     auto = "auto"
@@ -24,6 +26,11 @@ class EventBackendKind(str, Enum):
     redis = "redis"
 
 
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
 class ExecutorKind(str, Enum):
     thread = "thread"
     celery = "celery"
@@ -36,6 +43,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"
+    log_format: LogFormat = LogFormat.text  # json: one JSON object per line, with task_id where one applies
 
     # LLM selection
     llm_provider: LLMProvider = LLMProvider.auto
@@ -107,8 +115,24 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(65536, ge=1024)
     audit_log: str = ""  # file for the JSON audit lines; empty = DATA_DIR/audit.log, "-" = stderr
 
+    # Usage, cost and budgets (README "Usage, cost and budgets"); 0 = no limit
+    max_tokens_per_task: int = Field(0, ge=0)
+    max_cost_per_task: float = Field(0.0, ge=0)
+    llm_prices: str = ""  # JSON: model -> {"input": per million, "output": per million, "currency": "USD"}
+
+    # Observability: Prometheus metrics (GET /metrics; a Celery worker serves them on METRICS_PORT)
+    # and OpenTelemetry traces (off unless an OTLP endpoint is set)
+    metrics_port: int = Field(0, ge=0, le=65535)  # workers only; 0 = no metrics server
+    metrics_host: str = "127.0.0.1"
+    otel_exporter_otlp_endpoint: str = ""  # e.g. http://collector:4318 (OTLP over HTTP)
+
     # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
     crewai_telemetry: bool = False
+
+    @model_validator(mode="after")
+    def _prices_are_valid(self) -> Settings:
+        parse_prices(self.llm_prices)  # ValueError with an example of what to write
+        return self
 
 
 def instance_id(settings: Settings) -> str:

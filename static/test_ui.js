@@ -36,6 +36,8 @@ const I18N = {
     "conn.idle": "not connected", "conn.connecting": "connecting…", "conn.live": "live",
     "conn.reconnecting": "connection lost, reconnecting…", "conn.finished": "stream finished",
     "conn.offline": "cannot reach the server", "conn.restarting": "server restarting, will reconnect…",
+    budgetField: "Token budget (optional)", tokens: "{n} tokens", taskUsage: "Task: {usage}", estimated: "≈", budgetTokens: "Budget: {used} of {max} tokens",
+    budgetCost: "Budget: {used} of {max}",
     taskNotFound: "Task {id} does not exist or has expired.",
     requestFailed: "The server answered {status}: {detail}", networkFailed: "Cannot reach the server: {detail}",
     authTitle: "This server needs an API key", apiKeyLabel: "API key", useKey: "Use this key",
@@ -62,6 +64,8 @@ const I18N = {
     "conn.idle": "未连接", "conn.connecting": "连接中…", "conn.live": "实时",
     "conn.reconnecting": "连接中断，正在重连…", "conn.finished": "事件流已结束",
     "conn.offline": "无法连接服务器", "conn.restarting": "服务器正在重启，稍后自动重连…",
+    budgetField: "令牌预算（可选）", tokens: "{n} 个令牌", taskUsage: "任务合计：{usage}", estimated: "约", budgetTokens: "预算：已用 {used} / {max} 个令牌",
+    budgetCost: "预算：已用 {used} / {max}",
     taskNotFound: "任务 {id} 不存在或已过期。",
     requestFailed: "服务器返回 {status}：{detail}", networkFailed: "无法连接服务器：{detail}",
     authTitle: "此服务器需要 API 密钥", apiKeyLabel: "API 密钥", useKey: "使用此密钥",
@@ -97,6 +101,7 @@ const view = {
   taskId: null, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0,
   timer: null, queue: [], flushing: false, agentState: {}, tokenAgent: null, done: 0, total: CREW.total_steps,
   awaiting: null, docs: {}, selectedDoc: ANALYSIS, verdict: null, conn: "idle",
+  usage: { agents: {}, total: null }, budget: null,
 };
 
 function showError(message) {
@@ -143,8 +148,53 @@ function renderAgents() {
     const r = document.createElement("div"); r.className = "role"; r.textContent = docTitle(name);
     const s = document.createElement("div"); s.className = "state"; s.textContent = t("state." + state);
     li.append(n, r, s);
+    const usage = view.usage.agents[name];
+    if (usage) {
+      const u = document.createElement("div"); u.className = "usage"; u.textContent = formatUsage(usage);
+      li.append(u);
+    }
     return li;
   }));
+}
+
+// ---- usage, cost and the budget -------------------------------------------------------------
+
+function formatCost(cost, currency) {
+  return `${cost.toFixed(cost > 0 && cost < 0.01 ? 6 : 4)} ${currency}`;
+}
+
+function formatUsage(usage) {  // "≈1,234 tokens · 0.0012 USD" (≈ when some counts are estimates)
+  const tokens = (usage.estimated ? t("estimated") : "") + t("tokens", { n: usage.total_tokens.toLocaleString(lang) });
+  return usage.cost == null || !usage.currency ? tokens : `${tokens} · ${formatCost(usage.cost, usage.currency)}`;
+}
+
+function taskUsage() {  // the terminal event's totals, else the finished agents' so far
+  if (view.usage.total) return view.usage.total;
+  const agents = Object.values(view.usage.agents);
+  if (!agents.length) return null;
+  const currencies = new Set(agents.map((a) => a.currency));
+  const priced = agents.every((a) => a.cost != null) && currencies.size === 1;
+  return {
+    total_tokens: agents.reduce((n, a) => n + a.total_tokens, 0), estimated: agents.some((a) => a.estimated),
+    cost: priced ? agents.reduce((n, a) => n + a.cost, 0) : null, currency: priced ? [...currencies][0] : null,
+  };
+}
+
+function renderUsage() {
+  const usage = taskUsage();
+  $("task-usage").hidden = !usage;
+  if (usage) $("task-usage").textContent = t("taskUsage", { usage: formatUsage(usage) });
+  const budget = view.budget;
+  const limit = budget && (budget.max_tokens ?? budget.max_cost);
+  $("budget").hidden = !limit;
+  if (!limit) return;
+  const byTokens = budget.max_tokens != null;
+  const used = usage ? (byTokens ? usage.total_tokens : usage.cost || 0) : 0;
+  $("budget-meter").value = Math.min(1, used / limit);
+  $("budget").dataset.over = String(used > limit);
+  $("budget-label").textContent = byTokens
+    ? t("budgetTokens", { used: used.toLocaleString(lang), max: limit.toLocaleString(lang) })
+    : t("budgetCost", { used: formatCost(used, (usage && usage.currency) || ""), max: formatCost(limit, (usage && usage.currency) || "") });
 }
 
 function renderProgress() {
@@ -201,7 +251,7 @@ function onTabKey(event) {
 }
 
 function renderAll() {
-  renderAgents(); renderProgress(); renderStatus(); renderTabs(); setConn(view.conn);
+  renderAgents(); renderProgress(); renderUsage(); renderStatus(); renderTabs(); setConn(view.conn);
   $("event-count").textContent = t("events", { n: view.lastSeq });
 }
 
@@ -250,7 +300,7 @@ function flush() {
   log.append(...rows);
   if (atBottom) log.scrollTop = log.scrollHeight;
   $("event-count").textContent = t("events", { n: view.lastSeq });
-  renderAgents(); renderProgress(); renderStatus();
+  renderAgents(); renderProgress(); renderUsage(); renderStatus();
 }
 
 function logRow(event) {
@@ -283,7 +333,7 @@ function apply(event) {
   const meta = event.metadata || {};
   switch (event.event_type) {
     case "start":
-      view.status = "running"; view.total = meta.total_steps || view.total; break;
+      view.status = "running"; view.total = meta.total_steps || view.total; view.budget = meta.budget || null; break;
     case "agent_start":
       view.agentState[event.agent_name] = "working"; view.status = "running"; view.awaiting = null;
       startTokens(event.agent_name); break;
@@ -294,6 +344,7 @@ function apply(event) {
     }
     case "step_end":
       view.agentState[event.agent_name] = "done";
+      if (meta.usage) view.usage.agents[event.agent_name] = meta.usage;
       view.done = meta.completed_steps ?? view.done; view.total = meta.total_steps || view.total; break;
     case "awaiting_confirmation":
       view.status = "awaiting_confirmation"; view.agentState[ANALYST] = "waiting_user";
@@ -318,6 +369,7 @@ function apply(event) {
       loadDocuments();
       break;
   }
+  if (TERMINAL.has(event.event_type) && meta.usage) view.usage.total = meta.usage;
   if (TERMINAL.has(event.event_type)) {
     $("zip").href = `/api/task/${encodeURIComponent(view.taskId)}/deliverables.zip`;
     $("zip").hidden = false;
@@ -401,7 +453,7 @@ function follow(taskId, { push = true } = {}) {
   Object.assign(view, {
     taskId, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0, queue: [],
     agentState: {}, tokenAgent: null, done: 0, total: CREW.total_steps, awaiting: null, docs: {},
-    selectedDoc: ANALYSIS, verdict: null,
+    selectedDoc: ANALYSIS, verdict: null, usage: { agents: {}, total: null }, budget: null,
   });
   $("log").replaceChildren(); $("tokens").textContent = ""; $("tokens-agent").textContent = "";
   $("task-requirement").textContent = ""; $("zip").hidden = true; showError("");
@@ -471,6 +523,10 @@ async function loadRecent() {
       badge.dataset.status = task.status; badge.textContent = t("status." + task.status);
       const text = document.createElement("span"); text.className = "text"; text.textContent = task.requirement;
       a.append(badge, text);
+      if (task.usage && task.usage.calls) {
+        const usage = document.createElement("span"); usage.className = "usage"; usage.textContent = formatUsage(task.usage);
+        a.append(usage);
+      }
       a.addEventListener("click", (e) => { e.preventDefault(); follow(task.task_id); });
       li.append(a);
       return li;
@@ -493,7 +549,10 @@ $("form").addEventListener("submit", async (event) => {
   try {
     const r = await api("/api/run_task", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ user_requirement: $("req").value, skip_confirmation: !$("confirm-first").checked }),
+      body: JSON.stringify({
+        user_requirement: $("req").value, skip_confirmation: !$("confirm-first").checked,
+        ...($("budget-tokens").value ? { budget: { max_tokens: Number($("budget-tokens").value) } } : {}),
+      }),
     });
     const body = await r.json();
     follow(body.task_id);

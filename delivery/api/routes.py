@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from delivery.api.deps import RuntimeDep, guard
 from delivery.api.schemas import (
+    BudgetInfo,
     ConfirmRequest,
     CrewInfo,
     DeliverableInfo,
@@ -26,12 +27,17 @@ from delivery.api.schemas import (
     TaskStatusResponse,
     TaskSummary,
     Traceability,
+    Usage,
+    UsageTotals,
+    UsageWithCalls,
 )
 from delivery.api.stream_route import register_stream_route
 from delivery.crew.roster import ROSTER
 from delivery.documents.package import build_zip
 from delivery.documents.render import to_html
 from delivery.errors import DeliverableNotFoundError, InvalidRequestError, RateLimitedError, TaskNotFinishedError
+from delivery.llm.usage import summary, totals
+from delivery.observability.tracing import trace_id_of
 from delivery.runtime import Runtime
 from delivery.security.auth import Auth
 from delivery.streaming.backend import StreamSnapshot
@@ -77,7 +83,13 @@ def _stream_info(s: StreamSnapshot) -> StreamInfo:
 @router.post("/run_task", status_code=202, response_model=RunTaskResponse)
 def run_task(body: RunTaskRequest, runtime: RuntimeDep, request: Request) -> RunTaskResponse:
     _admit(runtime)
-    record = runtime.commands.submit(body.user_requirement, body.skip_confirmation)
+    budget = body.budget
+    record = runtime.commands.submit(
+        body.user_requirement,
+        body.skip_confirmation,
+        max_tokens=budget.max_tokens if budget else None,
+        max_cost=budget.max_cost if budget else None,
+    )
     tid = record.task_id
     auth = _auth(request)
     token = auth.stream_token(tid)[0] if auth.enabled else None
@@ -128,6 +140,9 @@ def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatusResponse:
         finished_at=_dt(r.finished_at),
         error=r.error,
         last_sequence=runtime.streams.last_sequence(task_id),
+        usage=Usage(**summary(r.usage)),
+        budget=BudgetInfo(**r.budget) if r.budget else None,
+        trace_id=trace_id_of(r.trace_context),
     )
 
 
@@ -141,6 +156,7 @@ def task_result(task_id: str, runtime: RuntimeDep) -> TaskResultResponse:
         deliverables=Deliverables(**r.deliverables),
         error=r.error,
         traceability=Traceability(**r.traceability) if r.traceability else None,
+        usage=UsageWithCalls(**summary(r.usage), calls=r.usage.get("calls", [])),
     )
 
 
@@ -212,6 +228,9 @@ def deliverables_zip(task_id: str, runtime: RuntimeDep) -> Response:
         "error": r.error,
         "feedback": r.feedback,
         "traceability": r.traceability,
+        "usage": {**summary(r.usage), "calls": r.usage.get("calls", [])},
+        "budget": r.budget or None,
+        "trace_id": trace_id_of(r.trace_context),
     }
     events = [e.to_dict() for e in runtime.streams.events(task_id)]
     return Response(
@@ -279,6 +298,7 @@ def list_tasks(
             created_at=_dt(r.created_at),
             finished_at=_dt(r.finished_at),
             error=r.error,
+            usage=UsageTotals(**totals(r.usage.get("calls", []))),
         )
         for r in records
     ]

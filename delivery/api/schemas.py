@@ -5,13 +5,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from delivery.crew.roster import ROSTER
 from delivery.events import EventType
 from delivery.tasks.records import TaskStatus
 
 MAX_REQUIREMENT_CHARS = 20_000
+
+
+class TaskBudget(BaseModel):
+    """Limits lower than the server's (MAX_TOKENS_PER_TASK, MAX_COST_PER_TASK) for one task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=10**9,
+        description="Stop the task past this many tokens (prompt + completion, all agents, revision rounds included).",
+    )
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        le=10**6,
+        allow_inf_nan=False,
+        description="Stop the task past this cost, in the currency of the model's price.",
+    )
 
 
 class RunTaskRequest(BaseModel):
@@ -24,6 +44,7 @@ class RunTaskRequest(BaseModel):
         description="false (default): pause after the ProductManager's analysis until someone "
         "answers POST /api/task/{id}/confirm. true: run straight through.",
     )
+    budget: TaskBudget | None = Field(None, description="Optional limits for this task, at most the server's.")
 
     @field_validator("user_requirement")
     @classmethod
@@ -57,6 +78,49 @@ class StreamTokenResponse(BaseModel):
     expires_at: datetime
 
 
+class UsageTotals(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    calls: int = Field(description="Model calls made")
+    cost: float | None = Field(description="null when no price is known for a model used (see price_note)")
+    currency: str | None
+    estimated: bool = Field(description="true when some counts are estimates (the server sent no usage)")
+
+
+class ModelCall(BaseModel):
+    agent: str
+    model: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    duration_s: float
+    estimated: bool
+    interrupted: bool = Field(description="cut short (budget, cancel, failure): what it had used so far")
+    cost: float | None
+    currency: str | None
+
+
+class Usage(BaseModel):
+    """Tokens and cost, per agent (pipeline order) and for the task, revision rounds included."""
+
+    agents: dict[str, UsageTotals]
+    total: UsageTotals
+    price_note: str | None = Field(description="Says which models have no known price (LLM_PRICES adds them)")
+
+
+class UsageWithCalls(Usage):
+    calls: list[ModelCall] = Field(description="Every model call, in order")
+
+
+class BudgetInfo(BaseModel):
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    tokens_setting: str | None = Field(None, description="Where max_tokens comes from: the request or the server")
+    cost_setting: str | None = None
+
+
 class TaskStatusResponse(BaseModel):
     task_id: str
     status: TaskStatus
@@ -69,6 +133,9 @@ class TaskStatusResponse(BaseModel):
     finished_at: datetime | None
     error: str | None
     last_sequence: int
+    usage: Usage
+    budget: BudgetInfo | None = Field(description="The limits this task runs under; null when none")
+    trace_id: str | None = Field(description="Its OpenTelemetry trace (when tracing is on)")
 
 
 # One optional Markdown field per agent's deliverable, in pipeline order (from agents_config).
@@ -107,6 +174,7 @@ class TaskResultResponse(BaseModel):
     deliverables: Deliverables  # type: ignore[valid-type]  # built from the roster
     traceability: Traceability | None
     error: str | None
+    usage: UsageWithCalls
 
 
 class ConfirmRequest(BaseModel):
@@ -148,6 +216,7 @@ class TaskSummary(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     error: str | None
+    usage: UsageTotals = Field(description="The task's total tokens and cost so far")
 
 
 class TaskList(BaseModel):

@@ -8,7 +8,8 @@ upgrade breaks one. Every other module imports CrewAI through here.
 
 CrewAI reads its telemetry switches from the environment when it is first imported, so this
 module sets them before importing it (off unless CREWAI_TELEMETRY=true: the service may run with
-no network and should not phone home).
+no network and should not phone home). CrewAI's own switches, not OTEL_SDK_DISABLED, which would
+also switch off this service's traces (OTEL_EXPORTER_OTLP_ENDPOINT).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ def _prepare_environment() -> None:
         "CREWAI_DISABLE_TELEMETRY": "true",
         "CREWAI_DISABLE_TRACKING": "true",
         "CREWAI_TRACING_ENABLED": "false",
-        "OTEL_SDK_DISABLED": "true",
     }.items():
         os.environ.setdefault(name, value)
 
@@ -82,6 +82,7 @@ class CrewEvent(str, Enum):
     llm_call_started = "llm_call_started"  # .model
     tool_usage_started = "tool_usage_started"  # .tool_name
     llm_stream_chunk = "llm_stream_chunk"  # .chunk
+    llm_call_completed = "llm_call_completed"  # .usage (prompt_tokens, completion_tokens), .response
     task_completed = "task_completed"  # .task, .output.raw
 
 
@@ -149,9 +150,17 @@ def emit_chunk(llm: BaseLLM, chunk: str, from_task: Any, from_agent: Any) -> Non
     )
 
 
-def emit_call_completed(llm: BaseLLM, response: str, messages: Any, from_task: Any, from_agent: Any) -> None:
+def emit_call_completed(
+    llm: BaseLLM, response: str, messages: Any, from_task: Any, from_agent: Any, usage: dict[str, int] | None = None
+) -> None:
+    """`usage`: {"prompt_tokens", "completion_tokens", "total_tokens"}, as CrewAI's own clients report it."""
     llm._emit_call_completed_event(
-        response=response, call_type=LLMCallType.LLM_CALL, from_task=from_task, from_agent=from_agent, messages=messages
+        response=response,
+        call_type=LLMCallType.LLM_CALL,
+        from_task=from_task,
+        from_agent=from_agent,
+        messages=messages,
+        usage=usage,
     )
 
 

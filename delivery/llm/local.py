@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from delivery.llm.offline import OfflineLLM
+from delivery.llm.offline import Completion, OfflineLLM
+from delivery.llm.usage import message_text
 
 LOCAL_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -49,7 +50,7 @@ class LocalLlamaLLM(OfflineLLM):
             )
         return _LLAMA_MODELS[key]
 
-    def _prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
+    def prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
         # A 135M model cannot follow CrewAI's long ReAct instructions; give it a short brief.
         role = getattr(from_agent, "role", "assistant")
         goal = getattr(from_agent, "goal", "")
@@ -60,16 +61,20 @@ class LocalLlamaLLM(OfflineLLM):
             if earlier:
                 brief += "\n\nEarlier work:\n" + earlier[-1][-1500:]
         else:
-            brief = messages if isinstance(messages, str) else messages[-1]["content"]
+            brief = message_text(messages)
         brief = brief[-6000:]
         return (
             f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
             f"<|im_start|>user\n{brief}<|im_end|>\n<|im_start|>assistant\n"
         )
 
-    def complete(self, messages: Any, from_task: Any, from_agent: Any, emit: Callable[[str], None]) -> str:
-        prompt = self._prompt(messages, from_task, from_agent)
+    def count_tokens(self, text: str) -> int:
+        # As llama.cpp counts a completion's prompt: with BOS where the model wants one.
+        return len(self._llama().tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def complete(self, prompt: str, emit: Callable[[str], None]) -> Completion:
         parts: list[str] = []
+        generated = 0
         with _LLAMA_LOCK:
             for piece in self._llama().create_completion(
                 prompt,
@@ -79,11 +84,14 @@ class LocalLlamaLLM(OfflineLLM):
                 stop=["<|im_end|>"],
                 stream=True,
             ):
-                chunk = piece["choices"][0]["text"]
+                choice = piece["choices"][0]
+                if choice["finish_reason"] is None:  # one sampled token per piece (the last only ends)
+                    generated += 1
+                chunk = choice["text"]
                 if chunk:
                     parts.append(chunk)
                     emit(chunk)
-        return "".join(parts).strip() or "(the local model returned no text)"
+        return Completion("".join(parts).strip() or "(the local model returned no text)", generated)
 
     def get_context_window_size(self) -> int:
         return self.n_ctx

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
+
+from pydantic import PrivateAttr
 
 from delivery.crew.compat import (
     FINAL_ANSWER_PREFIX,
@@ -15,9 +17,22 @@ from delivery.crew.compat import (
 )
 
 
+class Completion(NamedTuple):
+    text: str
+    completion_tokens: int  # exactly what the model generated, by its own tokenizer
+
+
 class OfflineLLM(BaseLLM):
     """A streamed completion wrapped in CrewAI's call events and `Final Answer:` format, so
-    viewers see exactly what a remote model's events would show. No tools."""
+    viewers see exactly what a remote model's events would show. No tools. Usage is exact: the
+    prompt's tokens are announced before the call starts (`announced_prompt_tokens`, read by the
+    usage meter) and both counts travel in the call's completed event."""
+
+    _announced_prompt_tokens: int | None = PrivateAttr(default=None)
+
+    @property
+    def announced_prompt_tokens(self) -> int | None:
+        return self._announced_prompt_tokens
 
     def call(
         self,
@@ -29,18 +44,35 @@ class OfflineLLM(BaseLLM):
         from_agent: Any = None,
         response_model: Any = None,
     ) -> str:
+        prompt = self.prompt(messages, from_task, from_agent)
+        prompt_tokens = self.count_tokens(prompt)
+        self._announced_prompt_tokens = prompt_tokens
         with model_call():
             emit_call_started(self, messages, from_task, from_agent)
 
             def emit(chunk: str) -> None:
                 emit_chunk(self, chunk, from_task, from_agent)
 
-            response = FINAL_ANSWER_PREFIX + self.complete(messages, from_task, from_agent, emit)
-            emit_call_completed(self, response, messages, from_task, from_agent)
+            completion = self.complete(prompt, emit)
+            response = FINAL_ANSWER_PREFIX + completion.text
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "total_tokens": prompt_tokens + completion.completion_tokens,
+            }
+            emit_call_completed(self, response, messages, from_task, from_agent, usage)
             return response
 
-    def complete(self, messages: Any, from_task: Any, from_agent: Any, emit: Callable[[str], None]) -> str:
-        """Return the answer text, passing each token to `emit` as it is produced."""
+    def prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
+        """The exact text the model reads for this call."""
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` by the model's own tokenizer."""
+        raise NotImplementedError
+
+    def complete(self, prompt: str, emit: Callable[[str], None]) -> Completion:
+        """Generate the answer, passing each token's text to `emit` as it is produced."""
         raise NotImplementedError
 
     def supports_function_calling(self) -> bool:

@@ -9,8 +9,10 @@ from pathlib import Path
 from agents_config import QWEN_MODEL_CONFIG
 from delivery.crew.compat import BaseLLM
 from delivery.llm.local import LocalLlamaLLM, bundled_model_path
+from delivery.llm.prices import PriceTable, parse_prices
 from delivery.llm.remote import RetryingOpenAICompletion
 from delivery.llm.scripted import ScriptedLLM
+from delivery.llm.usage import UsagePolicy
 from delivery.settings import LLMProvider, Settings
 from delivery.tasks.records import TaskRecord
 
@@ -37,6 +39,16 @@ def describe_model(settings: Settings) -> str:
     if provider is LLMProvider.local:
         return "local:SmolLM2-135M-Instruct"
     return "scripted:test-double"
+
+
+def usage_policy(settings: Settings) -> UsagePolicy:
+    """How usage is counted with the configured provider, and the prices (LLM_PRICES on top)."""
+    provider = resolve_provider(settings)
+    return UsagePolicy(
+        prices=PriceTable(parse_prices(settings.llm_prices)),
+        provider=provider.value,
+        exact_chunks=provider in (LLMProvider.local, LLMProvider.scripted),
+    )
 
 
 def local_model_path(settings: Settings) -> Path:

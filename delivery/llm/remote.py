@@ -8,6 +8,7 @@ from typing import Any
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from delivery.crew.compat import OpenAICompletion
+from delivery.observability.metrics import LLM_CALL_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,20 @@ class RetryingOpenAICompletion(OpenAICompletion):
             wait=wait_exponential(multiplier=self.retry_base_s, max=30),
             retry=retry_if_exception(is_transient),
             reraise=True,
-            before_sleep=_log_retry,
+            before_sleep=lambda state: _log_retry(state, self.model),
         )
         try:
             return retrying(super().call, *args, **kwargs)
         except Exception as exc:
+            LLM_CALL_ERRORS.labels(self.model, type(exc).__name__).inc()  # the last attempt's failure
             exc.attempts = retrying.statistics.get("attempt_number", 1)  # type: ignore[attr-defined]
             raise
 
 
-def _log_retry(state: RetryCallState) -> None:
+def _log_retry(state: RetryCallState, model: str) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    if exc is not None:
+        LLM_CALL_ERRORS.labels(model, type(exc).__name__).inc()
     log.warning(
         "model call failed (%s); retry %d in %.1f s",
         state.outcome.exception() if state.outcome else "?",

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from delivery.crew.roster import ROSTER
-from delivery.llm.offline import OfflineLLM
+from delivery.llm.offline import Completion, OfflineLLM
+from delivery.llm.usage import message_text
 
 LABEL = {
     "zh": "> ⚠️ 脚本化测试替身(scripted provider)生成,并非真实模型输出。\n\n",
@@ -168,15 +169,22 @@ class ScriptedLLM(OfflineLLM):
     language: str = "en"
     token_delay_ms: float = 0.0
 
-    def complete(self, messages: Any, from_task: Any, from_agent: Any, emit: Callable[[str], None]) -> str:
+    def prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
+        return message_text(messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(tokenize(text))
+
+    def complete(self, prompt: str, emit: Callable[[str], None]) -> Completion:
         spec = ROSTER.by_name(self.agent_name)
         text = scripted_document(spec.deliverable if spec else "", self.requirement, self.language)
         delay = self.token_delay_ms / 1000.0
-        for token in tokenize(text):
+        tokens = tokenize(text)
+        for token in tokens:
             if delay:
                 time.sleep(delay)
             emit(token)
-        return text
+        return Completion(text, len(tokens))
 
     def get_context_window_size(self) -> int:
         return 8192

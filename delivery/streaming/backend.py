@@ -158,5 +158,9 @@ class EventBackend(ABC):
         """A copy of the log held here (TaskNotFoundError when not held)."""
 
     @abstractmethod
+    def published_count(self) -> int:
+        """Events this process has appended to task logs since it started (for metrics)."""
+
+    @abstractmethod
     def evict_closed_before(self, deadline: float) -> list[str]:
         """Forget streams closed before `deadline` (time.time()); return their task ids."""

@@ -28,6 +28,7 @@ class _TaskStream:
         "created_at",
         "lock",
         "log",
+        "published",
         "subscriptions",
         "task_id",
         "wake_pending",
@@ -42,6 +43,7 @@ class _TaskStream:
         self.closed_at: float | None = None
         self.subscriptions: set[_MemorySubscription] = set()  # touched on the loop thread only
         self.wake_pending = False
+        self.published = 0  # events appended by this process's publish (not restored or mirrored)
 
     def wake(self) -> None:
         # Cleared before notifying, so a publish racing with this call schedules a fresh wake.
@@ -88,6 +90,7 @@ class MemoryEventBackend(EventBackend):
     def __init__(self, archive: deque[Event] | None = None) -> None:
         self._streams: dict[str, _TaskStream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._published_evicted = 0  # published by streams no longer held
         self.archive = archive  # every published event is also appended here (see archive.py)
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -123,6 +126,7 @@ class MemoryEventBackend(EventBackend):
                 raise StreamClosedError(f"stream {task_id} already ended")
             event = Event(task_id, len(stream.log) + 1, agent_name, event_type, content, time.time(), metadata)
             stream.log.append(event)
+            stream.published += 1
             if self.archive is not None:
                 self.archive.append(event)
             if event_type in TERMINAL_EVENT_TYPES:
@@ -188,5 +192,10 @@ class MemoryEventBackend(EventBackend):
             if s.closed and s.closed_at is not None and s.closed_at < deadline
         ]
         for task_id in expired:
-            self._streams.pop(task_id, None)
+            stream = self._streams.pop(task_id, None)
+            if stream is not None:
+                self._published_evicted += stream.published
         return expired
+
+    def published_count(self) -> int:
+        return self._published_evicted + sum(s.published for s in list(self._streams.values()))

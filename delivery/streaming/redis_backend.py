@@ -89,6 +89,7 @@ class RedisEventBackend(EventBackend):
         self._tail_lock = threading.Lock()
         self._running = False
         self._threads: list[threading.Thread] = []
+        self._published = 0  # events this process's writer appended (only that thread changes it)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -185,6 +186,7 @@ class RedisEventBackend(EventBackend):
                     "its stream had already ended" if first == -1 else "no such stream in Redis",
                 )
                 continue
+            self._published += len(run)
             if archive is not None:
                 for offset, (_, agent, etype, content, ts, meta) in enumerate(run):
                     archive.append(Event(task_id, first + offset, agent, etype, content, ts, meta))
@@ -257,6 +259,9 @@ class RedisEventBackend(EventBackend):
 
     def events(self, task_id: str) -> list[Event]:
         return self._mirror.events(task_id)
+
+    def published_count(self) -> int:
+        return self._published
 
     def evict_closed_before(self, deadline: float) -> list[str]:
         evicted = self._mirror.evict_closed_before(deadline)

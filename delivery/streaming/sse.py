@@ -16,9 +16,11 @@ import asyncio
 import logging
 import math
 import signal
+import time
 
 from starlette.types import Receive, Scope, Send
 
+from delivery.observability.metrics import EVENT_DELIVERY_SECONDS, EVENTS_SENT
 from delivery.streaming.backend import Subscription
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,10 @@ async def serve_events(
                 await _send_body(
                     send, batch[0].sse if len(batch) == 1 else b"".join(e.sse for e in batch), send_timeout_s
                 )
+                # Counted per write, not per event: one integer add and one latency sample (the
+                # batch's oldest event) per write, whatever the batch size.
+                EVENTS_SENT.value += len(batch)
+                EVENT_DELIVERY_SECONDS.observe(time.time() - batch[0].ts)
                 continue
             if sub.finished:
                 break

@@ -8,6 +8,8 @@ import uuid
 from agents_config import detect_language
 from delivery.errors import InvalidRequestError, StreamClosedError, TaskStateConflictError
 from delivery.events import EventType
+from delivery.llm.usage import task_budget
+from delivery.observability import tracing
 from delivery.tasks.executors import Executor
 from delivery.tasks.records import Phase, TaskRecord, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs
@@ -18,13 +20,20 @@ class TaskCommands:
         self._runs = runs
         self._executor = executor
 
-    def submit(self, requirement: str, skip_confirmation: bool) -> TaskRecord:
+    def submit(
+        self, requirement: str, skip_confirmation: bool, max_tokens: int | None = None, max_cost: float | None = None
+    ) -> TaskRecord:
+        """A new task; `max_tokens`/`max_cost` lower the server's budget for it (InvalidRequestError
+        when they ask for more)."""
+        settings = self._runs.settings
         record = TaskRecord(
             task_id=str(uuid.uuid4()),
             requirement=requirement,
             skip_confirmation=skip_confirmation,
             language=detect_language(requirement),
+            budget=task_budget(settings.max_tokens_per_task, settings.max_cost_per_task, max_tokens, max_cost),
         )
+        tracing.start_task(record)
         self._runs.store.save(record)
         self._runs.streams.open(record.task_id)
         self._hold(record)

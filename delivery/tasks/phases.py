@@ -10,12 +10,16 @@ import time
 from typing import Any
 
 from crew_factory import CrewEventsHandler, Publish, run_analysis, run_delivery
+from delivery.crew.compat import stream_sink
 from delivery.crew.roster import ROSTER
 from delivery.documents.traceability import ANALYSIS, DESIGN, REVIEW, TEST_PLAN, review_with_matrix, trace
 from delivery.errors import StreamClosedError
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.failures import describe_failure
 from delivery.llm.providers import LLMFactory
+from delivery.llm.usage import BudgetExceeded, UsageMeter, UsagePolicy
+from delivery.observability import metrics, tracing
+from delivery.observability.logs import log_context
 from delivery.tasks.records import Phase, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs, TaskAborted
 
@@ -27,12 +31,18 @@ _PROGRESS_EVENTS = frozenset({EventType.agent_start.value, EventType.step_end.va
 
 class PhaseRunner:
     def __init__(
-        self, runs: Runs, llm_factory: LLMFactory, handler_class: type[CrewEventsHandler], model_label: str
+        self,
+        runs: Runs,
+        llm_factory: LLMFactory,
+        handler_class: type[CrewEventsHandler],
+        model_label: str,
+        usage_policy: UsagePolicy,
     ) -> None:
         self._runs = runs
         self._llm_factory = llm_factory
         self._handler_class = handler_class
         self._model_label = model_label
+        self._usage_policy = usage_policy
         self._busy = 0
         self._busy_lock = threading.Lock()
 
@@ -54,14 +64,30 @@ class PhaseRunner:
             runs.streams.make_available(task_id, live=True)  # a shared backend: see others' events
         with self._busy_lock:
             self._busy += 1
+        meter = run.meter = UsageMeter(run.record, self._usage_policy, on_call=metrics.observe_llm_call)
+        started = time.monotonic()
+        with tracing.phase_span(run.record, phase, runs.instance_id) as span, log_context(task_id):
+            self._run(run, phase, meter)
+            tracing.record_ending(span, run.record.status.value, run.record.error or "")
+        metrics.PHASE_SECONDS.labels(phase.value).observe(time.monotonic() - started)
+
+    def _run(self, run: Run, phase: Phase, meter: UsageMeter) -> None:
+        runs, task_id = self._runs, run.record.task_id
         try:
-            if phase is Phase.analysis:
-                self._analysis(run)
-            else:
-                self._begin(run)
-                self._deliver(run)
+            # The meter sees every model call of this phase's crews before the handler does, so a
+            # budget stops the run before the token that passes it is published.
+            with stream_sink(meter):
+                if phase is Phase.analysis:
+                    self._analysis(run)
+                else:
+                    self._begin(run)
+                    self._deliver(run)
         except TaskAborted:
             pass  # cancelled or timed out: the terminal event is already out
+        except BudgetExceeded as exceeded:
+            with run.lock:
+                if not run.record.status.finished:
+                    runs.end_run(run, Ending.failed(str(exceeded), agent=run.record.current_agent or SYSTEM_AGENT))
         except BaseException as exc:
             log.exception("task %s failed", task_id)
             with run.lock:
@@ -73,6 +99,7 @@ class PhaseRunner:
                         ),
                     )
         finally:
+            meter.close()
             with self._busy_lock:
                 self._busy -= 1
             # A phase ends waiting, finished or aborted: either way this process no longer runs
@@ -113,6 +140,7 @@ class PhaseRunner:
             if not self._runs.store.save_unless_finished(r):
                 raise TaskAborted()  # cancelled while it was queued
             if first:
+                metrics.TASKS_STARTED.inc()
                 self._runs.streams.publish(
                     r.task_id,
                     SYSTEM_AGENT,
@@ -123,6 +151,8 @@ class PhaseRunner:
                         "language": r.language,
                         "total_steps": r.total_steps,
                         "skip_confirmation": r.skip_confirmation,
+                        "trace_id": tracing.trace_id_of(r.trace_context),
+                        "budget": r.budget or None,
                     },
                 )
 

@@ -56,3 +56,8 @@ class TaskRecord:
     heartbeat_at: float | None = None  # refreshed by the owner while a phase is queued or running
     confirm_deadline: float | None = None  # while awaiting_confirmation
     run_seconds: float = 0.0  # running time of the phases that ended (TASK_TIMEOUT_S counts it)
+    # Token usage and cost so far (delivery/llm/usage.py): {"agents": {...}, "total": {...}, "calls": [...]}
+    usage: dict[str, Any] = field(default_factory=dict)
+    # The limits this task runs under: {"max_tokens": int | None, "max_cost": float | None, ...}
+    budget: dict[str, Any] = field(default_factory=dict)
+    trace_context: str | None = None  # W3C traceparent of the task's trace, continued by every process

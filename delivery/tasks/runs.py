@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from delivery.events import SYSTEM_AGENT, EventType
+from delivery.llm.usage import UsageMeter, summary
+from delivery.observability import metrics
 from delivery.settings import Settings
 from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.store import TaskStore
@@ -51,6 +53,7 @@ class Run:
     record: TaskRecord
     lock: threading.Lock = field(default_factory=threading.Lock)
     aborted: threading.Event = field(default_factory=threading.Event)
+    meter: UsageMeter | None = None  # counting the running phase's model calls
     active_since: float | None = None  # start of the current running phase
     active_before: float = 0.0  # running seconds of earlier phases
 
@@ -138,6 +141,8 @@ class Runs:
         r = run.record
         now = time.time()
         run.aborted.set()
+        if run.meter is not None:  # a call cut short by this ending still counts
+            run.meter.close()
         run.pause_clock(now)
         r.status, r.finished_at, r.error, r.run_seconds = ending.status, now, ending.error, run.active_before
         if ending.status is TaskStatus.succeeded:
@@ -145,7 +150,8 @@ class Runs:
         self._runs.pop(r.task_id, None)
         if not self.store.save_unless_finished(r):
             return False
-        self._publish_terminal(r.task_id, ending)
+        metrics.observe_ending(ending.status, r.run_seconds)
+        self._publish_terminal(r, ending)
         return True
 
     def end_idle_task(self, record: TaskRecord, ending: Ending) -> bool:
@@ -153,10 +159,12 @@ class Runs:
         record.status, record.finished_at, record.error = ending.status, time.time(), ending.error
         if not self.store.save_unless_finished(record):
             return False
-        self._publish_terminal(record.task_id, ending)
+        metrics.observe_ending(ending.status, record.run_seconds)
+        self._publish_terminal(record, ending)
         if ending.status is TaskStatus.failed:
             log.warning("task %s failed: %s", record.task_id, ending.content)
         return True
 
-    def _publish_terminal(self, task_id: str, ending: Ending) -> None:
-        self.streams.publish_terminal(task_id, ending.agent, ending.event_type.value, ending.content, ending.metadata)
+    def _publish_terminal(self, record: TaskRecord, ending: Ending) -> None:
+        metadata = {**(ending.metadata or {}), "usage": summary(record.usage)["total"]}
+        self.streams.publish_terminal(record.task_id, ending.agent, ending.event_type.value, ending.content, metadata)

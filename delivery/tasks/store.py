@@ -114,6 +114,9 @@ tasks_table = Table(
     Column("heartbeat_at", Float),
     Column("confirm_deadline", Float),
     Column("run_seconds", Float),
+    Column("usage", Text),
+    Column("budget", Text),
+    Column("trace_context", String(64)),
 )
 events_table = Table(
     "events",
@@ -127,7 +130,7 @@ events_table = Table(
     Column("metadata", Text),
 )
 
-_JSON_COLUMNS = ("deliverables", "feedback", "traceability")
+_JSON_COLUMNS = ("deliverables", "feedback", "traceability", "usage", "budget")
 _FINISHED = [s.value for s in FINISHED_STATUSES]
 
 
@@ -145,6 +148,8 @@ def _from_row(row: Any) -> TaskRecord:
     for name in _JSON_COLUMNS:
         data[name] = None if data[name] is None else json.loads(data[name])
     data["run_seconds"] = data["run_seconds"] or 0.0  # NULL in rows made before the column
+    data["usage"] = data["usage"] or {}
+    data["budget"] = data["budget"] or {}
     return TaskRecord(**data)
 
 

@@ -1,4 +1,6 @@
-"""A tiny OpenAI-compatible chat endpoint that can fail on purpose, run in a thread."""
+"""A tiny OpenAI-compatible chat endpoint, run in a thread: it streams a fixed answer word by
+word, can fail on purpose, and reports usage when asked (`stream_options.include_usage`) unless
+told to behave like a server that never does."""
 
 from __future__ import annotations
 
@@ -18,10 +20,14 @@ from tests.support.server_process import free_port
 ANSWER = FINAL_ANSWER_PREFIX + "# Document\n\n- REQ-1: the feature works\n- TC-1 covers REQ-1\n"
 
 
+PROMPT_TOKENS = 111  # what it claims each prompt used (a real server counts; a fixed figure is checkable)
+
+
 class FakeOpenAI:
-    def __init__(self, fail_first: int, status: int = 503) -> None:
-        self.fail_first, self.status = fail_first, status
+    def __init__(self, fail_first: int = 0, status: int = 503, reports_usage: bool = True) -> None:
+        self.fail_first, self.status, self.reports_usage = fail_first, status, reports_usage
         self.requests = 0
+        self.bodies: list[dict] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
@@ -33,6 +39,9 @@ class FakeOpenAI:
 
     async def _chat(self, request: Request):
         self.requests += 1
+        body = await request.json()
+        self.bodies.append(body)
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if self.requests <= self.fail_first:
             return JSONResponse(
                 {"error": {"message": "overloaded, try again", "type": "server_error"}}, status_code=self.status
@@ -55,7 +64,23 @@ class FakeOpenAI:
                 "created": 0,
                 "model": "fake",
             }
-            yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+            yield f"data: {json.dumps(done)}\n\n"
+            if wants_usage and self.reports_usage:  # as OpenAI does: a last chunk with no choices
+                words = len(ANSWER.split(" "))
+                usage = {
+                    "choices": [],
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "fake",
+                    "usage": {
+                        "prompt_tokens": PROMPT_TOKENS,
+                        "completion_tokens": words,
+                        "total_tokens": PROMPT_TOKENS + words,
+                    },
+                }
+                yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from crew_factory import CrewEventsHandler
 from delivery.events import TERMINAL_EVENT_TYPES, Event
-from delivery.llm.providers import make_llm_factory
+from delivery.llm.providers import make_llm_factory, usage_policy
 from delivery.settings import Settings
 from delivery.streaming.memory import MemoryEventBackend
 from delivery.tasks.commands import TaskCommands
@@ -93,7 +93,13 @@ class Lifecycle:
             self.store = HookedStore(f"sqlite:///{folder / 'tasks.db'}")
             self.streams = StreamManager(MemoryEventBackend(), self.store)
         self.runs = Runs(self.settings, self.store, self.streams, name)
-        self.phases = PhaseRunner(self.runs, make_llm_factory(self.settings), handler_class, "scripted:test-double")
+        self.phases = PhaseRunner(
+            self.runs,
+            make_llm_factory(self.settings),
+            handler_class,
+            "scripted:test-double",
+            usage_policy(self.settings),
+        )
         self.executor = ManualExecutor()
         self.commands = TaskCommands(self.runs, self.executor)
         self.watchdog = Watchdog(self.runs)

@@ -43,9 +43,10 @@ def compose_config(*args: str) -> dict:
 def test_compose_runs_the_scaled_out_topology_with_health_checks_and_volumes():
     config = compose_config("--profile", "production")
     services = config["services"]
-    assert set(services) == {"redis", "postgres", "api", "worker", "nginx"}
+    assert set(services) == {"redis", "postgres", "api", "worker", "nginx", "prometheus"}
     assert services["nginx"]["profiles"] == ["production"]
-    assert all("profiles" not in s for name, s in services.items() if name != "nginx")
+    assert services["prometheus"]["profiles"] == ["observability"]
+    assert all("profiles" not in s for name, s in services.items() if name not in ("nginx", "prometheus"))
     for name, service in services.items():
         assert "healthcheck" in service, name
     api, worker = services["api"], services["worker"]
@@ -58,6 +59,17 @@ def test_compose_runs_the_scaled_out_topology_with_health_checks_and_volumes():
     assert f"{ROOT / 'nginx.conf'}:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
     for dep in ("redis", "postgres"):
         assert api["depends_on"][dep]["condition"] == "service_healthy"
+
+
+def test_the_observability_profile_adds_a_prometheus_whose_config_promtool_accepts():
+    services = compose_config("--profile", "observability")["services"]
+    assert services["prometheus"]["profiles"] == ["observability"]
+    assert f"{ROOT / 'deploy/prometheus.yml'}:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+    assert services["worker"]["environment"]["METRICS_PORT"] == "9100"
+    checked = subprocess.run(["/usr/bin/promtool", "check", "config", str(ROOT / "deploy/prometheus.yml")],
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "job_name: worker" in (ROOT / "deploy/prometheus.yml").read_text()
 
 
 def test_nginx_conf_passes_nginx_t_and_never_buffers_streams(tmp_path):

@@ -321,3 +321,45 @@ def test_the_server_restarting_is_shown_and_the_page_resumes_when_it_is_back(sta
     assert_complete_log(page, last)
     # The browser reported the refused connections while the server was down; the page raised nothing.
     assert w.network_failures_only() == []
+
+
+def test_tokens_cost_and_the_budget_are_shown_per_agent_task_and_in_the_recent_list(start_server, open_page):
+    server = start_server(
+        llm_prices='{"scripted-test-double": {"input": 3, "output": 12, "currency": "USD"}}',
+        max_tokens_per_task=1_000_000,
+        scripted_token_delay_ms=1,
+    )
+    w = open_page(server.url + "/test-ui")
+    page = w.page
+    task_id = submit(page, "A birthday reminder service", confirm_first=False)
+    expect(page.locator("#task-status")).to_have_attribute("data-status", "succeeded")
+    usage = httpx.get(f"{server.url}/api/task/{task_id}/status").json()["usage"]
+    for name in AGENTS:
+        mine = usage["agents"][name]
+        expect(page.locator(f'.agent[data-agent="{name}"] .usage')).to_have_text(
+            f"{mine['total_tokens']:,} tokens · {mine['cost']:.6f} USD"
+            if mine["cost"] < 0.01
+            else f"{mine['total_tokens']:,} tokens · {mine['cost']:.4f} USD"
+        )
+    total = usage["total"]
+    expect(page.locator("#task-usage")).to_contain_text(f"Task: {total['total_tokens']:,} tokens · ")
+    expect(page.locator("#budget-label")).to_have_text(f"Budget: {total['total_tokens']:,} of 1,000,000 tokens")
+    assert abs(float(page.locator("#budget-meter").evaluate("m => m.value")) - total["total_tokens"] / 1e6) < 1e-9
+    expect(page.locator(f'#recent-list a[data-task="{task_id}"] .usage')).to_contain_text(
+        f"{total['total_tokens']:,} tokens · "
+    )
+    assert w.errors == []
+
+
+def test_a_budget_set_in_the_form_stops_the_task_and_the_bar_shows_it_passed(server, open_page):
+    w = open_page(server.url + "/test-ui")
+    page = w.page
+    page.get_by_label("Token budget (optional)").fill("400")  # the ProductManager alone needs more
+    task_id = submit(page, "A carpool planner for a school", confirm_first=False)
+    expect(page.locator("#task-status")).to_have_attribute("data-status", "failed")
+    expect(page.get_by_role("alert")).to_contain_text("budget of 400 tokens (budget.max_tokens)")
+    expect(page.locator("#budget")).to_have_attribute("data-over", "true")
+    expect(page.locator("#budget-label")).to_have_text("Budget: 401 of 400 tokens")
+    status = httpx.get(f"{server.url}/api/task/{task_id}/status").json()
+    assert status["budget"]["max_tokens"] == 400 and status["usage"]["total"]["total_tokens"] == 401
+    assert w.errors == []

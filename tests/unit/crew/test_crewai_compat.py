@@ -38,11 +38,18 @@ def test_the_installed_crewai_is_the_pinned_one():
     assert compat.version_warning() is None
 
 
-def test_telemetry_is_off_before_crewai_is_imported():
+def test_crewais_telemetry_is_off_by_its_own_switches():
     import os
 
+    from crewai.telemetry.telemetry import Telemetry
+
     for name in ("CREWAI_DISABLE_TELEMETRY", "CREWAI_DISABLE_TRACKING"):
-        assume(os.environ.get(name) == "true", f"{name} is read from the environment at import")
+        assert os.environ.get(name) == "true"
+    assert os.environ.get("OTEL_SDK_DISABLED") != "true", "that would switch off our own traces too"
+    assume(
+        not Telemetry().ready and Telemetry._is_telemetry_disabled(),
+        "CREWAI_DISABLE_TELEMETRY alone keeps CrewAI's telemetry from starting",
+    )
 
 
 def test_event_types_are_the_names_the_handler_maps():

@@ -24,7 +24,7 @@ def test_each_agent_gets_the_document_its_deliverable_names():
     for spec in ROSTER.agents:
         llm = ScriptedLLM(model="scripted-test-double", agent_name=spec.name, requirement="Build a wiki")
         streamed: list[str] = []
-        assert llm.complete("", None, None, streamed.append) == scripted_document(
-            spec.deliverable, "Build a wiki", "en"
-        )
-        assert "".join(streamed) == scripted_document(spec.deliverable, "Build a wiki", "en")
+        document = scripted_document(spec.deliverable, "Build a wiki", "en")
+        completion = llm.complete("", streamed.append)
+        assert completion.text == "".join(streamed) == document
+        assert completion.completion_tokens == len(streamed) == len(tokenize(document))

@@ -1,0 +1,1 @@
+"""What an operator watches: Prometheus metrics, OpenTelemetry traces and structured logs."""
