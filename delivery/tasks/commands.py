@@ -57,6 +57,9 @@ class TaskCommands:
                 "analysis or cancel the task."
             )
         r.status, r.confirm_deadline = TaskStatus.running, None
+        # The next phase belongs to nobody until a worker takes it (a local one is held below):
+        # the owner of the analysis, its heartbeat long stale, would look lost to every watchdog.
+        r.owner, r.heartbeat_at = None, None
         if not approved:
             r.feedback.append(feedback or "")
         if not runs.store.transition(r, TaskStatus.awaiting_confirmation):

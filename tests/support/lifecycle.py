@@ -24,11 +24,11 @@ from stream_manager import StreamManager
 
 
 class ManualExecutor(Executor):
-    """Queues dispatched phases; the test runs them (on its own thread) when it chooses."""
+    """Queues dispatched phases; the test runs them (on its own thread) when it chooses. With
+    `local=False` it stands for a broker: another process's phases take them from the queue."""
 
-    local = True
-
-    def __init__(self) -> None:
+    def __init__(self, local: bool = True) -> None:
+        self.local = local
         self.queue: list[tuple[str, Phase]] = []
 
     def dispatch(self, task_id: str, phase: Phase) -> None:
@@ -82,9 +82,10 @@ class Lifecycle:
         name: str = "here",
         handler_class: type[CrewEventsHandler] = CrewEventsHandler,
         shared_with: Lifecycle | None = None,
+        local_executor: bool = True,
         **settings: Any,
     ) -> None:
-        self.settings = Settings(_env_file=None, llm_provider="scripted", **settings)
+        self.settings = Settings(_env_file=None, **{"llm_provider": "scripted", **settings})
         self.store: HookedStore
         self.streams: StreamManager
         if shared_with is not None:  # another process on the same store and event streams
@@ -100,7 +101,7 @@ class Lifecycle:
             "scripted:test-double",
             usage_policy(self.settings),
         )
-        self.executor = ManualExecutor()
+        self.executor = ManualExecutor(local_executor)
         self.commands = TaskCommands(self.runs, self.executor)
         self.watchdog = Watchdog(self.runs)
 

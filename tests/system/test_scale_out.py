@@ -197,7 +197,8 @@ def test_when_the_replica_serving_a_viewer_dies_the_viewer_fails_over_through_ng
             answer = httpx.post(f"{e.url}/api/task/{waiting}/confirm", json={"approved": True}, timeout=30)
             assert answer.status_code == 200, answer.text
             done = read_stream(e.url, waiting, timeout=120)
-            assert done.events[-1]["event_type"] == "end" and gap_free(done.sequences)
+            assert done.events[-1]["event_type"] == "end", (done.events[-1]["content"], done.events[-1]["metadata"])
+            assert gap_free(done.sequences)
         finally:
             e.stop()
     finally:

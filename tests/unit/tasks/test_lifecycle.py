@@ -158,6 +158,22 @@ def test_a_reaper_after_the_owner_finished_finds_nothing_to_reap(made, tmp_path)
     assert_one_ending(owner, task_id, "end", TaskStatus.succeeded)
 
 
+def test_a_confirmed_phase_waiting_in_the_broker_is_not_reaped_as_lost(made, tmp_path):
+    """With Celery the API holds nothing: after confirmation the phase waits in the broker, and
+    the worker that ran the analysis (long ago) must not look like a lost owner meanwhile."""
+    api = lifecycle(made, tmp_path, name="api", local_executor=False)
+    worker = lifecycle(made, tmp_path, name="worker", shared_with=api)
+    task_id = api.commands.submit("Build a wiki with search", skip_confirmation=False).task_id
+    worker.phases.run(*api.executor.queue.pop(0))
+    assert api.store.get(task_id).status is TaskStatus.awaiting_confirmation
+    api.commands.confirm(task_id, approved=True, feedback=None)
+    stored = api.store.get(task_id)
+    assert stored.owner is None and stored.heartbeat_at is None  # queued: nobody runs it yet
+    assert api.watchdog.reap_lost(time.time() + api.settings.task_lease_s + 1) == []
+    worker.phases.run(*api.executor.queue.pop(0))
+    assert_one_ending(worker, task_id, "end", TaskStatus.succeeded)
+
+
 def test_a_process_does_not_reap_the_runs_it_holds(made, tmp_path):
     lc = lifecycle(made, tmp_path)
     task_id = lc.commands.submit("Build a parking app", skip_confirmation=True).task_id  # queued, held here
