@@ -28,7 +28,7 @@ class _TaskStream:
         "created_at",
         "lock",
         "log",
-        "published",
+        "not_published_here",
         "subscriptions",
         "task_id",
         "wake_pending",
@@ -43,7 +43,9 @@ class _TaskStream:
         self.closed_at: float | None = None
         self.subscriptions: set[_MemorySubscription] = set()  # touched on the loop thread only
         self.wake_pending = False
-        self.published = 0  # events appended by this process's publish (not restored or mirrored)
+        # Events of the log that this process did not publish (restored from the store, mirrored
+        # from Redis): kept off the event path, so publish pays nothing for the metric.
+        self.not_published_here = 0
 
     def wake(self) -> None:
         # Cleared before notifying, so a publish racing with this call schedules a fresh wake.
@@ -126,7 +128,6 @@ class MemoryEventBackend(EventBackend):
                 raise StreamClosedError(f"stream {task_id} already ended")
             event = Event(task_id, len(stream.log) + 1, agent_name, event_type, content, time.time(), metadata)
             stream.log.append(event)
-            stream.published += 1
             if self.archive is not None:
                 self.archive.append(event)
             if event_type in TERMINAL_EVENT_TYPES:
@@ -146,6 +147,7 @@ class MemoryEventBackend(EventBackend):
                 if event.sequence != len(stream.log) + 1:
                     raise ValueError(f"{task_id}: sequence {event.sequence} after {len(stream.log)}")
                 stream.log.append(event)
+                stream.not_published_here += 1
                 if event.event_type in TERMINAL_EVENT_TYPES:
                     stream.close()
             schedule = not stream.wake_pending
@@ -157,6 +159,7 @@ class MemoryEventBackend(EventBackend):
             return
         stream = _TaskStream(task_id)
         stream.log = list(events)
+        stream.not_published_here = len(stream.log)
         if closed:
             stream.close()
         if stream.log:
@@ -194,8 +197,8 @@ class MemoryEventBackend(EventBackend):
         for task_id in expired:
             stream = self._streams.pop(task_id, None)
             if stream is not None:
-                self._published_evicted += stream.published
+                self._published_evicted += len(stream.log) - stream.not_published_here
         return expired
 
     def published_count(self) -> int:
-        return self._published_evicted + sum(s.published for s in list(self._streams.values()))
+        return self._published_evicted + sum(len(s.log) - s.not_published_here for s in list(self._streams.values()))
