@@ -71,5 +71,10 @@ bench: install
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run
 
+# The quality benchmark: 22 requirements through the crew on the configured provider (default:
+# the local model), results in docs/quality.md and docs/quality.json. QUALITY_ONLY=id,... for some.
+eval: install
+	$(BIN)/python -m quality.run
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -50,10 +50,13 @@ AGENTS: list[AgentSpec] = [
         tab={"en": "Requirements", "zh": "需求分析"},
         description=(
             "Analyse this software requirement:\n\n{requirement}\n\n"
-            "Write a requirements analysis in Markdown: a one-paragraph summary, then numbered "
-            "requirements REQ-1, REQ-2, ... each with acceptance criteria, then assumptions."
+            "Write a requirements analysis in Markdown with exactly these parts:\n"
+            "# Requirements analysis\n## Summary\n(one paragraph)\n## Requirements\n"
+            "then each requirement as\n### REQ-1: <title>\n<one or two sentences>\n"
+            "Acceptance criteria:\n- <a criterion a tester can check>\n"
+            "numbered REQ-1, REQ-2, ... in order, and last\n## Assumptions\n- <assumption>"
         ),
-        expected_output="A Markdown requirements analysis with numbered requirements (REQ-n).",
+        expected_output="A Markdown requirements analysis: ### REQ-n items, each with acceptance criteria.",
     ),
     AgentSpec(
         name="QAEngineer",
@@ -69,9 +72,11 @@ AGENTS: list[AgentSpec] = [
         tab={"en": "Test plan", "zh": "测试计划"},
         description=(
             "Using the requirements analysis in your context, write a test plan in Markdown for:"
-            "\n\n{requirement}\n\nGive test cases TC-1, TC-2, ...; each names the REQ-n it verifies."
+            "\n\n{requirement}\n\nStart with # Test plan, then each test case as\n### TC-1: <title>\n"
+            "Verifies: REQ-1\nSteps:\n1. <step>\n2. <step>\nExpected: <the result a tester checks>\n"
+            "Every REQ-n of the analysis needs at least one test case; name only REQ-n the analysis defines."
         ),
-        expected_output="A Markdown test plan whose test cases reference requirement ids.",
+        expected_output="A Markdown test plan: ### TC-n cases, each with Verifies, Steps and Expected.",
     ),
     AgentSpec(
         name="SoftwareDeveloper",
@@ -87,10 +92,12 @@ AGENTS: list[AgentSpec] = [
         tab={"en": "Design", "zh": "技术设计"},
         description=(
             "Using the requirements and the test plan in your context, write a technical design in "
-            "Markdown for:\n\n{requirement}\n\nCover architecture, components, data model and API; "
-            "say which REQ-n each part serves."
+            "Markdown for:\n\n{requirement}\n\nStart with # Technical design and ## Architecture, then "
+            "## Components with each element as\n### C-1: <name>\nServes: REQ-1, REQ-2\n<what it does>\n"
+            "then ## Data model and ## API. Every REQ-n needs at least one element that serves it; "
+            "name only REQ-n the analysis defines."
         ),
-        expected_output="A Markdown technical design that references requirement ids.",
+        expected_output="A Markdown technical design: ### C-n elements, each with a Serves line.",
     ),
     AgentSpec(
         name="Coordinator",
@@ -106,10 +113,11 @@ AGENTS: list[AgentSpec] = [
         tab={"en": "Review", "zh": "交付评审"},
         description=(
             "Review the requirements, test plan and technical design in your context for:\n\n"
-            "{requirement}\n\nWrite a delivery review in Markdown: consistency findings, gaps, "
-            "risks, and a final line 'Verdict: GO' or 'Verdict: NO-GO'."
+            "{requirement}\n\nWrite a delivery review in Markdown: # Delivery review, then\n## Findings\n"
+            "- <a consistency finding or gap>\n## Risks\n- <a risk>\nand as the very last line "
+            "'Verdict: GO' or 'Verdict: NO-GO'."
         ),
-        expected_output="A Markdown delivery review ending with a go / no-go verdict.",
+        expected_output="A Markdown delivery review: Findings, Risks, and a last line with the verdict.",
     ),
 ]
 

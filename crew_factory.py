@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents_config import APPROVED_ANALYSIS, LANGUAGE_INSTRUCTIONS, REVISION_REQUEST, AgentSpec
+from delivery.crew.checks import CheckResult, DocumentChecks
 from delivery.crew.compat import Agent, Crew, CrewEvent, CrewOutput, Process, Task, stream_sink
 from delivery.crew.roster import ROSTER
 from delivery.events import SYSTEM_AGENT, EventType
@@ -111,6 +112,23 @@ class CrewEventsHandler:
     def on_agent_output(self, agent_name: str, output: str) -> None:
         self.publish(agent_name, EventType.output, output)
 
+    def on_check(self, agent_name: str, result: CheckResult) -> None:
+        """The code checked a document the agent wrote (each draft and each fix round)."""
+        self.publish(
+            agent_name,
+            EventType.check,
+            result.summary(),
+            {
+                "deliverable": result.deliverable,
+                "version": result.version,
+                "fix_round": result.fix_round,
+                "max_fix_rounds": result.max_fix_rounds,
+                "gaps": result.gaps,
+                "passed": result.passed,
+                "accepted": result.accepted,
+            },
+        )
+
     def on_step_end(self, agent_name: str, completed: int, total: int) -> None:
         self.publish(
             agent_name,
@@ -152,7 +170,14 @@ def _agent(spec: AgentSpec, record: TaskRecord, llm_factory: LLMFactory) -> Agen
     )
 
 
-def build_analysis_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
+def _guarded(spec: AgentSpec, checks: DocumentChecks | None) -> dict[str, Any]:
+    """A task's guardrail: the code's check of its document, and the fix rounds it may take."""
+    if checks is None:
+        return {}
+    return {"guardrail": checks.guardrail(spec), "guardrail_max_retries": checks.max_fix_rounds}
+
+
+def build_analysis_crew(record: TaskRecord, llm_factory: LLMFactory, checks: DocumentChecks | None = None) -> Crew:
     """The first agent alone; on a revision round it sees its last analysis and the feedback."""
     spec = ROSTER.analyst
     description = spec.description.format(requirement=record.requirement)
@@ -166,11 +191,12 @@ def build_analysis_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
         description=description + LANGUAGE_INSTRUCTIONS[record.language],
         expected_output=spec.expected_output,
         agent=agent,
+        **_guarded(spec, checks),
     )
     return Crew(agents=[agent], tasks=[task], process=Process.sequential, verbose=False)
 
 
-def build_delivery_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
+def build_delivery_crew(record: TaskRecord, llm_factory: LLMFactory, checks: DocumentChecks | None = None) -> Crew:
     """The other agents, in order, each seeing the approved analysis and every earlier
     deliverable of this crew."""
     analysis = APPROVED_ANALYSIS.format(analysis=record.deliverables.get(ROSTER.analyst.deliverable, ""))
@@ -186,6 +212,7 @@ def build_delivery_crew(record: TaskRecord, llm_factory: LLMFactory) -> Crew:
                 expected_output=spec.expected_output,
                 agent=agent,
                 context=list(tasks),
+                **_guarded(spec, checks),
             )
         )
         agents.append(agent)
@@ -199,16 +226,20 @@ def _kickoff(crew: Crew, handler: CrewEventsHandler) -> list[str]:
     return [task_output.raw for task_output in output.tasks_output]
 
 
-def run_analysis(record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory) -> str:
+def run_analysis(
+    record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory, checks: DocumentChecks | None = None
+) -> str:
     """Run the first agent on the calling thread; return (and record) the analysis."""
-    (analysis,) = _kickoff(build_analysis_crew(record, llm_factory), handler)
+    (analysis,) = _kickoff(build_analysis_crew(record, llm_factory, checks), handler)
     record.deliverables[ROSTER.analyst.deliverable] = analysis
     return analysis
 
 
-def run_delivery(record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory) -> dict[str, str]:
+def run_delivery(
+    record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory, checks: DocumentChecks | None = None
+) -> dict[str, str]:
     """Run the delivery crew on the calling thread; return its deliverables."""
-    outputs = _kickoff(build_delivery_crew(record, llm_factory), handler)
+    outputs = _kickoff(build_delivery_crew(record, llm_factory, checks), handler)
     produced = {spec.deliverable: text for spec, text in zip(ROSTER.delivery, outputs, strict=True)}
     record.deliverables.update(produced)
     return produced

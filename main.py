@@ -40,6 +40,7 @@ from delivery.errors import (  # noqa: E402
     TaskNotFoundError,
     TaskStateConflictError,
 )
+from delivery.events import EventType  # noqa: E402
 from delivery.observability import metrics  # noqa: E402
 from delivery.observability.logs import TaskLogContext, configure_logging  # noqa: E402
 from delivery.observability.metrics import HttpMetrics  # noqa: E402
@@ -157,11 +158,12 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
 
 
 def _test_ui_page() -> str:
-    """The page with the crew (agents_config) embedded as data, so the UI never copies the roster
-    and needs no request (and no API key) to draw it."""
-    roster = json.dumps(ROSTER.public(), ensure_ascii=False).replace("<", "\\u003c")
+    """The page with the crew (agents_config) and the event types embedded as data, so the UI
+    copies neither and needs no request (and no API key) to draw itself."""
+    data = {"crew": ROSTER.public(), "event_types": [t.value for t in EventType]}
+    embedded = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     page = (STATIC_DIR / "test_ui.html").read_text(encoding="utf-8")
-    return page.replace("<!--CREW-->", f'<script type="application/json" id="crew">{roster}</script>')
+    return page.replace("<!--PAGE-DATA-->", f'<script type="application/json" id="page-data">{embedded}</script>')
 
 
 app = create_app()

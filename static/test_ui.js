@@ -1,14 +1,14 @@
 "use strict";
 // The test UI: plain JavaScript, no build step, no network beyond this server.
 
-// The crew, embedded in the page by the server from agents_config.py (never copied here).
-const CREW = JSON.parse(document.getElementById("crew").textContent);
+// The crew (agents_config.py) and the event types, embedded in the page by the server (never copied here).
+const PAGE_DATA = JSON.parse(document.getElementById("page-data").textContent);
+const CREW = PAGE_DATA.crew;
 const AGENTS = CREW.agents.map((a) => a.name);
 const ANALYST = AGENTS[0];  // writes the analysis the user confirms
 const DOCS = CREW.agents.map((a) => [a.deliverable, a.name]);  // deliverable → its agent, in order
 const ANALYSIS = DOCS[0][0];  // the document the user confirms
-const EVENT_TYPES = ["start", "agent_start", "thought", "action", "output", "step_end",
-  "awaiting_confirmation", "confirmed", "end", "error", "cancelled"];
+const EVENT_TYPES = PAGE_DATA.event_types;
 const TERMINAL = new Set(["end", "error", "cancelled"]);
 const GROUP = { thought: "thought", action: "action", output: "output" };  // others: lifecycle
 const MAX_RECONNECT_DELAY_MS = 15000;
@@ -36,6 +36,9 @@ const I18N = {
     "conn.idle": "not connected", "conn.connecting": "connecting…", "conn.live": "live",
     "conn.reconnecting": "connection lost, reconnecting…", "conn.finished": "stream finished",
     "conn.offline": "cannot reach the server", "conn.restarting": "server restarting, will reconnect…",
+    versions: "Versions", version: "v{n}: {reason}", gapsCount: "{n} gaps", complete: "complete",
+    showChanges: "Show changes from v{from}", showVersion: "Show the document", changesTitle: "What changed since your last review",
+    checkFixing: "fix round {round} of {max}", checkOk: "check passed", checkGapsLeft: "{n} gaps left",
     budgetField: "Token budget (optional)", tokens: "{n} tokens", taskUsage: "Task: {usage}", estimated: "≈", budgetTokens: "Budget: {used} of {max} tokens",
     budgetCost: "Budget: {used} of {max}",
     taskNotFound: "Task {id} does not exist or has expired.",
@@ -64,6 +67,9 @@ const I18N = {
     "conn.idle": "未连接", "conn.connecting": "连接中…", "conn.live": "实时",
     "conn.reconnecting": "连接中断，正在重连…", "conn.finished": "事件流已结束",
     "conn.offline": "无法连接服务器", "conn.restarting": "服务器正在重启，稍后自动重连…",
+    versions: "版本", version: "v{n}：{reason}", gapsCount: "{n} 处缺口", complete: "完整",
+    showChanges: "显示相对 v{from} 的修改", showVersion: "显示文档", changesTitle: "自上次确认以来的修改",
+    checkFixing: "第 {round}/{max} 轮修正", checkOk: "检查通过", checkGapsLeft: "剩余 {n} 处缺口",
     budgetField: "令牌预算（可选）", tokens: "{n} 个令牌", taskUsage: "任务合计：{usage}", estimated: "约", budgetTokens: "预算：已用 {used} / {max} 个令牌",
     budgetCost: "预算：已用 {used} / {max}",
     taskNotFound: "任务 {id} 不存在或已过期。",
@@ -101,7 +107,7 @@ const view = {
   taskId: null, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0,
   timer: null, queue: [], flushing: false, agentState: {}, tokenAgent: null, done: 0, total: CREW.total_steps,
   awaiting: null, docs: {}, selectedDoc: ANALYSIS, verdict: null, conn: "idle",
-  usage: { agents: {}, total: null }, budget: null,
+  usage: { agents: {}, total: null }, budget: null, checks: {}, versions: {}, shownVersion: {},
 };
 
 function showError(message) {
@@ -148,6 +154,13 @@ function renderAgents() {
     const r = document.createElement("div"); r.className = "role"; r.textContent = docTitle(name);
     const s = document.createElement("div"); s.className = "state"; s.textContent = t("state." + state);
     li.append(n, r, s);
+    const checked = view.checks[name];
+    if (checked) {
+      const c = document.createElement("div"); c.className = "check"; c.dataset.passed = String(checked.passed);
+      c.textContent = !checked.accepted ? t("checkFixing", { round: checked.fix_round + 1, max: checked.max_fix_rounds })
+        : checked.passed ? t("checkOk") : t("checkGapsLeft", { n: checked.gaps.length });
+      li.append(c);
+    }
     const usage = view.usage.agents[name];
     if (usage) {
       const u = document.createElement("div"); u.className = "usage"; u.textContent = formatUsage(usage);
@@ -227,7 +240,7 @@ function renderTabs() {
     tab.setAttribute("aria-controls", "panel-" + name);
     tab.setAttribute("aria-selected", String(selected)); tab.tabIndex = selected ? 0 : -1;
     tab.textContent = docTab(name);
-    tab.addEventListener("click", () => { view.selectedDoc = name; renderTabs(); });
+    tab.addEventListener("click", () => { view.selectedDoc = name; view.shownVersion[name] = null; renderTabs(); });
     tab.addEventListener("keydown", onTabKey);
     const panel = document.createElement("div");
     panel.setAttribute("role", "tabpanel"); panel.id = "panel-" + name;
@@ -239,6 +252,7 @@ function renderTabs() {
   }
   const verdict = $("verdict");
   verdict.hidden = !view.verdict; verdict.dataset.verdict = view.verdict || "";
+  renderVersions();
   verdict.textContent = view.verdict ? t("verdict", { v: view.verdict }) : "";
 }
 
@@ -342,13 +356,17 @@ function apply(event) {
       if (doc) loadDocument(doc[0]);
       break;
     }
+    case "check":
+      view.checks[event.agent_name] = meta;
+      if (view.docs[meta.deliverable]) loadVersions(meta.deliverable);
+      break;
     case "step_end":
       view.agentState[event.agent_name] = "done";
       if (meta.usage) view.usage.agents[event.agent_name] = meta.usage;
       view.done = meta.completed_steps ?? view.done; view.total = meta.total_steps || view.total; break;
     case "awaiting_confirmation":
       view.status = "awaiting_confirmation"; view.agentState[ANALYST] = "waiting_user";
-      view.awaiting = { roundsLeft: meta.revision_rounds_left };
+      view.awaiting = { roundsLeft: meta.revision_rounds_left, version: meta.version, previous: meta.previous_version };
       openConfirmation(); break;
     case "confirmed":
       view.awaiting = null; view.status = "running"; closeConfirmation();
@@ -393,7 +411,66 @@ async function loadDocument(name) {
     if (!view.docs[view.selectedDoc] || name === ANALYSIS && view.selectedDoc === name) view.selectedDoc = name;
     renderTabs();
     if (name === ANALYSIS && $("confirm-dialog").open) $("analysis").innerHTML = view.docs[name];
+    loadVersions(name);
   } catch (_) { /* offline: the stream's reconnect shows it; the document loads with the next event */ }
+}
+
+// ---- versions and what changed -------------------------------------------------------------
+
+async function loadVersions(name) {
+  const taskId = view.taskId;
+  try {
+    const r = await fetch(`/api/task/${encodeURIComponent(taskId)}/deliverables/${name}/versions`, withKey());
+    if (!r.ok || taskId !== view.taskId) return;
+    view.versions[name] = (await r.json()).versions;
+    if (name === view.selectedDoc) renderVersions();
+  } catch (_) { /* the versions are extra; the document itself is shown */ }
+}
+
+function renderVersions() {
+  const bar = $("versions"), name = view.selectedDoc, versions = view.versions[name] || [];
+  bar.hidden = versions.length < 2;
+  bar.replaceChildren(...versions.map((v) => {
+    const b = document.createElement("button");
+    b.type = "button"; b.className = "chip"; b.dataset.version = v.number;
+    b.setAttribute("aria-pressed", String(view.shownVersion[name] === v.number));
+    const state = v.gaps.length ? t("gapsCount", { n: v.gaps.length }) : t("complete");
+    b.textContent = `${t("version", { n: v.number, reason: v.reason })} · ${state}`;
+    b.addEventListener("click", () => showVersion(name, v.number));
+    return b;
+  }));
+  const shown = view.shownVersion[name];
+  if (shown && shown > 1) {
+    const diff = document.createElement("button");
+    diff.type = "button"; diff.id = "show-changes"; diff.textContent = t("showChanges", { from: shown - 1 });
+    diff.addEventListener("click", () => showChanges(name, shown - 1, shown));
+    bar.append(diff);
+  }
+}
+
+async function versionHtml(name, url) {
+  const r = await fetch(url, withKey());
+  return r.ok ? r.text() : "";
+}
+
+async function showVersion(name, number) {
+  const base = `/api/task/${encodeURIComponent(view.taskId)}/deliverables/${name}`;
+  view.shownVersion[name] = number;
+  $("panel-" + name).innerHTML = await versionHtml(name, `${base}/versions/${number}?format=html`);  // escaped by the server
+  renderVersions();
+}
+
+async function showChanges(name, from, to) {
+  const base = `/api/task/${encodeURIComponent(view.taskId)}/deliverables/${name}`;
+  $("panel-" + name).innerHTML = await versionHtml(name, `${base}/diff?from=${from}&to=${to}&format=html`);
+}
+
+async function showConfirmationChanges() {
+  const a = view.awaiting, box = $("changes");
+  box.hidden = !(a && a.previous && a.version);
+  if (box.hidden) return;
+  const base = `/api/task/${encodeURIComponent(view.taskId)}/deliverables/${ANALYSIS}`;
+  $("changes-diff").innerHTML = await versionHtml(ANALYSIS, `${base}/diff?from=${a.previous}&to=${a.version}&format=html`);
 }
 
 // ---- the stream: EventSource plus our own reconnect when the browser gives up -----------------
@@ -454,6 +531,7 @@ function follow(taskId, { push = true } = {}) {
     taskId, lastSeq: 0, source: null, terminal: false, status: null, reconnects: 0, queue: [],
     agentState: {}, tokenAgent: null, done: 0, total: CREW.total_steps, awaiting: null, docs: {},
     selectedDoc: ANALYSIS, verdict: null, usage: { agents: {}, total: null }, budget: null,
+    checks: {}, versions: {}, shownVersion: {},
   });
   $("log").replaceChildren(); $("tokens").textContent = ""; $("tokens-agent").textContent = "";
   $("task-requirement").textContent = ""; $("zip").hidden = true; showError("");
@@ -481,6 +559,7 @@ function openConfirmation() {
   $("revise").disabled = view.awaiting && view.awaiting.roundsLeft === 0;
   if (view.docs[ANALYSIS]) $("analysis").innerHTML = view.docs[ANALYSIS];
   else loadDocument(ANALYSIS);
+  showConfirmationChanges();
   if (!dialog.open) dialog.showModal();
 }
 

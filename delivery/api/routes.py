@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from delivery.api.deps import RuntimeDep, guard
 from delivery.api.schemas import (
@@ -30,9 +30,12 @@ from delivery.api.schemas import (
     Usage,
     UsageTotals,
     UsageWithCalls,
+    VersionInfo,
+    VersionList,
 )
 from delivery.api.stream_route import register_stream_route
 from delivery.crew.roster import ROSTER
+from delivery.documents import diff
 from delivery.documents.package import build_zip
 from delivery.documents.render import to_html
 from delivery.errors import DeliverableNotFoundError, InvalidRequestError, RateLimitedError, TaskNotFinishedError
@@ -233,8 +236,9 @@ def deliverables_zip(task_id: str, runtime: RuntimeDep) -> Response:
         "trace_id": trace_id_of(r.trace_context),
     }
     events = [e.to_dict() for e in runtime.streams.events(task_id)]
+    versions = runtime.store.all_versions(task_id)
     return Response(
-        build_zip(r.deliverables, events, task),
+        build_zip(r.deliverables, events, task, versions),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="delivery-{task_id}.zip"'},
     )
@@ -255,12 +259,7 @@ def deliverable(
     ] = "markdown",
 ) -> Response:
     r = runtime.runs.record(task_id)
-    key = ROSTER.resolve_deliverable(name)
-    if key is None:
-        raise DeliverableNotFoundError(
-            f"No deliverable called {name!r}; use one of {', '.join(ROSTER.deliverable_keys)} "
-            f"(or {', '.join(ROSTER.filenames.values())})."
-        )
+    key = _deliverable_key(name)
     if key not in r.deliverables:
         raise DeliverableNotFoundError(f"{key} has not been produced yet (task is {r.status.value}).")
     if format == "html":
@@ -269,6 +268,99 @@ def deliverable(
         r.deliverables[key],
         media_type="text/markdown; charset=utf-8",
         headers={"Content-Disposition": f'inline; filename="{ROSTER.filenames[key]}"'},
+    )
+
+
+def _deliverable_key(name: str) -> str:
+    key = ROSTER.resolve_deliverable(name)
+    if key is None:
+        raise DeliverableNotFoundError(
+            f"No deliverable called {name[:80]!r}; use one of {', '.join(ROSTER.deliverable_keys)} "
+            f"(or {', '.join(ROSTER.filenames.values())})."
+        )
+    return key
+
+
+VersionNumber = Annotated[int, Path(ge=1, le=1_000_000, description="A version number from .../versions")]
+Format = Annotated[
+    Literal["markdown", "html"],
+    Query(description="markdown: the document as written; html: rendered, raw HTML escaped"),
+]
+
+
+@router.get("/task/{task_id}/deliverables/{name}/versions", response_model=VersionList, responses=NOT_FOUND)
+def deliverable_versions(task_id: str, name: str, runtime: RuntimeDep) -> VersionList:
+    """Every version of a deliverable: the first draft, each revision round and each fix round."""
+    runtime.runs.record(task_id)  # 404 for unknown tasks
+    key = _deliverable_key(name)
+    versions = [
+        VersionInfo(
+            number=v.number,
+            agent=v.agent,
+            reason=v.reason,
+            created_at=_dt(v.created_at),
+            gaps=v.gaps,
+            size=v.size,
+            url=f"/api/task/{task_id}/deliverables/{key}/versions/{v.number}",
+        )
+        for v in runtime.store.versions(task_id, key)
+    ]
+    return VersionList(task_id=task_id, deliverable=key, versions=versions)
+
+
+@router.get(
+    "/task/{task_id}/deliverables/{name}/versions/{number}",
+    response_class=Response,
+    responses={200: {"content": {"text/markdown": {}, "text/html": {}}}, **NOT_FOUND},
+)
+def deliverable_version(
+    task_id: str, name: str, number: VersionNumber, runtime: RuntimeDep, format: Format = "markdown"
+) -> Response:
+    runtime.runs.record(task_id)
+    key = _deliverable_key(name)
+    version = runtime.store.version(task_id, key, number)
+    if version is None:
+        raise DeliverableNotFoundError(
+            f"{key} has no version {number}; GET /api/task/{task_id}/deliverables/{key}/versions lists them."
+        )
+    if format == "html":
+        return Response(to_html(version.content), media_type="text/html; charset=utf-8")
+    return Response(version.content, media_type="text/markdown; charset=utf-8")
+
+
+@router.get(
+    "/task/{task_id}/deliverables/{name}/diff",
+    response_class=Response,
+    responses={200: {"content": {"text/x-diff": {}, "text/html": {}}}, **NOT_FOUND},
+)
+def deliverable_diff(
+    task_id: str,
+    name: str,
+    runtime: RuntimeDep,
+    old: Annotated[
+        int | None, Query(alias="from", ge=1, le=1_000_000, description="Default: the one before `to`")
+    ] = None,
+    new: Annotated[int | None, Query(alias="to", ge=1, le=1_000_000, description="Default: the latest")] = None,
+    format: Annotated[Literal["text", "html"], Query(description="text: a unified diff; html: for a page")] = "text",
+) -> Response:
+    """What changed between two versions of a deliverable."""
+    runtime.runs.record(task_id)
+    key = _deliverable_key(name)
+    numbers = [v.number for v in runtime.store.versions(task_id, key)]
+    if len(numbers) < 2 and (old is None or new is None):
+        raise DeliverableNotFoundError(f"{key} has {len(numbers)} version(s); a diff needs two.")
+    new = new or numbers[-1]
+    old = old or new - 1
+    texts = {}
+    for number in (old, new):
+        version = runtime.store.version(task_id, key, number)
+        if version is None:
+            raise DeliverableNotFoundError(f"{key} has no version {number}; its versions are {numbers}.")
+        texts[number] = version.content
+    if format == "html":
+        return Response(diff.as_html(texts[old], texts[new]), media_type="text/html; charset=utf-8")
+    return Response(
+        diff.unified(texts[old], texts[new], f"{key} v{old}", f"{key} v{new}"), media_type="text/x-diff; charset=utf-8"
     )
 
 

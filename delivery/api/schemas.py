@@ -163,7 +163,10 @@ class Traceability(BaseModel):
     requirements: list[str]
     matrix: list[TraceRow]
     gaps: list[TraceGap]
-    verdict: str = Field(description="GO or NO-GO")
+    problems: dict[str, list[str]] = Field(
+        default_factory=dict, description="Every gap the code's check found, per deliverable (empty: none)"
+    )
+    verdict: str = Field(description="GO or NO-GO: GO only when the check finds no gap")
     reason: str
 
 
@@ -270,6 +273,22 @@ class CrewInfo(BaseModel):
 
     agents: list[CrewAgent]
     total_steps: int
+
+
+class VersionInfo(BaseModel):
+    number: int = Field(description="1, 2, ... for this deliverable")
+    agent: str
+    reason: str = Field(description="Why it was written: first draft, revision round n: <feedback>, fix round n, ...")
+    created_at: datetime
+    gaps: list[str] = Field(description="What the code's check found in this version")
+    size: int
+    url: str
+
+
+class VersionList(BaseModel):
+    task_id: str
+    deliverable: str
+    versions: list[VersionInfo]
 
 
 class Health(BaseModel):

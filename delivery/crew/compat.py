@@ -58,8 +58,10 @@ __all__ = [
     "CrewEvent",
     "CrewOutput",
     "OpenAICompletion",
+    "OpenAICompletionWithForm",
     "Process",
     "Task",
+    "as_guardrail",
     "detach_console_token_listener",
     "emit_call_completed",
     "emit_call_started",
@@ -133,6 +135,33 @@ def stream_sink(sink: Callable[[Any, Any], None]) -> Iterator[None]:
         yield
     finally:
         reset_stream_sinks(token)
+
+
+Guardrail = Callable[[Any], tuple[bool, Any]]
+
+
+def as_guardrail(check: Guardrail) -> Guardrail:
+    """A task guardrail CrewAI accepts: it validates the callable's return annotation at runtime
+    and refuses the string that `from __future__ import annotations` makes of it, so the real type
+    is set here."""
+    check.__annotations__["return"] = tuple[bool, Any]
+    return check
+
+
+class OpenAICompletionWithForm(OpenAICompletion):
+    """CrewAI's OpenAI client, sending `document_form` as the request's `response_format`.
+
+    CrewAI types its own `response_format` field as `{"type": "json_object"}` or a pydantic class
+    (whose schema it cannot make strict for dynamic keys), so a JSON-schema format is added where
+    CrewAI builds the request's parameters (a private method)."""
+
+    document_form: dict[str, Any] | None = None
+
+    def _prepare_completion_params(self, messages: Any, tools: Any = None) -> dict[str, Any]:
+        params: dict[str, Any] = super()._prepare_completion_params(messages, tools)
+        if self.document_form is not None:
+            params["response_format"] = self.document_form
+        return params
 
 
 def model_call() -> contextlib.AbstractContextManager[Any]:

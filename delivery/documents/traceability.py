@@ -1,62 +1,73 @@
-"""The traceability matrix: which requirement has a test case and a design element, computed
-from the documents themselves (never taken from the model), and the verdict that follows."""
+"""The traceability matrix and the verdict, computed from the documents themselves (never taken
+from the model): which test cases verify each requirement and which design elements serve it,
+every gap the structure check finds, and GO only when there is none."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-# The deliverables (agents_config.AGENTS[i].deliverable) the matrix is computed from, and the one
-# it is appended to.
-ANALYSIS, TEST_PLAN, DESIGN, REVIEW = "requirements_analysis", "test_plan", "technical_design", "delivery_review"
+from delivery.documents.structure import ANALYSIS, DESIGN, REVIEW, TEST_PLAN, check, items, requirement_ids
 
-_REQ = re.compile(r"\bREQ-(\d+)\b")
-_TC = re.compile(r"\bTC-(\d+)\b")
-_ELEMENT = re.compile(r"\b(?!REQ-|TC-)([A-Z][A-Z0-9]{0,9}-\d+)\b")
-
-
-def _ordered_ids(pattern: re.Pattern[str], text: str, prefix: str) -> list[str]:
-    seen: dict[str, None] = {}
-    for number in pattern.findall(text):
-        seen.setdefault(f"{prefix}-{int(number)}", None)
-    return list(seen)
+DOCUMENT_NAMES = {
+    ANALYSIS: "requirements analysis",
+    TEST_PLAN: "test plan",
+    DESIGN: "technical design",
+    REVIEW: "delivery review",
+}
+_VERDICT_LINE = re.compile(r"^\**\s*verdict\s*[:：]\s*(GO|NO-GO)\b.*$", re.I | re.M)
 
 
-def _references(text: str, requirement: str) -> list[str]:
-    """Lines of `text` that mention `requirement`."""
-    pattern = re.compile(rf"\b{re.escape(requirement)}\b")
-    return [line for line in text.splitlines() if pattern.search(line)]
-
-
-def trace(requirements_doc: str, test_plan: str, design: str) -> dict[str, Any]:
-    """Matrix of requirement -> test cases and design elements, the gaps, and a verdict."""
-    requirements = _ordered_ids(_REQ, requirements_doc, "REQ")
+def trace(documents: dict[str, str]) -> dict[str, Any]:
+    """Matrix, coverage gaps, every structural problem per document, and the verdict."""
+    requirements = requirement_ids(documents.get(ANALYSIS, ""))
+    cases = items(documents.get(TEST_PLAN, ""), "TC")
+    elements = [e for e in items(documents.get(DESIGN, "")) if e.id.split("-")[0] not in ("REQ", "TC")]
     matrix, gaps = [], []
     for req in requirements:
-        test_lines = _references(test_plan, req)
-        tests = list(dict.fromkeys(f"TC-{int(n)}" for line in test_lines for n in _TC.findall(line)))
-        if test_lines and not tests:
-            tests = [line.strip()[:60] for line in test_lines]
-        design_lines = _references(design, req)
-        elements = list(dict.fromkeys(m for line in design_lines for m in _ELEMENT.findall(line)))
-        if design_lines and not elements:
-            elements = [line.strip()[:60] for line in design_lines]
-        matrix.append({"requirement": req, "test_cases": tests, "design_elements": elements})
-        missing = [kind for kind, found in (("test_case", tests), ("design", elements)) if not found]
+        tests = [case.id for case in cases if req in case.refs("verifies")]
+        design = [element.id for element in elements if req in element.refs("serves")]
+        matrix.append({"requirement": req, "test_cases": tests, "design_elements": design})
+        missing = [kind for kind, found in (("test_case", tests), ("design", design)) if not found]
         if missing:
             gaps.append({"requirement": req, "missing": missing})
+    problems = {
+        name: found
+        for name in (ANALYSIS, TEST_PLAN, DESIGN, REVIEW)
+        if name in documents and (found := check(name, documents[name], requirements))
+    }
+    count = sum(len(found) for found in problems.values())
     if not requirements:
-        verdict, reason = "NO-GO", "the requirements analysis defines no numbered requirements (REQ-n)"
-    elif gaps:
-        verdict, reason = "NO-GO", f"{len(gaps)} of {len(requirements)} requirements are not fully covered"
+        verdict, reason = "NO-GO", "the requirements analysis defines no numbered requirements (### REQ-n)"
+    elif count:
+        verdict, reason = (
+            "NO-GO",
+            f"the check found {count} gap(s) in " + ", ".join(DOCUMENT_NAMES[name] for name in problems),
+        )
     else:
-        verdict, reason = "GO", f"all {len(requirements)} requirements have a test case and a design element"
-    return {"requirements": requirements, "matrix": matrix, "gaps": gaps, "verdict": verdict, "reason": reason}
+        verdict, reason = (
+            "GO",
+            (
+                f"all {len(requirements)} requirements have a test case and a design element, "
+                "and every document has its defined shape"
+            ),
+        )
+    return {
+        "requirements": requirements,
+        "matrix": matrix,
+        "gaps": gaps,
+        "problems": problems,
+        "verdict": verdict,
+        "reason": reason,
+    }
 
 
 def review_with_matrix(review: str, traced: dict[str, Any], language: str) -> str:
-    """Append the computed matrix, the gaps and the final verdict to the Coordinator's review."""
+    """The Coordinator's review with its own verdict line replaced by the computed section: the
+    matrix, the gaps, and the computed verdict as the document's last line."""
     zh = language == "zh"
+    own = _VERDICT_LINE.findall(review)
+    body = _VERDICT_LINE.sub("", review).rstrip()
     lines = [
         "",
         "",
@@ -72,13 +83,18 @@ def review_with_matrix(review: str, traced: dict[str, Any], language: str) -> st
             f"| {row['requirement']} | {', '.join(row['test_cases']) or '—'} | "
             f"{', '.join(row['design_elements']) or '—'} |"
         )
-    lines += ["", "### 缺口" if zh else "### Gaps", ""]
-    if traced["gaps"]:
-        for gap in traced["gaps"]:
-            lines.append(f"- {gap['requirement']}: {'缺少 ' if zh else 'missing '}{', '.join(gap['missing'])}")
-    elif not traced["requirements"]:
-        lines.append("- 需求分析中没有编号需求(REQ-n)" if zh else "- The analysis has no numbered requirements (REQ-n)")
+    lines += ["", "### 检查发现的缺口" if zh else "### Gaps found by the check", ""]
+    if traced["problems"]:
+        for name, found in traced["problems"].items():
+            lines += [f"- {DOCUMENT_NAMES[name]}: {problem}" for problem in found]
     else:
         lines.append("- 无" if zh else "- None")
-    lines += ["", f"**Verdict: {traced['verdict']}** — {traced['reason']}", ""]
-    return review.rstrip() + "\n".join(lines)
+    if own and own[-1].upper() != traced["verdict"]:
+        lines += [
+            "",
+            f"(协调员自己的结论是 {own[-1].upper()};以下结论由代码计算。)"
+            if zh
+            else f"(The Coordinator's own verdict was {own[-1].upper()}; the verdict below is computed.)",
+        ]
+    lines += ["", f"Verdict: {traced['verdict']}", ""]
+    return body + "\n".join(lines)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agents_config import LANGUAGE_INSTRUCTIONS
 from delivery.llm.offline import Completion, OfflineLLM
 from delivery.llm.usage import message_text
 
@@ -16,6 +18,15 @@ LOCAL_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Loaded once per process and shared by every crew; a llama.cpp context is not thread-safe.
 _LLAMA_MODELS: dict[str, Any] = {}
 _LLAMA_LOCK = threading.Lock()
+_GRAMMARS: dict[str, Any] = {}  # grammar text -> compiled LlamaGrammar (compiling costs ~ms; reused)
+
+
+@atexit.register
+def _close_models() -> None:
+    # While the interpreter can still run their cleanup (their __del__ at exit finds it gone).
+    for model in _LLAMA_MODELS.values():
+        model.close()
+    _LLAMA_MODELS.clear()
 
 
 def bundled_model_path() -> Path | None:
@@ -39,6 +50,8 @@ class LocalLlamaLLM(OfflineLLM):
     max_new_tokens: int = 256
     sampling_temperature: float = 0.3
     repeat_penalty: float = 1.3
+    grammar: str | None = None  # GBNF holding the output to its document's shape (delivery/llm/grammars.py)
+    brief: str | None = None  # what to write about, instead of CrewAI's long task prompt (grammars.brief_for)
 
     def _llama(self) -> Any:
         key = f"{self.model_path}:{self.n_ctx}:{self.n_threads}"
@@ -54,6 +67,11 @@ class LocalLlamaLLM(OfflineLLM):
         # A 135M model cannot follow CrewAI's long ReAct instructions; give it a short brief.
         role = getattr(from_agent, "role", "assistant")
         goal = getattr(from_agent, "goal", "")
+        if self.brief is not None:
+            return (
+                f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
+                f"<|im_start|>user\n{self.brief}<|im_end|>\n<|im_start|>assistant\n"
+            )
         if from_task is not None:
             brief = from_task.description
             context = from_task.context if isinstance(from_task.context, list) else []
@@ -62,6 +80,9 @@ class LocalLlamaLLM(OfflineLLM):
                 brief += "\n\nEarlier work:\n" + earlier[-1][-1500:]
         else:
             brief = message_text(messages)
+        # The model writes English only: a request for another language would get broken text.
+        for instruction in LANGUAGE_INSTRUCTIONS.values():
+            brief = brief.replace(instruction, LANGUAGE_INSTRUCTIONS["en"])
         brief = brief[-6000:]
         return (
             f"<|im_start|>system\nYou are a {role}. {goal}<|im_end|>\n"
@@ -83,6 +104,7 @@ class LocalLlamaLLM(OfflineLLM):
                 repeat_penalty=self.repeat_penalty,
                 stop=["<|im_end|>"],
                 stream=True,
+                grammar=self._grammar(),
             ):
                 choice = piece["choices"][0]
                 if choice["finish_reason"] is None:  # one sampled token per piece (the last only ends)
@@ -92,6 +114,15 @@ class LocalLlamaLLM(OfflineLLM):
                     parts.append(chunk)
                     emit(chunk)
         return Completion("".join(parts).strip() or "(the local model returned no text)", generated)
+
+    def _grammar(self) -> Any:
+        if self.grammar is None:
+            return None
+        if self.grammar not in _GRAMMARS:
+            from llama_cpp import LlamaGrammar  # noqa: PLC0415 - loaded only when the local model is used
+
+            _GRAMMARS[self.grammar] = LlamaGrammar.from_string(self.grammar, verbose=False)
+        return _GRAMMARS[self.grammar]
 
     def get_context_window_size(self) -> int:
         return self.n_ctx

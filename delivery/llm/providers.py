@@ -6,8 +6,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from agents_config import QWEN_MODEL_CONFIG
+from agents_config import QWEN_MODEL_CONFIG, detect_language
 from delivery.crew.compat import BaseLLM
+from delivery.crew.roster import ROSTER
+from delivery.documents import forms
+from delivery.documents.structure import ANALYSIS, items, requirement_ids
+from delivery.llm.grammars import brief_for, grammar_for
 from delivery.llm.local import LocalLlamaLLM, bundled_model_path
 from delivery.llm.prices import PriceTable, parse_prices
 from delivery.llm.remote import RetryingOpenAICompletion
@@ -49,6 +53,12 @@ def usage_policy(settings: Settings) -> UsagePolicy:
         provider=provider.value,
         exact_chunks=provider in (LLMProvider.local, LLMProvider.scripted),
     )
+
+
+def writing_language(settings: Settings, requirement_language: str) -> str:
+    """The language the deliverables are written in: the requirement's, except that the bundled
+    local model writes English only."""
+    return "en" if resolve_provider(settings) is LLMProvider.local else requirement_language
 
 
 def local_model_path(settings: Settings) -> Path:
@@ -100,6 +110,7 @@ def make_llm_factory(settings: Settings) -> LLMFactory:
                 requirement=requirement,
                 language=record.language,
                 token_delay_ms=settings.scripted_token_delay_ms,
+                first_draft_with_gaps=settings.scripted_gaps,
             )
 
         return scripted
@@ -108,7 +119,16 @@ def make_llm_factory(settings: Settings) -> LLMFactory:
         path = str(local_model_path(settings))
 
         def local(agent_name: str, record: TaskRecord) -> BaseLLM:
+            spec = ROSTER.by_name(agent_name)
+            approved = items(record.deliverables.get(ANALYSIS, ""), "REQ")
+            note = detect_language(record.requirement) != "en"  # the model writes English only
             return LocalLlamaLLM(
+                grammar=grammar_for(spec.deliverable, [r.id for r in approved], english_note=note) if spec else None,
+                brief=brief_for(
+                    spec.deliverable, record.requirement, [f"{r.id}: {r.title}" for r in approved], record.feedback
+                )
+                if spec
+                else None,
                 model="SmolLM2-135M-Instruct",
                 model_path=path,
                 n_ctx=settings.local_n_ctx,
@@ -130,7 +150,14 @@ def make_llm_factory(settings: Settings) -> LLMFactory:
         api_key = settings.openai_api_key or "not-needed"  # local servers ignore the key
 
     def remote(agent_name: str, record: TaskRecord) -> BaseLLM:
+        spec = ROSTER.by_name(agent_name)
+        form = None
+        if settings.structured_output and spec is not None:
+            form = forms.response_format(spec.deliverable, requirement_ids(record.deliverables.get(ANALYSIS, "")))
         return RetryingOpenAICompletion(
+            document_form=form,
+            deliverable=spec.deliverable if spec is not None and form is not None else None,
+            document_language=record.language,
             model=model,
             base_url=base_url,
             api_key=api_key,

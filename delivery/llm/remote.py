@@ -7,10 +7,14 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from delivery.crew.compat import OpenAICompletion
+from delivery.crew.compat import FINAL_ANSWER_PREFIX, OpenAICompletionWithForm
+from delivery.documents import forms
 from delivery.observability.metrics import LLM_CALL_ERRORS
 
 log = logging.getLogger(__name__)
+
+# (base URL, model) of servers that refused a JSON-schema response format: asked once per process.
+_WITHOUT_FORMS: set[tuple[str | None, str]] = set()
 
 _TRANSIENT = {
     "APIConnectionError",
@@ -32,14 +36,53 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-class RetryingOpenAICompletion(OpenAICompletion):
+def rejects_form(exc: BaseException) -> bool:
+    """A 400 about the response format: the server (or model) does not do structured output."""
+    text = str(exc).lower()
+    return getattr(exc, "status_code", None) == 400 and any(
+        word in text for word in ("response_format", "json_schema", "structured", "schema")
+    )
+
+
+class RetryingOpenAICompletion(OpenAICompletionWithForm):
     """Transient failures retried with exponential backoff (LLM_MAX_RETRIES, LLM_RETRY_BASE_S)
-    before the task fails; the SDK's own retries are off, so the setting is the whole story."""
+    before the task fails; the SDK's own retries are off, so the setting is the whole story.
+
+    With `document_form` set (STRUCTURED_OUTPUT), the model is asked for the document's JSON form
+    (documents/forms.py) and the answer is rendered as the document's
+    Markdown. A server that refuses the format is remembered and asked for Markdown from then on;
+    one that ignores it returns Markdown anyway, which then is the document as written."""
 
     retry_attempts: int = 4
     retry_base_s: float = 1.0
+    deliverable: str | None = None
+    document_language: str = "en"
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
+        server = (self.base_url, self.model)
+        if self.document_form is not None and server in _WITHOUT_FORMS:
+            self.document_form = None
+        try:
+            answer = self._call_retrying(*args, **kwargs)
+        except Exception as exc:
+            if self.document_form is None or not rejects_form(exc):
+                raise
+            _WITHOUT_FORMS.add(server)
+            log.warning(
+                "%s at %s refused a JSON-schema response format (%s); asking for Markdown from now on",
+                self.model,
+                self.base_url or "api.openai.com",
+                exc,
+            )
+            self.document_form = None
+            answer = self._call_retrying(*args, **kwargs)
+        if self.document_form is not None and self.deliverable and isinstance(answer, str):
+            document = forms.render(self.deliverable, answer, self.document_language)
+            if document is not None:
+                return FINAL_ANSWER_PREFIX + document
+        return answer
+
+    def _call_retrying(self, *args: Any, **kwargs: Any) -> Any:
         retrying = Retrying(
             stop=stop_after_attempt(self.retry_attempts),
             wait=wait_exponential(multiplier=self.retry_base_s, max=30),

@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import PrivateAttr
+
 from delivery.crew.roster import ROSTER
+from delivery.documents.structure import ANALYSIS, DESIGN, TEST_PLAN
 from delivery.llm.offline import Completion, OfflineLLM
 from delivery.llm.usage import message_text
 
@@ -36,40 +39,48 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def scripted_document(deliverable: str, requirement: str, language: str) -> str:
-    """About as long as a real model's deliverable (several hundred tokens per agent)."""
+def scripted_document(deliverable: str, requirement: str, language: str, gaps: bool = False) -> str:
+    """The deliverable in its defined shape (delivery/documents/structure.py), about as long as a
+    real model's. `gaps`: the first draft of SCRIPTED_GAPS=1, with the gaps the code's check must
+    find (a requirement without acceptance criteria, a missing test case and a reference to a
+    requirement that does not exist, a design element without "Serves:", a review without risks
+    and verdict)."""
     items = requirement_items(requirement)
-    zh = language == "zh"
-    t = _ZH if zh else _EN
-    out: list[str] = [LABEL["zh" if zh else "en"]]
-    if deliverable == "requirements_analysis":
+    t = _ZH if language == "zh" else _EN
+    out: list[str] = [LABEL["zh" if language == "zh" else "en"]]
+    if deliverable == ANALYSIS:
         out.append(t["pm_title"] + t["original"] + requirement[:300] + "\n\n" + t["pm_summary"])
         for n, item in enumerate(items, 1):
-            out.append(f"- **REQ-{n}**: {item}\n")
-            out.extend(f"  - {line.format(item=item)}\n" for line in t["criteria"])
+            out.append(f"### REQ-{n}: {item}\n\n{t['req_text'].format(item=item)}\n\n")
+            if gaps and n == min(2, len(items)):
+                continue  # this requirement's acceptance criteria are missing
+            out.append(t["criteria_label"] + "\n")
+            out.extend(f"- {line.format(item=item)}\n" for line in t["criteria"])
+            out.append("\n")
         out.append(t["assumptions"])
-    elif deliverable == "test_plan":
+    elif deliverable == TEST_PLAN:
         out.append(t["qa_title"])
-        for n, item in enumerate(items, 1):
-            out.append(f"| TC-{n} | REQ-{n} | {t['exercise']}{item} | {t['meets']} REQ-{n} |\n")
-        out.append(t["qa_details"])
-        for n, item in enumerate(items, 1):
-            out.append(f"\n**TC-{n}** ({item})\n")
+        cases = items[:-1] if gaps and len(items) > 1 else items  # the last requirement untested
+        for n, item in enumerate(cases, 1):
+            verifies = f"REQ-{n}, REQ-99" if gaps and n == 1 else f"REQ-{n}"
+            out.append(f"### TC-{n}: {t['exercise']}{item}\n\n{t['verifies']} {verifies}\n\n{t['steps_label']}\n")
             out.extend(f"{k}. {step.format(item=item)}\n" for k, step in enumerate(t["steps"], 1))
+            out.append(f"\n{t['expected']} {t['expected_text'].format(item=item)}\n\n")
         out.append(t["qa_nonfunctional"])
-    elif deliverable == "technical_design":
+    elif deliverable == DESIGN:
         out.append(t["dev_title"])
         for n, item in enumerate(items, 1):
-            out.append(f"- **C-{n}** ({t['serves']} REQ-{n}): {item}. {t['component']}\n")
+            serves = "" if gaps and n == min(2, len(items)) else f"{t['serves']} REQ-{n}\n\n"
+            out.append(f"### C-{n}: {item}\n\n{serves}{t['component'].format(item=item)}\n\n")
         out.append(t["dev_api"])
         for n, item in enumerate(items, 1):
             out.append(f"- `POST /api/v1/feature-{n}` — {item}\n- `GET /api/v1/feature-{n}/{{id}}`\n")
         out.append(t["dev_data"])
     else:
-        out.append(t["review_title"])
+        out.append(t["review_findings"])
         for n, item in enumerate(items, 1):
-            out.append(f"| REQ-{n} | TC-{n} | C-{n} | {item} |\n")
-        out.append(t["review_end"])
+            out.append(f"- REQ-{n} ({item}): TC-{n}, C-{n}.\n")
+        out.append(t["review_summary"] if gaps else t["review_end"])
     return "".join(out)
 
 
@@ -81,44 +92,50 @@ _EN: dict[str, Any] = {
         "requirements below are numbered so that tests and design can refer to them.\n\n"
         "## Requirements\n\n"
     ),
+    "req_text": "Users can {item}.",
+    "criteria_label": "Acceptance criteria:",
     "criteria": [
-        "Acceptance: {item} works end to end for a signed-in user.",
-        "Acceptance: invalid input is rejected with a message that says what to fix.",
-        "Acceptance: the result is visible within one second.",
+        "{item} works end to end for a signed-in user.",
+        "Invalid input is rejected with a message that says what to fix.",
+        "The result is visible within one second.",
     ],
     "assumptions": (
-        "\n## Assumptions\n\n- Web first, responsive on phones.\n- Single region "
+        "## Assumptions\n\n- Web first, responsive on phones.\n- Single region "
         "deployment.\n\n## Open questions\n\n- Expected number of users?\n"
     ),
-    "qa_title": "# Test plan\n\n| Case | Requirement | Steps | Expected |\n|---|---|---|---|\n",
-    "exercise": "Exercise: ",
-    "meets": "Meets",
-    "qa_details": "\n## Cases in detail\n",
+    "qa_title": "# Test plan\n\n",
+    "exercise": "Exercise ",
+    "verifies": "Verifies:",
+    "steps_label": "Steps:",
     "steps": [
         "Sign in as a regular user.",
         "Use {item} with valid input.",
         "Repeat with invalid input and check the error message.",
         "Check the result after a page reload.",
     ],
+    "expected": "Expected:",
+    "expected_text": "{item} works, and invalid input is refused with a clear message.",
     "qa_nonfunctional": (
-        "\n## Non-functional\n\n- Load: 100 concurrent users, p95 under 500 ms.\n"
+        "## Non-functional\n\n- Load: 100 concurrent users, p95 under 500 ms.\n"
         "- Security: every endpoint rejects anonymous writes.\n"
     ),
     "dev_title": (
         "# Technical design\n\n## Architecture\n\nA FastAPI service, PostgreSQL and a "
         "single-page front end, deployed behind Nginx.\n\n## Components\n\n"
     ),
-    "serves": "serves",
-    "component": "A service module with its own tests and a REST endpoint.",
-    "dev_api": "\n## API\n\n",
+    "serves": "Serves:",
+    "component": "A service module for {item}, with its own tests and a REST endpoint.",
+    "dev_api": "## API\n\n",
     "dev_data": (
         "\n## Data model\n\n| Table | Key columns |\n|---|---|\n| users | id, email |\n"
-        "| items | id, owner_id, created_at |\n\n## Risks\n\n- Scope creep; keep the "
+        "| items | id, owner_id, created_at |\n\n## Design risks\n\n- Scope creep; keep the "
         "first release small.\n"
     ),
-    "review_title": ("# Delivery review\n\n| Requirement | Test case | Design | Scope |\n|---|---|---|---|\n"),
+    "review_findings": "# Delivery review\n\n## Findings\n\n",
+    "review_summary": "\nThe package looks complete.\n",
     "review_end": (
-        "\nEvery requirement has a test case and a design element. No blocking risk was found.\n\nVerdict: GO\n"
+        "- Every requirement has a test case and a design element.\n\n## Risks\n\n"
+        "- The first release may grow beyond its scope; keep it small.\n\nVerdict: GO\n"
     ),
 }
 
@@ -128,33 +145,38 @@ _ZH: dict[str, Any] = {
     "pm_summary": (
         "## 概述\n\n产品帮助用户快速、安全地达成目标。以下需求均已编号,便于测试与设计引用。\n\n## 需求列表\n\n"
     ),
+    "req_text": "用户可以{item}。",
+    "criteria_label": "验收标准:",
     "criteria": [
-        "验收标准:登录用户可以完整使用「{item}」。",
-        "验收标准:非法输入会被拒绝并提示如何修正。",
-        "验收标准:结果在一秒内可见。",
+        "登录用户可以完整使用「{item}」。",
+        "非法输入会被拒绝并提示如何修正。",
+        "结果在一秒内可见。",
     ],
-    "assumptions": "\n## 假设\n\n- 以 Web 为主,兼容手机屏幕。\n- 单区域部署。\n\n## 待确认问题\n\n- 预计用户规模?\n",
-    "qa_title": "# 测试计划\n\n| 用例 | 需求 | 步骤 | 预期结果 |\n|---|---|---|---|\n",
-    "exercise": "执行:",
-    "meets": "符合",
-    "qa_details": "\n## 用例详情\n",
+    "assumptions": "## 假设\n\n- 以 Web 为主,兼容手机屏幕。\n- 单区域部署。\n\n## 待确认问题\n\n- 预计用户规模?\n",
+    "qa_title": "# 测试计划\n\n",
+    "exercise": "执行",
+    "verifies": "验证:",
+    "steps_label": "步骤:",
     "steps": [
         "以普通用户登录。",
         "使用有效输入执行「{item}」。",
         "使用非法输入重复并检查错误提示。",
         "刷新页面后检查结果。",
     ],
-    "qa_nonfunctional": "\n## 非功能测试\n\n- 负载:100 并发用户,p95 低于 500 毫秒。\n- 安全:所有写接口拒绝匿名访问。\n",
+    "expected": "预期结果:",
+    "expected_text": "「{item}」正常工作,非法输入被拒绝并给出明确提示。",
+    "qa_nonfunctional": "## 非功能测试\n\n- 负载:100 并发用户,p95 低于 500 毫秒。\n- 安全:所有写接口拒绝匿名访问。\n",
     "dev_title": "# 技术方案\n\n## 架构\n\nFastAPI 服务 + PostgreSQL + 前端单页应用,部署在 Nginx 之后。\n\n## 组件\n\n",
-    "serves": "服务于",
-    "component": "独立的服务模块,带测试与 REST 接口。",
-    "dev_api": "\n## 接口\n\n",
+    "serves": "对应需求:",
+    "component": "负责「{item}」的独立服务模块,带测试与 REST 接口。",
+    "dev_api": "## 接口\n\n",
     "dev_data": (
         "\n## 数据模型\n\n| 表 | 关键字段 |\n|---|---|\n| users | id, email |\n"
-        "| items | id, owner_id, created_at |\n\n## 风险\n\n- 范围蔓延:首个版本保持精简。\n"
+        "| items | id, owner_id, created_at |\n\n## 设计风险\n\n- 范围蔓延:首个版本保持精简。\n"
     ),
-    "review_title": "# 交付评审\n\n| 需求 | 测试用例 | 设计 | 范围 |\n|---|---|---|---|\n",
-    "review_end": "\n所有需求均有测试与设计覆盖,未发现阻断性风险。\n\nVerdict: GO\n",
+    "review_findings": "# 交付评审\n\n## 发现\n\n",
+    "review_summary": "\n整体看起来完整。\n",
+    "review_end": "- 所有需求均有测试与设计覆盖。\n\n## 风险\n\n- 首个版本可能超出范围,应保持精简。\n\nVerdict: GO\n",
 }
 
 
@@ -168,6 +190,8 @@ class ScriptedLLM(OfflineLLM):
     requirement: str
     language: str = "en"
     token_delay_ms: float = 0.0
+    first_draft_with_gaps: bool = False  # SCRIPTED_GAPS=1: the fix loop has something to fix
+    _drafts: int = PrivateAttr(default=0)
 
     def prompt(self, messages: Any, from_task: Any, from_agent: Any) -> str:
         return message_text(messages)
@@ -177,7 +201,9 @@ class ScriptedLLM(OfflineLLM):
 
     def complete(self, prompt: str, emit: Callable[[str], None]) -> Completion:
         spec = ROSTER.by_name(self.agent_name)
-        text = scripted_document(spec.deliverable if spec else "", self.requirement, self.language)
+        self._drafts += 1
+        gaps = self.first_draft_with_gaps and self._drafts == 1
+        text = scripted_document(spec.deliverable if spec else "", self.requirement, self.language, gaps=gaps)
         delay = self.token_delay_ms / 1000.0
         tokens = tokenize(text)
         for token in tokens:

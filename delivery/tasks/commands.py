@@ -8,6 +8,7 @@ import uuid
 from agents_config import detect_language
 from delivery.errors import InvalidRequestError, StreamClosedError, TaskStateConflictError
 from delivery.events import EventType
+from delivery.llm.providers import writing_language
 from delivery.llm.usage import task_budget
 from delivery.observability import tracing
 from delivery.tasks.executors import Executor
@@ -30,7 +31,7 @@ class TaskCommands:
             task_id=str(uuid.uuid4()),
             requirement=requirement,
             skip_confirmation=skip_confirmation,
-            language=detect_language(requirement),
+            language=writing_language(settings, detect_language(requirement)),
             budget=task_budget(settings.max_tokens_per_task, settings.max_cost_per_task, max_tokens, max_cost),
         )
         tracing.start_task(record)

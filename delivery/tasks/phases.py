@@ -10,9 +10,11 @@ import time
 from typing import Any
 
 from crew_factory import CrewEventsHandler, Publish, run_analysis, run_delivery
+from delivery.crew.checks import DocumentChecks
 from delivery.crew.compat import stream_sink
 from delivery.crew.roster import ROSTER
-from delivery.documents.traceability import ANALYSIS, DESIGN, REVIEW, TEST_PLAN, review_with_matrix, trace
+from delivery.documents.structure import REVIEW
+from delivery.documents.traceability import review_with_matrix, trace
 from delivery.errors import StreamClosedError
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.failures import describe_failure
@@ -20,7 +22,7 @@ from delivery.llm.providers import LLMFactory
 from delivery.llm.usage import BudgetExceeded, UsageMeter, UsagePolicy
 from delivery.observability import metrics, tracing
 from delivery.observability.logs import log_context
-from delivery.tasks.records import Phase, TaskStatus
+from delivery.tasks.records import DocumentVersion, Phase, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs, TaskAborted
 
 log = logging.getLogger(__name__)
@@ -156,10 +158,18 @@ class PhaseRunner:
                     },
                 )
 
+    def _checks(self, run: Run, handler: CrewEventsHandler, first_reason: str = "first draft") -> DocumentChecks:
+        return DocumentChecks(
+            run.record, handler, self._runs.settings.max_fix_rounds, self._runs.store.add_version, first_reason
+        )
+
     def _analysis(self, run: Run) -> None:
         self._begin(run)
         r = run.record
-        analysis = run_analysis(r, self._handler(run), self._llm_factory)
+        handler = self._handler(run)
+        reason = f"revision round {len(r.feedback)}: {r.feedback[-1]}" if r.feedback else "first draft"
+        checks = self._checks(run, handler, reason)
+        analysis = run_analysis(r, handler, self._llm_factory, checks)
         if r.skip_confirmation:
             self._deliver(run)
             return
@@ -184,24 +194,44 @@ class PhaseRunner:
                     "confirm_url": f"/api/task/{r.task_id}/confirm",
                     "revision_rounds_left": rounds_left,
                     "timeout_s": settings.confirmation_timeout_s,
+                    # The version shown now, and the one shown at the previous confirmation (for a diff).
+                    "version": checks.results[-1].version if checks.results else None,
+                    "previous_version": (checks.results[0].version - 1) if checks.results and r.feedback else None,
                 },
             )
 
     def _deliver(self, run: Run) -> None:
         r = run.record
-        run_delivery(r, self._handler(run), self._llm_factory)
+        handler = self._handler(run)
+        run_delivery(r, handler, self._llm_factory, self._checks(run, handler))
         docs = r.deliverables
-        traced = trace(docs.get(ANALYSIS, ""), docs.get(TEST_PLAN, ""), docs.get(DESIGN, ""))
+        traced = trace(docs)
         with run.lock:
             if r.status.finished:
                 return
             r.traceability = traced
             docs[REVIEW] = review_with_matrix(docs.get(REVIEW, ""), traced, r.language)
+            self._runs.store.add_version(
+                DocumentVersion(
+                    task_id=r.task_id,
+                    deliverable=REVIEW,
+                    agent=SYSTEM_AGENT,
+                    created_at=time.time(),
+                    reason="the computed traceability matrix and verdict added",
+                    gaps=[],
+                    content=docs[REVIEW],
+                )
+            )
             self._runs.end_run(
                 run,
                 Ending.succeeded(
                     f"Delivery package complete. Verdict: {traced['verdict']} ({traced['reason']})",
-                    {"deliverables": sorted(docs), "verdict": traced["verdict"], "gaps": traced["gaps"]},
+                    {
+                        "deliverables": sorted(docs),
+                        "verdict": traced["verdict"],
+                        "gaps": traced["gaps"],
+                        "problems": traced["problems"],
+                    },
                 ),
             )
 

@@ -61,3 +61,18 @@ class TaskRecord:
     # The limits this task runs under: {"max_tokens": int | None, "max_cost": float | None, ...}
     budget: dict[str, Any] = field(default_factory=dict)
     trace_context: str | None = None  # W3C traceparent of the task's trace, continued by every process
+
+
+@dataclass
+class DocumentVersion:
+    """One version of a deliverable: a first draft, a revision the user asked for, or a fix round."""
+
+    task_id: str
+    deliverable: str
+    agent: str
+    reason: str  # e.g. "first draft", "revision round 1: add export", "fix round 1: 2 gaps"
+    created_at: float
+    gaps: list[str]  # what the code's check found in it
+    content: str = ""
+    size: int = 0  # bytes of content (listings carry no content)
+    number: int = 0  # 1, 2, ... per task and deliverable; assigned by the store

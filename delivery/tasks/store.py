@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 
 from delivery.errors import TaskNotFoundError
 from delivery.events import Event
-from delivery.tasks.records import FINISHED_STATUSES, TaskRecord, TaskStatus
+from delivery.tasks.records import FINISHED_STATUSES, DocumentVersion, TaskRecord, TaskStatus
 
 
 class TaskStore(ABC):
@@ -87,6 +87,23 @@ class TaskStore(ABC):
     def purge_finished_before(self, ts: float) -> int:
         """Delete finished tasks (and their events) that finished before ts; return how many."""
 
+    @abstractmethod
+    def add_version(self, version: DocumentVersion) -> int:
+        """Keep one version of a deliverable; its number (1, 2, ... per task and deliverable) is
+        assigned here and returned."""
+
+    @abstractmethod
+    def versions(self, task_id: str, deliverable: str) -> list[DocumentVersion]:
+        """Every version of a deliverable, oldest first, without their content."""
+
+    @abstractmethod
+    def version(self, task_id: str, deliverable: str, number: int) -> DocumentVersion | None:
+        """One version, with its content."""
+
+    @abstractmethod
+    def all_versions(self, task_id: str) -> list[DocumentVersion]:
+        """Every version of every deliverable of a task, with content (the zip)."""
+
     def close(self) -> None:
         pass
 
@@ -128,6 +145,20 @@ events_table = Table(
     Column("content", Text, nullable=False),
     Column("ts", Float, nullable=False),
     Column("metadata", Text),
+)
+
+versions_table = Table(
+    "versions",
+    metadata,
+    Column("task_id", String(36), primary_key=True),
+    Column("deliverable", String(64), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("agent", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("gaps", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("content", Text, nullable=False),
 )
 
 _JSON_COLUMNS = ("deliverables", "feedback", "traceability", "usage", "budget")
@@ -283,11 +314,68 @@ class SqlTaskStore(TaskStore):
             ids = [r.task_id for r in conn.execute(old)]
             if ids:
                 conn.execute(delete(events_table).where(events_table.c.task_id.in_(ids)))
+                conn.execute(delete(versions_table).where(versions_table.c.task_id.in_(ids)))
                 conn.execute(delete(tasks_table).where(tasks_table.c.task_id.in_(ids)))
         return len(ids)
 
+    def add_version(self, version: DocumentVersion) -> int:
+        t = versions_table
+        latest = select(func.max(t.c.number)).where(
+            t.c.task_id == version.task_id, t.c.deliverable == version.deliverable
+        )
+        with self._write_lock, self.engine.begin() as conn:
+            number = (conn.execute(latest).scalar() or 0) + 1
+            conn.execute(
+                insert(t).values(
+                    task_id=version.task_id,
+                    deliverable=version.deliverable,
+                    number=number,
+                    agent=version.agent,
+                    reason=version.reason,
+                    created_at=version.created_at,
+                    gaps=json.dumps(version.gaps, ensure_ascii=False),
+                    size=len(version.content.encode()),
+                    content=version.content,
+                )
+            )
+        return number
+
+    def versions(self, task_id: str, deliverable: str) -> list[DocumentVersion]:
+        t = versions_table
+        columns = [t.c.task_id, t.c.deliverable, t.c.number, t.c.agent, t.c.reason, t.c.created_at, t.c.gaps, t.c.size]
+        query = select(*columns).where(t.c.task_id == task_id, t.c.deliverable == deliverable).order_by(t.c.number)
+        with self.engine.connect() as conn:
+            return [_version(row, with_content=False) for row in conn.execute(query)]
+
+    def version(self, task_id: str, deliverable: str, number: int) -> DocumentVersion | None:
+        t = versions_table
+        query = select(t).where(t.c.task_id == task_id, t.c.deliverable == deliverable, t.c.number == number)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _version(row) if row is not None else None
+
+    def all_versions(self, task_id: str) -> list[DocumentVersion]:
+        t = versions_table
+        query = select(t).where(t.c.task_id == task_id).order_by(t.c.deliverable, t.c.number)
+        with self.engine.connect() as conn:
+            return [_version(row) for row in conn.execute(query)]
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _version(row: Any, with_content: bool = True) -> DocumentVersion:
+    return DocumentVersion(
+        task_id=row.task_id,
+        deliverable=row.deliverable,
+        agent=row.agent,
+        reason=row.reason,
+        created_at=row.created_at,
+        gaps=json.loads(row.gaps),
+        size=row.size,
+        number=row.number,
+        content=row.content if with_content else "",
+    )
 
 
 def _add_missing_columns(engine: Engine) -> None:

@@ -47,15 +47,18 @@ def test_downloads_list_single_files_and_the_zip(server):
 
         # the scripted crew traces every requirement, so the computed verdict is GO
         assert result["traceability"]["verdict"] == "GO" and result["traceability"]["gaps"] == []
-        assert result["deliverables"]["delivery_review"].rstrip().splitlines()[-1].startswith("**Verdict: GO**")
+        assert result["deliverables"]["delivery_review"].rstrip().splitlines()[-1] == "Verdict: GO"
 
         z = c.get(f"/api/task/{task_id}/deliverables.zip")
         assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
         assert task_id in z.headers["content-disposition"]
         archive = zipfile.ZipFile(io.BytesIO(z.content))
-        assert sorted(archive.namelist()) == sorted(
-            ["REQUIREMENTS.md", "TEST_PLAN.md", "TECH_DESIGN.md", "DELIVERY_REVIEW.md", "events.jsonl", "task.json"]
-        )
+        finals = ["REQUIREMENTS.md", "TEST_PLAN.md", "TECH_DESIGN.md", "DELIVERY_REVIEW.md"]
+        # one draft each (no gaps to fix), and the review once more with the computed verdict
+        versions = [f"versions/{name[:-3]}.v1.md" for name in finals] + ["versions/DELIVERY_REVIEW.v2.md"]
+        expected = [*finals, "events.jsonl", "task.json", *versions, "versions/index.json"]
+        assert sorted(archive.namelist()) == sorted(expected)
+        assert archive.read("versions/DELIVERY_REVIEW.v2.md") == archive.read("DELIVERY_REVIEW.md")
         assert archive.read("TECH_DESIGN.md").decode() == result["deliverables"]["technical_design"]
         logged = [json.loads(line) for line in archive.read("events.jsonl").decode().splitlines()]
         assert logged == read_stream(server.url, task_id).events

@@ -60,3 +60,70 @@ def test_a_model_that_keeps_failing_ends_the_task_with_a_clear_error(start_serve
         assert fake.requests == 3  # no retries beyond the setting (the SDK's own are off)
     finally:
         fake.stop()
+
+
+def test_a_server_with_structured_output_fills_each_documents_form_and_the_package_is_go(start_server):
+    fake = FakeOpenAI(forms="fill")  # holds its "model" to the schema, filling in every field
+    try:
+        server = start_server(llm_provider="openai", openai_base_url=fake.url, llm_model="fake")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            task_id = run_task(c, "A library catalogue with loans and reminders")
+            events = read_stream(server.url, task_id, timeout=120).events
+            assert events[-1]["event_type"] == "end", events[-1]
+            result = c.get(f"/api/task/{task_id}/result").json()
+        forms = [body["response_format"] for body in fake.bodies]
+        assert [f["json_schema"]["name"] for f in forms] == [
+            "requirements_analysis",
+            "test_plan",
+            "technical_design",
+            "delivery_review",
+        ]  # one call per agent: no fix round was needed
+        assert all(f["type"] == "json_schema" and f["json_schema"]["strict"] is True for f in forms)
+        # the analysis the fake filled has two requirements; the later forms may name only those
+        plan = forms[1]["json_schema"]["schema"]["properties"]["cases_by_requirement"]
+        assert plan["required"] == ["REQ-1", "REQ-2"]
+        serves = forms[2]["json_schema"]["schema"]["properties"]["components"]["items"]["properties"]["serves"]
+        assert serves["items"]["enum"] == ["REQ-1", "REQ-2"]
+        # what was stored is the Markdown shape, checked by code with no gap
+        docs = result["deliverables"]
+        assert docs["requirements_analysis"].startswith("# Requirements analysis\n")
+        assert "### REQ-2: Filled in by the fake model" in docs["requirements_analysis"]
+        assert "### TC-4: Filled in by the fake model\n\nVerifies: REQ-2\n" in docs["test_plan"]
+        assert "Serves: REQ-1, REQ-2" in docs["technical_design"]
+        assert result["traceability"]["verdict"] == "GO" and result["traceability"]["gaps"] == []
+        checks = [e for e in events if e["event_type"] == "check"]
+        assert len(checks) == 4 and all(e["metadata"]["gaps"] == [] for e in checks)
+    finally:
+        fake.stop()
+
+
+def test_a_server_that_refuses_the_form_is_asked_for_markdown_from_then_on(start_server):
+    fake = FakeOpenAI(forms="refuse")
+    try:
+        server = start_server(llm_provider="openai", openai_base_url=fake.url, llm_model="fake", max_fix_rounds=0)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            task_id = run_task(c)
+            events = read_stream(server.url, task_id, timeout=120).events
+        assert events[-1]["event_type"] == "end", events[-1]
+        asked = ["response_format" in body for body in fake.bodies]
+        assert asked == [True, False, False, False, False]  # refused once, remembered for the process
+        assert "refused a JSON-schema response format" in server.log_text()
+        # its Markdown is the document as written; the check says what it lacks, and the verdict follows
+        result = httpx.get(f"{server.url}/api/task/{task_id}/result").json()
+        assert result["traceability"]["verdict"] == "NO-GO"
+    finally:
+        fake.stop()
+
+
+def test_structured_output_can_be_switched_off(start_server):
+    fake = FakeOpenAI(forms="fill")
+    try:
+        server = start_server(
+            llm_provider="openai", openai_base_url=fake.url, llm_model="fake", structured_output=False, max_fix_rounds=0
+        )
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            events = read_stream(server.url, run_task(c), timeout=120).events
+        assert events[-1]["event_type"] == "end"
+        assert fake.bodies and not any("response_format" in body for body in fake.bodies)
+    finally:
+        fake.stop()

@@ -1,6 +1,11 @@
 """A tiny OpenAI-compatible chat endpoint, run in a thread: it streams a fixed answer word by
 word, can fail on purpose, and reports usage when asked (`stream_options.include_usage`) unless
-told to behave like a server that never does."""
+told to behave like a server that never does.
+
+A request with a JSON-schema `response_format` is, by `forms`: "ignore" answered with the fixed
+text (a server that does not know the parameter), "fill" answered with JSON that fills in every
+field of the schema (a server that holds its model to the form), "refuse" answered 400 (a
+server or model without structured output)."""
 
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ PROMPT_TOKENS = 111  # what it claims each prompt used (a real server counts; a 
 
 
 class FakeOpenAI:
-    def __init__(self, fail_first: int = 0, status: int = 503, reports_usage: bool = True) -> None:
-        self.fail_first, self.status, self.reports_usage = fail_first, status, reports_usage
+    def __init__(
+        self, fail_first: int = 0, status: int = 503, reports_usage: bool = True, forms: str = "ignore"
+    ) -> None:
+        self.fail_first, self.status, self.reports_usage, self.forms = fail_first, status, reports_usage, forms
         self.requests = 0
         self.bodies: list[dict] = []
         self.port = free_port()
@@ -47,10 +54,27 @@ class FakeOpenAI:
                 {"error": {"message": "overloaded, try again", "type": "server_error"}}, status_code=self.status
             )
 
+        form = (body.get("response_format") or {}).get("json_schema")
+        if form and self.forms == "refuse":
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "response_format of type json_schema is not supported with this model",
+                        "type": "invalid_request_error",
+                    }
+                },
+                status_code=400,
+            )
+        if form and self.forms == "fill":
+            text = json.dumps(filled(form["schema"]), ensure_ascii=False)
+            pieces = [text[i : i + 8] for i in range(0, len(text), 8)]
+        else:
+            pieces = [word + " " for word in ANSWER.split(" ")]
+
         def chunks():
-            for word in ANSWER.split(" "):
+            for piece in pieces:
                 delta = {
-                    "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
                     "id": "c1",
                     "object": "chat.completion.chunk",
                     "created": 0,
@@ -66,7 +90,7 @@ class FakeOpenAI:
             }
             yield f"data: {json.dumps(done)}\n\n"
             if wants_usage and self.reports_usage:  # as OpenAI does: a last chunk with no choices
-                words = len(ANSWER.split(" "))
+                words = len(pieces)
                 usage = {
                     "choices": [],
                     "id": "c1",
@@ -87,3 +111,16 @@ class FakeOpenAI:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(10)
+
+
+def filled(schema: dict) -> object:
+    """A value that fills in every field of `schema` (a list names every value its items' enum
+    allows; other lists have two items)."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    if schema.get("type") == "object":
+        return {name: filled(sub) for name, sub in schema["properties"].items()}
+    if schema.get("type") == "array":
+        items = schema["items"]
+        return list(items["enum"]) if "enum" in items else [filled(items), filled(items)]
+    return "Filled in by the fake model"

@@ -1,5 +1,6 @@
 """A loopback TCP proxy whose connections can be cut, to drop a browser's stream for real. It
-also records the SSE ids each connection carried, so a test can see what the server sent."""
+also records the SSE ids each connection carried and where its request asked to resume, so a test
+can see what the server sent and why."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from tests.support.server_process import free_port
 
 _ID = re.compile(rb"^id: (\d+)\r?$")
+_RESUME = re.compile(rb"(?:^last-event-id: *(\d+)\r?$|^GET [^ ]*[?&]after=(\d+))", re.IGNORECASE | re.MULTILINE)
 
 
 class CuttableProxy:
@@ -19,6 +21,7 @@ class CuttableProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.connections = 0
         self.sse_ids: list[list[int]] = []  # per connection that carried SSE events, in order
+        self.resumed_after: list[int] = []  # per such connection: the id its request resumed after (0: none)
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -39,18 +42,23 @@ class CuttableProxy:
 
         seen: list[int] = []
         partial = b""
+        request = b""
         registered = False
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, record: bool = False) -> None:
-            nonlocal partial, registered
+            nonlocal partial, request, registered
             try:
                 while data := await src.read(65536):
+                    if not record and len(request) < 16384:
+                        request += data
                     if record:  # ids are whole lines; a read may end mid-line
                         lines = (partial + data).split(b"\n")
                         partial = lines.pop()
                         seen.extend(int(m.group(1)) for line in lines if (m := _ID.match(line)))
                         if seen and not registered:
                             self.sse_ids.append(seen)
+                            resume = _RESUME.search(request)
+                            self.resumed_after.append(int(resume.group(1) or resume.group(2)) if resume else 0)
                             registered = True
                     dst.write(data)
                     await dst.drain()
@@ -74,7 +82,14 @@ class CuttableProxy:
         return asyncio.run_coroutine_threadsafe(abort(), self._loop).result(10)
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._server.close)
+        async def shut() -> None:
+            self._server.close()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
         self.cut()
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

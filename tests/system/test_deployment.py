@@ -66,8 +66,12 @@ def test_the_observability_profile_adds_a_prometheus_whose_config_promtool_accep
     assert services["prometheus"]["profiles"] == ["observability"]
     assert f"{ROOT / 'deploy/prometheus.yml'}:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
     assert services["worker"]["environment"]["METRICS_PORT"] == "9100"
-    checked = subprocess.run(["/usr/bin/promtool", "check", "config", str(ROOT / "deploy/prometheus.yml")],
-                             capture_output=True, text=True, check=False)
+    checked = subprocess.run(
+        ["/usr/bin/promtool", "check", "config", str(ROOT / "deploy/prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "job_name: worker" in (ROOT / "deploy/prometheus.yml").read_text()
 

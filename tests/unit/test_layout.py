@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TOP_LEVEL = {"main.py", "agents_config.py", "crew_factory.py", "stream_manager.py", "worker.py", "test_import.py"}
-SOURCE_DIRS = ("delivery", "tests", "bench")
+SOURCE_DIRS = ("delivery", "tests", "bench", "quality")
 
 
 def python_files() -> list[Path]:

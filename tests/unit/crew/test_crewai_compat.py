@@ -174,3 +174,38 @@ def test_the_openai_client_accepts_the_arguments_we_build_it_with():
         llm.stream is True and llm.model == "m",
         "OpenAICompletion takes model, base_url, api_key, stream, timeout, max_retries and temperature",
     )
+
+
+def test_a_document_form_reaches_the_requests_parameters_as_its_response_format():
+    form = {"type": "json_schema", "json_schema": {"name": "test_plan", "schema": {"type": "object"}, "strict": True}}
+    llm = compat.OpenAICompletionWithForm(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", stream=True)
+    messages: Any = [{"role": "user", "content": "Write it"}]
+    plain = compat.OpenAICompletion._prepare_completion_params(llm, messages)
+    assume(
+        plain["messages"] == messages and plain["stream"] is True and "response_format" not in plain,
+        "OpenAICompletion._prepare_completion_params(messages, tools) builds the chat request's parameters",
+    )
+    llm.document_form = form
+    assert llm._prepare_completion_params(messages)["response_format"] == form
+
+
+def test_a_guardrail_with_our_annotations_is_accepted_and_its_rejection_makes_the_agent_rewrite():
+    from delivery.llm.scripted import ScriptedLLM
+
+    attempts: list[str] = []
+
+    def guard(output: Any) -> tuple[bool, Any]:
+        attempts.append(output.raw)
+        return (True, output.raw) if len(attempts) > 1 else (False, "add a section")
+
+    llm = ScriptedLLM(model="scripted-test-double", agent_name="QAEngineer", requirement="Build a wiki")
+    agent = compat.Agent(role="QA Engineer", goal="g", backstory="b", llm=llm, max_iter=2, max_retry_limit=0)
+    task = compat.Task(
+        description="Write a test plan",
+        expected_output="a plan",
+        agent=agent,
+        guardrail=compat.as_guardrail(guard),
+        guardrail_max_retries=2,
+    )
+    compat.Crew(agents=[agent], tasks=[task], verbose=False).kickoff()
+    assume(len(attempts) == 2, "a guardrail returning (False, feedback) makes CrewAI run the same agent again")
