@@ -19,12 +19,16 @@ from dotenv import load_dotenv
 load_dotenv()  # before the settings (and CrewAI) read the environment
 
 from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exception_handlers import http_exception_handler  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.middleware.cors import CORSMiddleware  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from delivery import __version__  # noqa: E402
 from delivery.api.deps import RuntimeDep  # noqa: E402
+from delivery.api.inputs import validation_error  # noqa: E402
 from delivery.api.routes import router  # noqa: E402
 from delivery.api.schemas import Health  # noqa: E402
 from delivery.crew.roster import ROSTER  # noqa: E402
@@ -36,6 +40,7 @@ from delivery.errors import (  # noqa: E402
     InvalidRequestError,
     InvalidResumePointError,
     RateLimitedError,
+    RequestInProgressError,
     TaskNotFinishedError,
     TaskNotFoundError,
     TaskStateConflictError,
@@ -62,11 +67,17 @@ TEST_UI_CSP = (
     "frame-ancestors 'none'; form-action 'self'"
 )
 
+UNREADABLE_BODY = (
+    "The body could not be read as JSON: send UTF-8 encoded JSON text, with numbers of at most "
+    "4300 digits (the fields and their limits are in /docs)."
+)
+
 HTTP_STATUS: dict[type[DomainError], int] = {
     TaskNotFoundError: 404,
     DeliverableNotFoundError: 404,
     TaskNotFinishedError: 409,
     TaskStateConflictError: 409,
+    RequestInProgressError: 409,
     InvalidResumePointError: 400,
     InvalidRequestError: 422,
     AuthenticationRequiredError: 401,
@@ -101,6 +112,20 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         lifespan=lifespan,
     )
     app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's list of errors without the `input` it echoes: the input may be a secret, or
+        not text at all (an unpaired surrogate), and the answer must always be sendable."""
+        return JSONResponse({"detail": [validation_error(e) for e in exc.errors()]}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body it cannot decode (bytes that are not UTF-8, a number of
+        # thousands of digits) with a 400 that does not say what to do; this one does.
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            return JSONResponse({"detail": UNREADABLE_BODY}, status_code=400)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:

@@ -1,6 +1,12 @@
 """Domain errors raised by the core; main.py turns them into HTTP responses."""
 
 
+def shown(value: str, limit: int = 40) -> str:
+    """A client's value quoted in an error message: cut short, and ASCII so that any response
+    (and any log) can carry it whatever it contained."""
+    return ascii(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 class DomainError(Exception):
     """Base class: the message is written for the API caller and says what to do."""
 
@@ -8,7 +14,7 @@ class DomainError(Exception):
 class TaskNotFoundError(DomainError):
     def __init__(self, task_id: str) -> None:
         super().__init__(
-            f"No task with id {task_id!r}. It may never have existed or may have expired; "
+            f"No task with id {shown(task_id, 80)}. It may never have existed or may have expired; "
             "list current streams with GET /api/streams or start one with POST /api/run_task."
         )
         self.task_id = task_id
@@ -32,6 +38,10 @@ class InvalidResumePointError(DomainError):
 
 class TaskStateConflictError(DomainError):
     """The request does not fit the task's current state (HTTP 409)."""
+
+
+class RequestInProgressError(DomainError):
+    """The same Idempotency-Key is still being worked on (HTTP 409)."""
 
 
 class InvalidRequestError(DomainError):

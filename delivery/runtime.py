@@ -28,6 +28,7 @@ from delivery.tasks.phases import PhaseRunner
 from delivery.tasks.runs import Runs
 from delivery.tasks.store import SqlTaskStore
 from delivery.tasks.watchdog import Watchdog
+from delivery.webhooks.outbox import Webhooks, WebhookSender
 from stream_manager import StreamManager
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ class Runtime:
         handler = handler_class or load_events_handler(settings.events_handler)
         self.store = SqlTaskStore(database_url(settings))
         self.streams = StreamManager.create(settings, self.store, backend=event_backend)
-        self.runs = Runs(settings, self.store, self.streams, name or instance_id(settings))
+        self.webhooks = Webhooks(settings, self.store)
+        self.runs = Runs(settings, self.store, self.streams, name or instance_id(settings), self.webhooks)
         self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label, usage_policy(settings))
         self.executor = make_executor(settings, self.phases.run, celery_app)
         self.commands = TaskCommands(self.runs, self.executor)
@@ -68,6 +70,7 @@ class Runtime:
         self._stopping = threading.Event()
         self._collector: metrics.RuntimeCollector | None = None
         self._metrics_server: metrics.MetricsServer | None = None
+        self._webhook_sender: WebhookSender | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start serving (`loop`: the event loop viewers are served on; None in a worker)."""
@@ -77,6 +80,9 @@ class Runtime:
         self.streams.start(loop)
         self.watchdog.recover_at_start()
         self._collector = metrics.register(self)
+        if self.role == "api" and self.webhooks.enabled:  # workers only queue notifications
+            self._webhook_sender = WebhookSender(self.settings, self.store)
+            self._webhook_sender.start()
         if self.role == "worker" and self.settings.metrics_port:  # API processes serve GET /metrics
             try:
                 self._metrics_server = metrics.MetricsServer(
@@ -95,6 +101,8 @@ class Runtime:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._webhook_sender is not None:
+            self._webhook_sender.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         if self._collector is not None:

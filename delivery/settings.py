@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 from enum import Enum
 from functools import lru_cache
@@ -93,6 +94,8 @@ class Settings(BaseSettings):
     data_dir: str = "./data"
     database_url: str | None = None
     task_retention_days: float = Field(30.0, gt=0)
+    # How long an Idempotency-Key's answer is remembered (delivery/api/idempotency.py)
+    idempotency_ttl_s: float = Field(86400.0, ge=60)
 
     # Streaming
     event_backend: EventBackendKind = EventBackendKind.memory
@@ -133,6 +136,14 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     otel_exporter_otlp_endpoint: str = ""  # e.g. http://collector:4318 (OTLP over HTTP)
 
+    # Webhooks (README "Webhooks", docs/security.md): notifications signed as Standard Webhooks say
+    webhook_urls: str = ""  # comma-separated endpoints that get every task's notifications
+    webhook_secret: str = ""  # whsec_<base64>; needed for any webhook
+    webhook_allow_private: bool = False  # allow loopback, link-local and private addresses
+    webhook_max_attempts: int = Field(8, ge=1, le=30)
+    webhook_retry_base_s: float = Field(5.0, gt=0)  # then x4 per attempt: 5 s, 20 s, 80 s, ... (7.5 h in all)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
     # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
     crewai_telemetry: bool = False
 
@@ -140,6 +151,26 @@ class Settings(BaseSettings):
     def _prices_are_valid(self) -> Settings:
         parse_prices(self.llm_prices)  # ValueError with an example of what to write
         return self
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        if self.webhook_secret and not _is_webhook_secret(self.webhook_secret):
+            raise ValueError(
+                "WEBHOOK_SECRET must be whsec_ followed by base64 of 24 to 64 random bytes; make one with: "
+                "python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+            )
+        if self.webhook_urls.strip() and not self.webhook_secret:
+            raise ValueError("WEBHOOK_URLS is set but WEBHOOK_SECRET is not: set a secret to sign notifications with.")
+        return self
+
+
+def _is_webhook_secret(value: str) -> bool:
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return 24 <= len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) <= 64
+    except ValueError:
+        return False
 
 
 def instance_id(settings: Settings) -> str:

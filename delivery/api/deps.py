@@ -27,3 +27,6 @@ def guard(request: Request) -> str:
     client = (request.client.host, request.client.port) if request.client else None
     limits.hit(rate_limit_identity(caller, client), run_task=request.url.path == "/api/run_task")
     return caller
+
+
+Caller = Annotated[str, Depends(guard)]  # who is asking; the router has already run the guard

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 
-from delivery.api.deps import RuntimeDep, guard
+from delivery.api.deps import Caller, RuntimeDep, guard
+from delivery.api.idempotency import run_once
 from delivery.api.schemas import (
     BudgetInfo,
     ConfirmRequest,
@@ -32,13 +35,16 @@ from delivery.api.schemas import (
     UsageWithCalls,
     VersionInfo,
     VersionList,
+    WebhookAttempt,
+    WebhookDeliveryInfo,
+    WebhookList,
 )
 from delivery.api.stream_route import register_stream_route
 from delivery.crew.roster import ROSTER
 from delivery.documents import diff
 from delivery.documents.package import build_zip
 from delivery.documents.render import to_html
-from delivery.errors import DeliverableNotFoundError, InvalidRequestError, RateLimitedError, TaskNotFinishedError
+from delivery.errors import DeliverableNotFoundError, InvalidRequestError, RateLimitedError, TaskNotFinishedError, shown
 from delivery.llm.usage import summary, totals
 from delivery.observability.tracing import trace_id_of
 from delivery.runtime import Runtime
@@ -47,6 +53,7 @@ from delivery.streaming.backend import StreamSnapshot
 from delivery.tasks.records import TaskRecord, TaskStatus
 
 GUARDED: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A body that is not UTF-8 JSON text"},
     401: {"model": ErrorResponse, "description": "API keys are on and none was sent"},
     403: {"model": ErrorResponse, "description": "The API key (or stream token) is not valid"},
     413: {"model": ErrorResponse, "description": "Body larger than MAX_REQUEST_BYTES"},
@@ -55,9 +62,22 @@ GUARDED: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "Rate limit or queue limit reached; see Retry-After"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "Unknown or expired task"}}
-CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorResponse, "description": "Not possible in the task's current state"}
+IDEMPOTENT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "Not possible in the task's current state, or a request with the same "
+        "Idempotency-Key is still being worked on",
+    },
 }
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry safely: the same key with the same request within 24 h returns the first "
+        "answer (header Idempotent-Replayed: true) without doing the work again; with a different "
+        "request it is refused (422). 1-255 visible ASCII characters, e.g. a UUID.",
+    ),
+]
 NOT_FINISHED: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "Not finished yet"}}
 
 router = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=GUARDED)
@@ -83,8 +103,14 @@ def _stream_info(s: StreamSnapshot) -> StreamInfo:
     )
 
 
-@router.post("/run_task", status_code=202, response_model=RunTaskResponse)
-def run_task(body: RunTaskRequest, runtime: RuntimeDep, request: Request) -> RunTaskResponse:
+@router.post("/run_task", status_code=202, response_model=RunTaskResponse, responses=IDEMPOTENT)
+def run_task(
+    body: RunTaskRequest, runtime: RuntimeDep, request: Request, caller: Caller, _key: IdempotencyKey = None
+) -> RunTaskResponse | JSONResponse:
+    return run_once(request, runtime, caller, body, 202, lambda: _start(body, runtime, request))
+
+
+def _start(body: RunTaskRequest, runtime: Runtime, request: Request) -> RunTaskResponse:
     _admit(runtime)
     budget = body.budget
     record = runtime.commands.submit(
@@ -92,6 +118,8 @@ def run_task(body: RunTaskRequest, runtime: RuntimeDep, request: Request) -> Run
         body.skip_confirmation,
         max_tokens=budget.max_tokens if budget else None,
         max_cost=budget.max_cost if budget else None,
+        webhook_url=body.webhook_url,
+        webhook_steps=body.webhook_steps,
     )
     tid = record.task_id
     auth = _auth(request)
@@ -174,24 +202,62 @@ def _finished(record: TaskRecord) -> TaskRecord:
     response_model=TaskActionResponse,
     responses={
         **NOT_FOUND,
-        **CONFLICT,
+        **IDEMPOTENT,
         422: {"model": ErrorResponse, "description": "Changes requested without feedback"},
     },
 )
-def confirm(task_id: str, body: ConfirmRequest, runtime: RuntimeDep) -> TaskActionResponse:
-    r = runtime.commands.confirm(task_id, body.approved, body.feedback)
-    message = (
-        "Approved: the rest of the crew is next."
-        if body.approved
-        else "Changes requested: the ProductManager is revising the analysis."
+def confirm(
+    task_id: str,
+    body: ConfirmRequest,
+    runtime: RuntimeDep,
+    request: Request,
+    caller: Caller,
+    _key: IdempotencyKey = None,
+) -> TaskActionResponse | JSONResponse:
+    def work() -> TaskActionResponse:
+        r = runtime.commands.confirm(task_id, body.approved, body.feedback)
+        message = (
+            "Approved: the rest of the crew is next."
+            if body.approved
+            else "Changes requested: the ProductManager is revising the analysis."
+        )
+        return TaskActionResponse(task_id=task_id, status=r.status, message=message)
+
+    return run_once(request, runtime, caller, body, 200, work)
+
+
+@router.post("/task/{task_id}/cancel", response_model=TaskActionResponse, responses={**NOT_FOUND, **IDEMPOTENT})
+def cancel(
+    task_id: str, runtime: RuntimeDep, request: Request, caller: Caller, _key: IdempotencyKey = None
+) -> TaskActionResponse | JSONResponse:
+    def work() -> TaskActionResponse:
+        r = runtime.commands.cancel(task_id)
+        return TaskActionResponse(task_id=task_id, status=r.status, message="The task is cancelled.")
+
+    return run_once(request, runtime, caller, None, 200, work)
+
+
+@router.get("/task/{task_id}/webhooks", response_model=WebhookList, responses=NOT_FOUND)
+def task_webhooks(task_id: str, runtime: RuntimeDep) -> WebhookList:
+    """The task's notifications: where each went, every attempt and what the receiver answered."""
+    runtime.runs.record(task_id)  # 404 for unknown tasks
+    return WebhookList(
+        task_id=task_id,
+        webhooks=[
+            WebhookDeliveryInfo(
+                webhook_id=d.webhook_id,
+                url=d.url,
+                type=d.event_type,
+                state=d.state,
+                created_at=datetime.fromtimestamp(d.created_at, tz=UTC),
+                next_attempt_at=_dt(d.next_attempt_at),
+                delivered_at=_dt(d.delivered_at),
+                attempts=[WebhookAttempt(**a) for a in d.attempts],
+                payload=json.loads(d.payload),
+            )
+            for d in runtime.store.webhooks(task_id)
+        ],
     )
-    return TaskActionResponse(task_id=task_id, status=r.status, message=message)
-
-
-@router.post("/task/{task_id}/cancel", response_model=TaskActionResponse, responses={**NOT_FOUND, **CONFLICT})
-def cancel(task_id: str, runtime: RuntimeDep) -> TaskActionResponse:
-    r = runtime.commands.cancel(task_id)
-    return TaskActionResponse(task_id=task_id, status=r.status, message="The task is cancelled.")
 
 
 @router.get("/task/{task_id}/deliverables", response_model=DeliverableList, responses=NOT_FOUND)
@@ -275,7 +341,7 @@ def _deliverable_key(name: str) -> str:
     key = ROSTER.resolve_deliverable(name)
     if key is None:
         raise DeliverableNotFoundError(
-            f"No deliverable called {name[:80]!r}; use one of {', '.join(ROSTER.deliverable_keys)} "
+            f"No deliverable called {shown(name, 80)}; use one of {', '.join(ROSTER.deliverable_keys)} "
             f"(or {', '.join(ROSTER.filenames.values())})."
         )
     return key

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from delivery.api.inputs import storable_text
 from delivery.crew.roster import ROSTER
 from delivery.events import EventType
 from delivery.tasks.records import TaskStatus
@@ -45,11 +46,25 @@ class RunTaskRequest(BaseModel):
         "answers POST /api/task/{id}/confirm. true: run straight through.",
     )
     budget: TaskBudget | None = Field(None, description="Optional limits for this task, at most the server's.")
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="Optional http(s) URL that gets this task's notifications, signed as Standard Webhooks "
+        "says (awaiting confirmation, succeeded, failed, cancelled). Public addresses only unless the "
+        "operator allows others.",
+        examples=["https://example.com/hooks/delivery"],
+    )
+    webhook_steps: bool = Field(False, description="Also notify the webhooks each time an agent finishes.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _storable_url(cls, value: str | None) -> str | None:
+        return None if value is None else storable_text("webhook_url", value)
 
     @field_validator("user_requirement")
     @classmethod
     def _strip_and_bound(cls, value: str) -> str:
-        value = value.strip()
+        value = storable_text("user_requirement", value).strip()
         if not value:
             raise ValueError("user_requirement is empty: describe the software you want built")
         if len(value) > MAX_REQUIREMENT_CHARS:
@@ -57,6 +72,30 @@ class RunTaskRequest(BaseModel):
                 f"user_requirement has {len(value)} characters; shorten it to at most {MAX_REQUIREMENT_CHARS}"
             )
         return value
+
+
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status_code: int | None = Field(description="The receiver's answer; null when none came (see error)")
+    error: str | None = Field(description="Why the attempt did not count as delivered; null when it did")
+    duration_ms: int
+
+
+class WebhookDeliveryInfo(BaseModel):
+    webhook_id: str = Field(description="The webhook-id header, the same on every attempt")
+    url: str
+    type: str = Field(description="task.awaiting_confirmation, task.step_finished, task.succeeded, ...")
+    state: str = Field(description="pending (more attempts to come), delivered, or failed (gave up)")
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    attempts: list[WebhookAttempt]
+    payload: dict[str, Any] = Field(description="The JSON body sent")
+
+
+class WebhookList(BaseModel):
+    task_id: str
+    webhooks: list[WebhookDeliveryInfo]
 
 
 class RunTaskResponse(BaseModel):
@@ -187,7 +226,7 @@ class ConfirmRequest(BaseModel):
     @field_validator("feedback")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
-        value = value.strip() if value else None
+        value = storable_text("feedback", value).strip() if value else None
         return value or None
 
 

@@ -17,37 +17,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
+from delivery.api.inputs import parse_resume_point
 from delivery.api.schemas import ErrorResponse, StreamEventModel
-from delivery.errors import InvalidRequestError, InvalidResumePointError
 from delivery.security.auth import Auth, decode_headers, rate_limit_identity
 from delivery.settings import Settings
 from delivery.streaming.backend import Subscription
 from delivery.streaming.sse import MEDIA_TYPE, serve_events
 
 SSE_RETRY_MS = 3000
-
-
-def parse_resume_point(last_event_id: str | None, after: int | None) -> int:
-    """Last-Event-ID (sent by a reconnecting EventSource) wins over ?after=."""
-    if last_event_id is not None and last_event_id.strip():
-        value = last_event_id.strip()
-        if not value.isdigit():
-            raise InvalidResumePointError(
-                f"Last-Event-ID must be the sequence number of the last event received (an integer "
-                f">= 0), got {value[:40]!r}."
-            )
-        return int(value)
-    return after or 0
-
-
-def parse_after(value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise InvalidRequestError(
-            f"after must be the sequence number of the last event received (an integer >= 0), got {value[:40]!r}."
-        )
-    return int(value)
 
 
 class EventStreamRoute(APIRoute):
@@ -75,7 +52,7 @@ class EventStreamRoute(APIRoute):
         state = scope["app"].state
         who = self._authorize(state.auth, headers, query, task_id)
         await run_in_threadpool(state.rate_limits.hit, rate_limit_identity(who, scope.get("client")))
-        start = parse_resume_point(headers.get("last-event-id"), parse_after(query.get("after", [None])[-1]))
+        start = parse_resume_point(headers.get("last-event-id"), query.get("after", [None])[-1])
         streams = state.runtime.streams
         if not streams.holds(task_id):
             await run_in_threadpool(streams.make_available, task_id)  # 404 for unknown tasks

@@ -59,7 +59,10 @@ class Auth:
         key = self.presented_key(headers)
         if key is None:
             raise AuthenticationRequiredError(f"This server requires an API key: {HOW}.")
-        if not any(hmac.compare_digest(key, k) for k in self._keys):
+        # Bytes, not str: compare_digest refuses str with non-ASCII characters, and a header
+        # may carry any byte.
+        presented = key.encode()
+        if not any(hmac.compare_digest(presented, k.encode()) for k in self._keys):
             raise ForbiddenError(
                 f"The API key {fingerprint(key)} is not valid here; check the key you "
                 "were given (keys are set by the operator in API_KEYS)."
@@ -72,7 +75,10 @@ class Auth:
 
     def check_stream_token(self, token: str, task_id: str) -> None:
         expires_text, _, signature = token.partition(".")
-        if not expires_text.isdigit() or not hmac.compare_digest(signature, self._sign(task_id, int(expires_text))):
+        well_formed = expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 12
+        if not well_formed or not hmac.compare_digest(
+            signature.encode(), self._sign(task_id, int(expires_text)).encode()
+        ):
             raise ForbiddenError(
                 "The stream token is not valid for this task; use the stream_token "
                 "returned by POST /api/run_task or POST /api/task/{id}/stream_token."

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from delivery.errors import shown
 from delivery.events import format_timestamp
 from delivery.security.auth import ANONYMOUS, Auth, decode_headers, fingerprint
 
@@ -107,14 +108,14 @@ class RequestGuard:
 
     def _refuse(self, headers: dict[str, str]) -> tuple[int, str] | None:
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_bytes:
             return self._too_large()
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if has_body and content_type != "application/json":
             return 415, (
                 f"Send the body as JSON with `Content-Type: application/json` "
-                f"(got {content_type or 'no content type'!r})."
+                f"(got {shown(content_type) if content_type else 'no content type'})."
             )
         return None
 

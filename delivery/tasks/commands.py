@@ -14,6 +14,7 @@ from delivery.observability import tracing
 from delivery.tasks.executors import Executor
 from delivery.tasks.records import Phase, TaskRecord, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs
+from delivery.webhooks.addresses import AddressNotAllowedError, check_url
 
 
 class TaskCommands:
@@ -22,17 +23,28 @@ class TaskCommands:
         self._executor = executor
 
     def submit(
-        self, requirement: str, skip_confirmation: bool, max_tokens: int | None = None, max_cost: float | None = None
+        self,
+        requirement: str,
+        skip_confirmation: bool,
+        max_tokens: int | None = None,
+        max_cost: float | None = None,
+        webhook_url: str | None = None,
+        webhook_steps: bool = False,
     ) -> TaskRecord:
         """A new task; `max_tokens`/`max_cost` lower the server's budget for it (InvalidRequestError
-        when they ask for more)."""
+        when they ask for more); `webhook_url` gets its notifications (InvalidRequestError when it
+        may not)."""
         settings = self._runs.settings
+        if webhook_url is not None:
+            self._check_webhook_url(webhook_url)
         record = TaskRecord(
             task_id=str(uuid.uuid4()),
             requirement=requirement,
             skip_confirmation=skip_confirmation,
             language=writing_language(settings, detect_language(requirement)),
             budget=task_budget(settings.max_tokens_per_task, settings.max_cost_per_task, max_tokens, max_cost),
+            webhook_url=webhook_url,
+            webhook_steps=webhook_steps,
         )
         tracing.start_task(record)
         self._runs.store.save(record)
@@ -40,6 +52,17 @@ class TaskCommands:
         self._hold(record)
         self._executor.dispatch(record.task_id, Phase.analysis)
         return record
+
+    def _check_webhook_url(self, url: str) -> None:
+        if not self._runs.webhooks.enabled:
+            raise InvalidRequestError(
+                "webhook_url: this server sends no webhooks (the operator has not set WEBHOOK_SECRET); "
+                "leave webhook_url out and follow the stream or poll the status instead."
+            )
+        try:
+            check_url(url, self._runs.settings.webhook_allow_private)
+        except AddressNotAllowedError as exc:
+            raise InvalidRequestError(f"webhook_url {exc}.") from None
 
     def confirm(self, task_id: str, approved: bool, feedback: str | None) -> TaskRecord:
         runs, settings = self._runs, self._runs.settings

@@ -16,7 +16,7 @@ from delivery.crew.roster import ROSTER
 from delivery.documents.structure import REVIEW
 from delivery.documents.traceability import review_with_matrix, trace
 from delivery.errors import StreamClosedError
-from delivery.events import SYSTEM_AGENT, EventType
+from delivery.events import SYSTEM_AGENT, EventType, format_timestamp
 from delivery.llm.failures import describe_failure
 from delivery.llm.providers import LLMFactory
 from delivery.llm.usage import BudgetExceeded, UsageMeter, UsagePolicy
@@ -24,11 +24,13 @@ from delivery.observability import metrics, tracing
 from delivery.observability.logs import log_context
 from delivery.tasks.records import DocumentVersion, Phase, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs, TaskAborted
+from delivery.webhooks.outbox import Notification
 
 log = logging.getLogger(__name__)
 
 # Events that also save the record, so every process's status shows the progress.
-_PROGRESS_EVENTS = frozenset({EventType.agent_start.value, EventType.step_end.value})
+STEP_END = EventType.step_end.value
+_PROGRESS_EVENTS = frozenset({EventType.agent_start.value, STEP_END})
 
 
 class PhaseRunner:
@@ -114,6 +116,7 @@ class PhaseRunner:
     def _publisher(self, run: Run) -> Publish:
         """The crew's publish: stops the crew once its task ended (rule 4 in runs.py)."""
         streams, store, record, aborted = self._runs.streams, self._runs.store, run.record, run.aborted
+        webhooks = self._runs.webhooks
         task_id = record.task_id
         publish, is_closed = streams.publish, streams.is_closed
 
@@ -126,6 +129,8 @@ class PhaseRunner:
                 publish(task_id, agent, event_type, content, metadata)
             except StreamClosedError:
                 raise TaskAborted() from None
+            if event_type == STEP_END and record.webhook_steps:
+                webhooks.notify(record, Notification.step_finished, agent=agent, completed_steps=record.completed_steps)
 
         return publish_event
 
@@ -198,6 +203,13 @@ class PhaseRunner:
                     "version": checks.results[-1].version if checks.results else None,
                     "previous_version": (checks.results[0].version - 1) if checks.results and r.feedback else None,
                 },
+            )
+            self._runs.webhooks.notify(
+                r,
+                Notification.awaiting_confirmation,
+                confirm_url=f"/api/task/{r.task_id}/confirm",
+                revision_rounds_left=rounds_left,
+                confirm_deadline=format_timestamp(r.confirm_deadline),
             )
 
     def _deliver(self, run: Run) -> None:

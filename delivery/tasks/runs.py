@@ -39,6 +39,7 @@ from delivery.observability import metrics
 from delivery.settings import Settings
 from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.store import TaskStore
+from delivery.webhooks.outbox import Notification, Webhooks
 from stream_manager import StreamManager
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,13 @@ class Ending:
 class Runs:
     """The runs of this process, and what the lifecycle units share: settings, store, streams."""
 
-    def __init__(self, settings: Settings, store: TaskStore, streams: StreamManager, instance_id: str) -> None:
+    def __init__(
+        self, settings: Settings, store: TaskStore, streams: StreamManager, instance_id: str, webhooks: Webhooks
+    ) -> None:
         self.settings = settings
         self.store = store
         self.streams = streams
+        self.webhooks = webhooks
         self.instance_id = instance_id
         self._runs: dict[str, Run] = {}
 
@@ -168,3 +172,4 @@ class Runs:
     def _publish_terminal(self, record: TaskRecord, ending: Ending) -> None:
         metadata = {**(ending.metadata or {}), "usage": summary(record.usage)["total"]}
         self.streams.publish_terminal(record.task_id, ending.agent, ending.event_type.value, ending.content, metadata)
+        self.webhooks.notify(record, Notification(f"task.{ending.status.value}"))

@@ -11,7 +11,7 @@ import contextlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,18 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     delete,
     event,
     func,
     insert,
     inspect,
+    or_,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from delivery.errors import TaskNotFoundError
@@ -104,15 +107,70 @@ class TaskStore(ABC):
     def all_versions(self, task_id: str) -> list[DocumentVersion]:
         """Every version of every deliverable of a task, with content (the zip)."""
 
+    @abstractmethod
+    def claim_request(
+        self, scope: str, fingerprint: str, now: float, abandoned_before: float, expired_before: float
+    ) -> RememberedRequest | None:
+        """Claim an idempotency scope for a new request (None), or return what is remembered
+        for it. Claims unanswered since `abandoned_before`, and any made before
+        `expired_before`, are forgotten first."""
+
+    @abstractmethod
+    def answer_request(self, scope: str, status_code: int, answer: str) -> None: ...
+
+    @abstractmethod
+    def release_request(self, scope: str) -> None:
+        """Forget a claim whose request failed, so that a retry with the same key runs it."""
+
+    @abstractmethod
+    def purge_requests_before(self, ts: float) -> int: ...
+
+    @abstractmethod
+    def add_webhooks(self, deliveries: list[WebhookDelivery]) -> None: ...
+
+    @abstractmethod
+    def claim_due_webhooks(self, now: float, until: float, limit: int) -> list[WebhookDelivery]:
+        """Pending deliveries due at `now`, each claimed until `until` (no other sender takes it)."""
+
+    @abstractmethod
+    def save_webhook(self, delivery: WebhookDelivery) -> None:
+        """Store an attempt's outcome: state, attempts, next_attempt_at, delivered_at."""
+
+    @abstractmethod
+    def webhooks(self, task_id: str) -> list[WebhookDelivery]: ...
+
     def close(self) -> None:
         pass
 
 
+@dataclass
+class WebhookDelivery:
+    webhook_id: str  # the webhook-id header: the same on every attempt, receivers dedupe by it
+    task_id: str
+    url: str
+    event_type: str
+    payload: str
+    created_at: float
+    state: str = "pending"  # pending, delivered, failed (gave up)
+    next_attempt_at: float | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RememberedRequest:
+    fingerprint: str
+    created_at: float
+    status_code: int | None  # None: the first request with this key is still being worked on
+    answer: str | None
+
+
+TASK_ID_CHARS = 36  # a UUID
 metadata = MetaData()
 tasks_table = Table(
     "tasks",
     metadata,
-    Column("task_id", String(36), primary_key=True),
+    Column("task_id", String(TASK_ID_CHARS), primary_key=True),
     Column("requirement", Text, nullable=False),
     Column("skip_confirmation", Boolean, nullable=False),
     Column("language", String(8), nullable=False),
@@ -134,11 +192,13 @@ tasks_table = Table(
     Column("usage", Text),
     Column("budget", Text),
     Column("trace_context", String(64)),
+    Column("webhook_url", Text),
+    Column("webhook_steps", Boolean),
 )
 events_table = Table(
     "events",
     metadata,
-    Column("task_id", String(36), primary_key=True),
+    Column("task_id", String(TASK_ID_CHARS), primary_key=True),
     Column("sequence", Integer, primary_key=True),
     Column("agent_name", String(64), nullable=False),
     Column("event_type", String(32), nullable=False),
@@ -150,7 +210,7 @@ events_table = Table(
 versions_table = Table(
     "versions",
     metadata,
-    Column("task_id", String(36), primary_key=True),
+    Column("task_id", String(TASK_ID_CHARS), primary_key=True),
     Column("deliverable", String(64), primary_key=True),
     Column("number", Integer, primary_key=True),
     Column("agent", String(64), nullable=False),
@@ -159,6 +219,34 @@ versions_table = Table(
     Column("gaps", Text, nullable=False),
     Column("size", Integer, nullable=False),
     Column("content", Text, nullable=False),
+)
+
+# Idempotency-Key: one row per caller and key, with the answer once there is one (answer NULL:
+# the first request is still being worked on). The key itself is kept only as part of a hash.
+request_keys_table = Table(
+    "request_keys",
+    metadata,
+    Column("scope", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("status_code", Integer),
+    Column("answer", Text),
+)
+
+# The webhook outbox: one row per notification and endpoint, kept until delivered or given up.
+webhooks_table = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("webhook_id", String(40), primary_key=True),
+    Column("task_id", String(TASK_ID_CHARS), nullable=False, index=True),
+    Column("url", Text, nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("next_attempt_at", Float, index=True),
+    Column("attempts", Text, nullable=False),
+    Column("delivered_at", Float),
 )
 
 _JSON_COLUMNS = ("deliverables", "feedback", "traceability", "usage", "budget")
@@ -181,6 +269,7 @@ def _from_row(row: Any) -> TaskRecord:
     data["run_seconds"] = data["run_seconds"] or 0.0  # NULL in rows made before the column
     data["usage"] = data["usage"] or {}
     data["budget"] = data["budget"] or {}
+    data["webhook_steps"] = bool(data["webhook_steps"])
     return TaskRecord(**data)
 
 
@@ -235,6 +324,8 @@ class SqlTaskStore(TaskStore):
             return [_from_row(row) for row in conn.execute(query)]
 
     def get(self, task_id: str) -> TaskRecord:
+        if len(task_id) > TASK_ID_CHARS or "\x00" in task_id:  # cannot be in the table; PostgreSQL
+            raise TaskNotFoundError(task_id)  # would refuse the query, not answer it
         with self.engine.connect() as conn:
             row = conn.execute(select(tasks_table).where(tasks_table.c.task_id == task_id)).first()
         if row is None:
@@ -315,6 +406,7 @@ class SqlTaskStore(TaskStore):
             if ids:
                 conn.execute(delete(events_table).where(events_table.c.task_id.in_(ids)))
                 conn.execute(delete(versions_table).where(versions_table.c.task_id.in_(ids)))
+                conn.execute(delete(webhooks_table).where(webhooks_table.c.task_id.in_(ids)))
                 conn.execute(delete(tasks_table).where(tasks_table.c.task_id.in_(ids)))
         return len(ids)
 
@@ -360,8 +452,87 @@ class SqlTaskStore(TaskStore):
         with self.engine.connect() as conn:
             return [_version(row) for row in conn.execute(query)]
 
+    def claim_request(
+        self, scope: str, fingerprint: str, now: float, abandoned_before: float, expired_before: float
+    ) -> RememberedRequest | None:
+        t = request_keys_table
+        row = {"scope": scope, "fingerprint": fingerprint, "created_at": now, "status_code": None, "answer": None}
+        with self._write_lock, self.engine.begin() as conn:
+            # Abandoned claims (the process died mid-request) are taken over, answered ones kept.
+            abandoned = and_(t.c.status_code.is_(None), t.c.created_at < abandoned_before)
+            conn.execute(delete(t).where(t.c.scope == scope, or_(abandoned, t.c.created_at < expired_before)))
+            # Insert-if-absent in one statement: another replica may be claiming the same key.
+            # (RETURNING says whether it did: drivers report no rowcount for ON CONFLICT.)
+            if conn.execute(self._insert_if_absent(t, row).returning(t.c.scope)).first() is not None:
+                return None
+            found = conn.execute(select(t).where(t.c.scope == scope)).one()
+        return RememberedRequest(found.fingerprint, found.created_at, found.status_code, found.answer)
+
+    def _insert_if_absent(self, table: Table, row: dict[str, Any]) -> Any:
+        dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(self.engine.dialect.name)
+        if dialect is None:  # elsewhere a concurrent claim surfaces as an IntegrityError
+            return insert(table).values(**row)
+        return dialect.insert(table).values(**row).on_conflict_do_nothing()
+
+    def answer_request(self, scope: str, status_code: int, answer: str) -> None:
+        t = request_keys_table
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(update(t).where(t.c.scope == scope).values(status_code=status_code, answer=answer))
+
+    def release_request(self, scope: str) -> None:
+        t = request_keys_table
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.scope == scope, t.c.status_code.is_(None)))
+
+    def purge_requests_before(self, ts: float) -> int:
+        t = request_keys_table
+        with self._write_lock, self.engine.begin() as conn:
+            return conn.execute(delete(t).where(t.c.created_at < ts)).rowcount
+
+    def add_webhooks(self, deliveries: list[WebhookDelivery]) -> None:
+        if not deliveries:
+            return
+        rows = [{**asdict(d), "attempts": json.dumps(d.attempts)} for d in deliveries]
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(insert(webhooks_table), rows)
+
+    def claim_due_webhooks(self, now: float, until: float, limit: int) -> list[WebhookDelivery]:
+        t = webhooks_table
+        due = select(t).where(t.c.state == "pending", t.c.next_attempt_at <= now).order_by(t.c.next_attempt_at)
+        claimed = []
+        with self._write_lock, self.engine.begin() as conn:
+            for row in conn.execute(due.limit(limit)).all():
+                # Claimed only if no other process moved it meanwhile.
+                taken = update(t).where(t.c.webhook_id == row.webhook_id, t.c.next_attempt_at == row.next_attempt_at)
+                if conn.execute(taken.values(next_attempt_at=until)).rowcount == 1:
+                    claimed.append(_webhook(row))
+        return claimed
+
+    def save_webhook(self, delivery: WebhookDelivery) -> None:
+        t = webhooks_table
+        values = {
+            "state": delivery.state,
+            "next_attempt_at": delivery.next_attempt_at,
+            "attempts": json.dumps(delivery.attempts),
+            "delivered_at": delivery.delivered_at,
+        }
+        with self._write_lock, self.engine.begin() as conn:
+            conn.execute(update(t).where(t.c.webhook_id == delivery.webhook_id).values(**values))
+
+    def webhooks(self, task_id: str) -> list[WebhookDelivery]:
+        t = webhooks_table
+        query = select(t).where(t.c.task_id == task_id).order_by(t.c.created_at, t.c.url)
+        with self.engine.connect() as conn:
+            return [_webhook(row) for row in conn.execute(query)]
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _webhook(row: Any) -> WebhookDelivery:
+    data = dict(row._mapping)
+    data["attempts"] = json.loads(data["attempts"])
+    return WebhookDelivery(**data)
 
 
 def _version(row: Any, with_content: bool = True) -> DocumentVersion:

@@ -40,6 +40,7 @@ class Watchdog:
             self._next_sweep = now + min(60.0, max(s.stream_ttl_s / 4, 0.5))
             evicted = self._runs.streams.evict_expired(s.stream_ttl_s)
             purged = self._runs.store.purge_finished_before(now - s.task_retention_days * 86400)
+            self._runs.store.purge_requests_before(now - s.idempotency_ttl_s)
             if evicted or purged:
                 log.info("evicted %d streams from memory, purged %d old tasks", len(evicted), purged)
 

@@ -20,6 +20,7 @@ from delivery.tasks.records import Phase, TaskRecord
 from delivery.tasks.runs import Runs
 from delivery.tasks.store import SqlTaskStore
 from delivery.tasks.watchdog import Watchdog
+from delivery.webhooks.outbox import Webhooks
 from stream_manager import StreamManager
 
 
@@ -93,7 +94,7 @@ class Lifecycle:
         else:
             self.store = HookedStore(f"sqlite:///{folder / 'tasks.db'}")
             self.streams = StreamManager(MemoryEventBackend(), self.store)
-        self.runs = Runs(self.settings, self.store, self.streams, name)
+        self.runs = Runs(self.settings, self.store, self.streams, name, Webhooks(self.settings, self.store))
         self.phases = PhaseRunner(
             self.runs,
             make_llm_factory(self.settings),

@@ -114,3 +114,39 @@ def test_a_database_made_by_an_earlier_version_gains_the_new_columns(tmp_path):
         assert store.get("t-old").owner == "me"
     finally:
         store.close()
+
+
+def test_unknown_ids_that_no_table_could_hold_are_not_found_without_a_query(store):
+    for task_id in ("\x00", "a\x00b", "x" * 37, "x" * 100_000):
+        with pytest.raises(TaskNotFoundError):
+            store.get(task_id)
+
+
+def test_an_idempotency_claim_is_answered_once_and_remembered_until_it_expires(store):
+    now = 1_000_000.0
+    scope = f"scope-{time.time_ns()}"
+
+    def claim(at: float, fingerprint: str = "fp"):
+        return store.claim_request(scope, fingerprint, at, abandoned_before=at - 120, expired_before=at - 86400)
+
+    assert claim(now) is None  # claimed: the caller does the work
+    in_progress = claim(now + 1)
+    assert in_progress is not None and in_progress.status_code is None and in_progress.fingerprint == "fp"
+    store.answer_request(scope, 202, '{"task_id": "t"}')
+    remembered = claim(now + 2, "another")
+    assert remembered is not None
+    assert (remembered.fingerprint, remembered.status_code, remembered.answer) == ("fp", 202, '{"task_id": "t"}')
+    # An answer outlives the abandonment limit; after the TTL the key is free again.
+    assert claim(now + 1000) is not None
+    assert claim(now + 86401) is None
+
+
+def test_a_failed_or_abandoned_claim_frees_the_key(store):
+    scope = f"scope-{time.time_ns()}"
+    assert store.claim_request(scope, "fp", 10.0, abandoned_before=0, expired_before=0) is None
+    store.release_request(scope)  # the request failed: a retry runs afresh
+    assert store.claim_request(scope, "fp", 11.0, abandoned_before=0, expired_before=0) is None
+    # Its process died mid-request: once the claim is older than the abandonment limit, taken over.
+    assert store.claim_request(scope, "fp", 12.0, abandoned_before=11.0, expired_before=0) is not None
+    assert store.claim_request(scope, "fp", 200.0, abandoned_before=80.0, expired_before=0) is None
+    assert store.purge_requests_before(1e12) >= 1

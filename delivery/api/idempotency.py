@@ -1,0 +1,101 @@
+"""`Idempotency-Key` on the routes that change things (run_task, confirm, cancel).
+
+A client that did not hear the answer (a timeout, a dropped connection) sends the same request
+again with the same key and gets the original answer, without the work being done twice, from
+any replica (the keys live in the task store). The rules, after Stripe's and the IETF draft
+"The Idempotency-Key HTTP Header Field":
+- keys are scoped to the caller (the API key; with keys off, the whole service is one caller);
+- the same key with a different request (route, task or body) is refused (422);
+- while the first request is still being worked on, a second one gets 409 with Retry-After;
+- only accepted answers (2xx) are remembered: after a refusal (429 at capacity, 409 in the wrong
+  state, ...) a retry with the same key is tried afresh;
+- answers are kept for IDEMPOTENCY_TTL_S (default 24 h), then the key may be used again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from delivery.errors import InvalidRequestError, RequestInProgressError, shown
+from delivery.runtime import Runtime
+
+HEADER = "idempotency-key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+# A claim unanswered this long belongs to a request whose process died: the next one takes over.
+ABANDONED_AFTER_S = 120
+MAX_KEY_CHARS = 255
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+
+def key_of(request: Request) -> str | None:
+    """The request's Idempotency-Key, None without one, InvalidRequestError when unusable."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    # Visible ASCII and spaces: what a client library sends for a UUID or any token, and
+    # what every store compares the same way.
+    if not 1 <= len(key) <= MAX_KEY_CHARS or not all(" " <= c <= "~" for c in key) or not key.strip():
+        raise InvalidRequestError(
+            f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters (a UUID is a "
+            f"good choice), got {shown(key)} ({len(key)} characters)."
+        )
+    return key
+
+
+def run_once(
+    request: Request,
+    runtime: Runtime,
+    caller: str,
+    body: BaseModel | None,
+    status_code: int,
+    work: Callable[[], Answer],
+) -> Answer | JSONResponse:
+    """`work()`, unless this caller already sent this Idempotency-Key: then its first answer."""
+    key = key_of(request)
+    if key is None:
+        return work()
+    scope = _digest(caller, key)
+    fingerprint = _digest(
+        request.method,
+        request.url.path,
+        "" if body is None else json.dumps(body.model_dump(mode="json"), sort_keys=True),
+    )
+    now, store = time.time(), runtime.store
+    remembered = store.claim_request(
+        scope,
+        fingerprint,
+        now,
+        abandoned_before=now - ABANDONED_AFTER_S,
+        expired_before=now - runtime.settings.idempotency_ttl_s,
+    )
+    if remembered is not None:
+        if remembered.fingerprint != fingerprint:
+            raise InvalidRequestError(
+                "This Idempotency-Key was already used for a different request (another route, task "
+                "or body). Use a new key for a new request; reuse a key only to retry the same one."
+            )
+        if remembered.status_code is None or remembered.answer is None:
+            raise RequestInProgressError(
+                "A request with this Idempotency-Key is still being worked on; retry in a moment to get its answer."
+            )
+        return JSONResponse(json.loads(remembered.answer), remembered.status_code, headers={REPLAYED_HEADER: "true"})
+    try:
+        answer = work()
+    except BaseException:
+        store.release_request(scope)
+        raise
+    store.answer_request(scope, status_code, answer.model_dump_json())
+    return answer
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()

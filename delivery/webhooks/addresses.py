@@ -1,0 +1,47 @@
+"""Where notifications may go: http(s) URLs whose host resolves only to public addresses.
+
+A service that POSTs to URLs its callers choose can be aimed at what sits behind it (cloud
+metadata at 169.254.169.254, Redis on 127.0.0.1, the private network). Unless the operator sets
+WEBHOOK_ALLOW_PRIVATE, every address the host resolves to must be global; the check runs when a
+URL is submitted and again before every attempt (DNS answers change)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+MAX_URL_CHARS = 2048
+
+
+class AddressNotAllowedError(ValueError):
+    """The URL is malformed, unresolvable or points where notifications may not go."""
+
+
+def check_url(url: str, allow_private: bool) -> None:
+    """Raise AddressNotAllowedError, saying why, unless notifications may be sent to `url`."""
+    if len(url) > MAX_URL_CHARS:
+        raise AddressNotAllowedError(f"is {len(url)} characters long; at most {MAX_URL_CHARS} are allowed")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise AddressNotAllowedError(f"is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AddressNotAllowedError("must be an http:// or https:// URL with a host, e.g. https://example.com/hook")
+    if parts.username or parts.password:
+        raise AddressNotAllowedError("must not carry credentials; authenticate the notification by its signature")
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:  # ValueError: NUL; UnicodeError: a label IDNA refuses
+        raise AddressNotAllowedError(f"has a host that does not resolve ({exc})") from None
+    if allow_private:
+        return
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not address.is_global or address.is_multicast:
+            raise AddressNotAllowedError(
+                f"resolves to {address}, a loopback, link-local, private or reserved address; "
+                "notifications go to public addresses only (the operator can allow others with "
+                "WEBHOOK_ALLOW_PRIVATE=true)"
+            )
