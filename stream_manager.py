@@ -63,7 +63,7 @@ class StreamManager:
         tests, benchmarks of the core) logs live only as long as they are held."""
         self._backend = backend
         self._store = store
-        self._archiver = EventArchiver(store) if store is not None else None
+        self._archiver = EventArchiver(store, backend.mark_durable) if store is not None else None
         backend.attach_archive(self._archiver.queue if self._archiver else None)
         self.publish = backend.publish
         self.is_closed = backend.is_closed
@@ -131,6 +131,12 @@ class StreamManager:
             log.error("task %s already had a terminal event", task_id)
         except TaskNotFoundError:  # the stream died with its process and no store holds it
             log.error("task %s has no log anywhere; its terminal event is lost", task_id)
+
+    def flush(self) -> None:
+        """Store everything published so far and show it to viewers (before a shutdown ends
+        their streams). Blocking."""
+        if self._archiver is not None:
+            self._archiver.flush()
 
     # -- where a log lives --------------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ class Runtime:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             if sse.server_exiting():
-                interrupted = await asyncio.to_thread(self.watchdog.interrupt_all)
+                interrupted = await asyncio.to_thread(self._interrupt_all)
                 if interrupted:
                     log.warning("shutting down: %d running tasks interrupted", len(interrupted))
                 sse.begin_shutdown()  # after the error events, which their viewers drain first
@@ -126,6 +126,11 @@ class Runtime:
                 await asyncio.to_thread(self.watchdog.tick)
             except Exception:
                 log.exception("watchdog pass failed")
+
+    def _interrupt_all(self) -> list[str]:
+        interrupted = self.watchdog.interrupt_all()
+        self.streams.flush()  # their error events are shown once stored: store them now
+        return interrupted
 
     def watch_in_thread(self) -> None:
         """A worker's watchdog: renew leases, enforce deadlines, reap and expire, until stop()."""

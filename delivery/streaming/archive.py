@@ -1,8 +1,13 @@
-"""Copies published events to the task store in batches, on its own thread.
+"""Copies published events to the task store in group commits, on its own thread.
 
-The publisher only appends to a deque (lock-free, O(1)); this thread wakes every
-``interval_s``, drains it and writes one batch per transaction, so neither the agent threads nor
-the event loop ever wait for the database.
+The publisher only appends to a deque (lock-free, O(1)); this thread drains it every
+``interval_s`` (a few milliseconds) and writes what it finds in one transaction per batch, so
+neither the agent threads nor the event loop ever wait for the database. After each commit it
+tells the backend (`on_durable`), which only then shows the events to viewers: what a viewer has
+seen is always in the store, so a crash can take nothing back (docs/architecture.md).
+
+A batch the store refuses (the database is down or restarting) is kept and retried, never
+dropped: viewers wait, and see everything once the database is back.
 """
 
 from __future__ import annotations
@@ -10,32 +15,46 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from delivery.events import Event
 from delivery.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 0.5  # after a failed commit
+
 
 class EventArchiver:
-    def __init__(self, store: TaskStore, interval_s: float = 0.1, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        on_durable: Callable[[list[Event]], None] | None = None,
+        interval_s: float = 0.002,
+        max_batch: int = 2000,
+    ) -> None:
         self.queue: deque[Event] = deque()
         self._store = store
+        self._on_durable = on_durable
         self._interval_s = interval_s
         self._max_batch = max_batch
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
+        self._failing = False
         self._thread = threading.Thread(target=self._loop, name="event-archiver", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while not self._stop.wait(RETRY_S if self._failing else self._interval_s):
             self.flush()
 
-    def flush(self) -> None:
-        """Write everything queued so far (also called at shutdown and before reading back)."""
+    def flush(self) -> bool:
+        """Write everything queued so far (also called at shutdown and before reading back).
+        False when the store refused a batch: it stays queued, first in line."""
         with self._flush_lock:
             while self.queue:
                 batch: list[Event] = []
@@ -43,8 +62,33 @@ class EventArchiver:
                     batch.append(self.queue.popleft())
                 try:
                     self._store.append_events(batch)
-                except Exception:
-                    log.exception("could not archive %d events", len(batch))
+                except (OperationalError, InterfaceError) as exc:  # the database is unreachable
+                    self.queue.extendleft(reversed(batch))
+                    if not self._failing:
+                        log.error("cannot archive events (%s); viewers wait until the store is back", exc)
+                    self._failing = True
+                    return False
+                except Exception:  # noqa: BLE001 - the store refuses something in the batch itself
+                    self._write_one_by_one(batch)
+                if self._failing:
+                    log.warning("archiving events again")
+                    self._failing = False
+                if self._on_durable is not None:
+                    self._on_durable(batch)
+        return True
+
+    def _write_one_by_one(self, batch: list[Event]) -> None:
+        # So that one event no store can keep (a duplicate, text the database refuses) cannot
+        # hold back every stream: the others are written, it is logged and shown anyway.
+        for event in batch:
+            try:
+                self._store.append_events([event])
+            except Exception:
+                log.exception(
+                    "event %d of task %s cannot be archived; it will be missing from replays",
+                    event.sequence,
+                    event.task_id,
+                )
 
     def stop(self) -> None:
         self._stop.set()

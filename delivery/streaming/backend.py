@@ -110,6 +110,11 @@ class EventBackend(ABC):
     def attach_archive(self, archive: deque[Event] | None) -> None:
         self.archive = archive
 
+    def mark_durable(self, events: list[Event]) -> None:
+        """The archive has committed these events (called from the archiver's thread). A backend
+        that holds events back until then shows them now; a shared backend, whose events are
+        durable where replay reads them once published, ignores it."""
+
     @abstractmethod
     def open(self, task_id: str) -> None:
         """Start a new, empty log (ValueError if the task already has one)."""

@@ -1,11 +1,15 @@
 """Per-task event logs held in this process, fanned out to any number of subscribers.
 
-Threads meet the event loop in exactly one place: `MemoryEventBackend.publish` (any thread)
-appends to a task's log under a short lock and, at most once per loop iteration, schedules
-`_TaskStream.wake` on the loop with `call_soon_threadsafe`. The publisher never waits for the
-loop or for a client. Subscribers hold only a cursor into the shared log, so a viewer that stops
-reading costs no memory and cannot slow the agents or other viewers; a late viewer replays the
-log from any sequence.
+Threads meet the event loop in exactly one place, `_schedule_wake`: `MemoryEventBackend.publish`
+(any thread) appends to a task's log under a short lock; the event becomes visible once it is
+durable. With an archive (the service), that is when the archiver's thread has committed it to
+the task store and calls `mark_durable`, which, at most once per loop iteration, schedules
+`_TaskStream.wake` on the loop with `call_soon_threadsafe`; without one (unit tests, the core
+benchmark's publish cost) publish does it itself. So no viewer ever sees an event that a crash
+can take back, and the sequence numbers after a restart continue from what viewers saw. The
+publisher never waits for the loop, the database or a client. Subscribers hold only a cursor into
+the shared log, so a viewer that stops reading costs no memory and cannot slow the agents or
+other viewers; a late viewer replays the log from any sequence.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class _TaskStream:
         "closed",
         "closed_at",
         "created_at",
+        "durable",
         "lock",
         "log",
         "not_published_here",
@@ -37,6 +42,7 @@ class _TaskStream:
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.log: list[Event] = []
+        self.durable = 0  # events log[:durable] are in the store (or need not be): viewers see those
         self.lock = threading.Lock()
         self.closed = False
         self.created_at = time.time()
@@ -70,7 +76,7 @@ class _MemorySubscription(Subscription):
 
     def take(self) -> list[Event]:
         log = self._stream.log
-        head = len(log)
+        head = self._stream.durable
         if self._cursor >= head:
             return []
         end = min(head, self._cursor + MAX_BATCH)
@@ -128,13 +134,32 @@ class MemoryEventBackend(EventBackend):
                 raise StreamClosedError(f"stream {task_id} already ended")
             event = Event(task_id, len(stream.log) + 1, agent_name, event_type, content, time.time(), metadata)
             stream.log.append(event)
-            if self.archive is not None:
-                self.archive.append(event)
             if event_type in TERMINAL_EVENT_TYPES:
                 stream.close()
+            if self.archive is not None:  # visible once the archiver has committed it
+                self.archive.append(event)
+                return
+            stream.durable = event.sequence
             schedule = not stream.wake_pending
             stream.wake_pending = True
         self._schedule_wake(stream, schedule)
+
+    def mark_durable(self, events: list[Event]) -> None:
+        """The archiver committed `events` (in sequence order per task): show them to viewers."""
+        latest: dict[str, int] = {}
+        for event in events:
+            latest[event.task_id] = event.sequence
+        for task_id, sequence in latest.items():
+            stream = self._streams.get(task_id)
+            if stream is None:
+                continue
+            with stream.lock:
+                if sequence <= stream.durable:
+                    continue
+                stream.durable = sequence
+                schedule = not stream.wake_pending
+                stream.wake_pending = True
+            self._schedule_wake(stream, schedule)
 
     def replicate(self, task_id: str, events: list[Event]) -> None:
         """Append events whose sequences were assigned elsewhere (a shared backend's reader).
@@ -147,6 +172,7 @@ class MemoryEventBackend(EventBackend):
                 if event.sequence != len(stream.log) + 1:
                     raise ValueError(f"{task_id}: sequence {event.sequence} after {len(stream.log)}")
                 stream.log.append(event)
+                stream.durable = event.sequence  # durable where it came from (Redis, the store)
                 stream.not_published_here += 1
                 if event.event_type in TERMINAL_EVENT_TYPES:
                     stream.close()
@@ -159,6 +185,7 @@ class MemoryEventBackend(EventBackend):
             return
         stream = _TaskStream(task_id)
         stream.log = list(events)
+        stream.durable = len(stream.log)
         stream.not_published_here = len(stream.log)
         if closed:
             stream.close()
@@ -183,7 +210,7 @@ class MemoryEventBackend(EventBackend):
 
     def snapshot(self, task_id: str) -> StreamSnapshot:
         s = self._get(task_id)
-        return StreamSnapshot(s.task_id, s.closed, len(s.subscriptions), len(s.log), s.created_at, s.closed_at)
+        return StreamSnapshot(s.task_id, s.closed, len(s.subscriptions), s.durable, s.created_at, s.closed_at)
 
     def snapshots(self) -> list[StreamSnapshot]:
         return [self.snapshot(task_id) for task_id in list(self._streams)]

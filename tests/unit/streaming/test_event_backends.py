@@ -159,6 +159,7 @@ def test_the_archive_receives_every_event_with_its_sequence(make_backend):
         for i in range(300):
             backend.publish(task_id, "A", "thought", str(i))
         backend.publish(task_id, "System", "end", "done")
+        backend.mark_durable(list(archive))  # what the archiver does after its commit
         await collect(backend, task_id)
         await until(lambda: len(archive) == 301)  # the Redis writer archives after its write returns
         assert [(e.sequence, e.content) for e in archive][:3] == [(1, "0"), (2, "1"), (3, "2")]
@@ -204,3 +205,31 @@ def test_writers_in_two_processes_share_one_gap_free_sequence(kind, make_backend
         assert await asyncio.to_thread(b.load, new_id()) is False
 
     run(scenario, a, b)
+
+
+def test_with_an_archive_viewers_see_only_what_it_has_committed():
+    """Durable before visible: the memory backend shows an event once the archive committed it."""
+    backend = MemoryEventBackend()
+    archive: deque = deque()
+    backend.attach_archive(archive)
+    task_id = new_id()
+
+    async def scenario(loop) -> None:
+        backend.open(task_id)
+        for i in range(5):
+            backend.publish(task_id, "A", "thought", str(i))
+        sub = backend.subscription(task_id)
+        assert sub.take() == [] and backend.snapshot(task_id).last_sequence == 0
+        committed = [archive.popleft() for _ in range(3)]
+        backend.mark_durable(committed)
+        waiter = sub.waiter()
+        await asyncio.wait_for(waiter, 5)  # the commit wakes the viewer
+        assert [e.sequence for e in sub.take()] == [1, 2, 3]
+        assert backend.snapshot(task_id).last_sequence == 3
+        backend.publish(task_id, "System", "end", "done")
+        assert not sub.finished  # the end is not shown before it is stored
+        backend.mark_durable(list(archive))
+        assert [e.sequence for e in sub.take()] == [4, 5, 6] and sub.finished
+        sub.close()
+
+    run(scenario, backend)
