@@ -123,6 +123,8 @@ AGENTS: list[AgentSpec] = [
 
 # Appended to the delivery crew's tasks: the analysis the user approved.
 APPROVED_ANALYSIS = "\n\nThe approved requirements analysis:\n\n{analysis}"
+# Appended for each document a colleague finished before the crew went on after a lost process.
+EARLIER_DELIVERABLE = "\n\nAlready written by a colleague, {title}:\n\n{text}"
 
 # Appended to the first agent's task when the user asked for changes.
 REVISION_REQUEST = (

@@ -26,7 +26,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from agents_config import APPROVED_ANALYSIS, LANGUAGE_INSTRUCTIONS, REVISION_REQUEST, AgentSpec
+from agents_config import APPROVED_ANALYSIS, EARLIER_DELIVERABLE, LANGUAGE_INSTRUCTIONS, REVISION_REQUEST, AgentSpec
 from delivery.crew.checks import CheckResult, DocumentChecks
 from delivery.crew.compat import Agent, Crew, CrewEvent, CrewOutput, Process, Task, stream_sink
 from delivery.crew.roster import ROSTER
@@ -196,13 +196,24 @@ def build_analysis_crew(record: TaskRecord, llm_factory: LLMFactory, checks: Doc
     return Crew(agents=[agent], tasks=[task], process=Process.sequential, verbose=False)
 
 
+def unfinished_delivery(record: TaskRecord) -> list[AgentSpec]:
+    """The delivery agents still to run: all of them, or after a lost process the ones after the
+    last that finished (its deliverable stored at its step_end)."""
+    return [spec for spec in ROSTER.delivery if ROSTER.step_of(spec.name) > record.completed_steps]
+
+
 def build_delivery_crew(record: TaskRecord, llm_factory: LLMFactory, checks: DocumentChecks | None = None) -> Crew:
     """The other agents, in order, each seeing the approved analysis and every earlier
-    deliverable of this crew."""
+    deliverable of this crew (when the crew goes on after a lost process, the finished ones'
+    documents as text)."""
     analysis = APPROVED_ANALYSIS.format(analysis=record.deliverables.get(ROSTER.analyst.deliverable, ""))
+    remaining = unfinished_delivery(record)
+    for spec in ROSTER.delivery:
+        if spec not in remaining and spec.deliverable in record.deliverables:
+            analysis += EARLIER_DELIVERABLE.format(title=spec.filename, text=record.deliverables[spec.deliverable])
     agents: list[Agent] = []
     tasks: list[Task] = []
-    for spec in ROSTER.delivery:
+    for spec in remaining:
         agent = _agent(spec, record, llm_factory)
         tasks.append(
             Task(
@@ -239,7 +250,10 @@ def run_delivery(
     record: TaskRecord, handler: CrewEventsHandler, llm_factory: LLMFactory, checks: DocumentChecks | None = None
 ) -> dict[str, str]:
     """Run the delivery crew on the calling thread; return its deliverables."""
+    remaining = unfinished_delivery(record)
+    if not remaining:  # every document was written before the process running it was lost
+        return {}
     outputs = _kickoff(build_delivery_crew(record, llm_factory, checks), handler)
-    produced = {spec.deliverable: text for spec, text in zip(ROSTER.delivery, outputs, strict=True)}
+    produced = {spec.deliverable: text for spec, text in zip(remaining, outputs, strict=True)}
     record.deliverables.update(produced)
     return produced

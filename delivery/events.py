@@ -18,6 +18,7 @@ class EventType(str, Enum):
     check = "check"  # the code's check of a document: its gaps, and the fix round that follows
     awaiting_confirmation = "awaiting_confirmation"
     confirmed = "confirmed"
+    resumed = "resumed"  # the process running a phase was lost; an agent starts again elsewhere
     end = "end"
     error = "error"
     cancelled = "cancelled"

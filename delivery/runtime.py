@@ -66,7 +66,9 @@ class Runtime:
         self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label, usage_policy(settings))
         self.executor = make_executor(settings, self.phases.run, celery_app)
         self.commands = TaskCommands(self.runs, self.executor)
-        self.watchdog = Watchdog(self.runs)
+        # At a restart, the phases this process ran go on from their first unfinished agent
+        # (docs/architecture.md, "Recovery"); with Celery the API process runs none.
+        self.watchdog = Watchdog(self.runs, self.commands.resume if self.executor.local else None)
         self._stopping = threading.Event()
         self._collector: metrics.RuntimeCollector | None = None
         self._metrics_server: metrics.MetricsServer | None = None

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     # instance are failed at its restart, or by any instance once their lease runs out.
     instance_id: str | None = None
     task_lease_s: float = Field(30.0, ge=3)
+    # A phase whose process is lost goes on elsewhere from the first unfinished agent, this many times in all
+    max_phase_attempts: int = Field(3, ge=1, le=10)
 
     # History (SQLite in data_dir unless database_url is set)
     data_dir: str = "./data"

@@ -373,6 +373,10 @@ function apply(event) {
       if (meta.approved === false) view.agentState[ANALYST] = "working";
       else view.agentState[ANALYST] = "done";
       break;
+    case "resumed":  // the process was lost; its agent starts over (its agent_start follows)
+      view.status = "running";
+      if (meta.agent in view.agentState) view.agentState[meta.agent] = "working";
+      break;
     case "end":
       view.status = "succeeded"; view.verdict = meta.verdict || null;
       loadDocuments();

@@ -3,11 +3,13 @@ threads, in any process; the race rules are in runs.py."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from agents_config import detect_language
+from delivery.crew.roster import ROSTER
 from delivery.errors import InvalidRequestError, StreamClosedError, TaskStateConflictError
-from delivery.events import EventType
+from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.providers import writing_language
 from delivery.llm.usage import task_budget
 from delivery.observability import tracing
@@ -45,6 +47,7 @@ class TaskCommands:
             budget=task_budget(settings.max_tokens_per_task, settings.max_cost_per_task, max_tokens, max_cost),
             webhook_url=webhook_url,
             webhook_steps=webhook_steps,
+            phase=Phase.analysis,
         )
         tracing.start_task(record)
         self._runs.store.save(record)
@@ -81,6 +84,7 @@ class TaskCommands:
                 "analysis or cancel the task."
             )
         r.status, r.confirm_deadline = TaskStatus.running, None
+        r.phase, r.attempts = (Phase.delivery if approved else Phase.analysis), 1
         # The next phase belongs to nobody until a worker takes it (a local one is held below):
         # the owner of the analysis, its heartbeat long stale, would look lost to every watchdog.
         r.owner, r.heartbeat_at = None, None
@@ -102,8 +106,44 @@ class TaskCommands:
             if run is not None:
                 runs.release(run)
             raise _not_waiting(runs.store.get(task_id)) from None
-        self._executor.dispatch(task_id, Phase.delivery if approved else Phase.analysis)
+        self._executor.dispatch(task_id, r.phase)
         return r
+
+    def resume(self, record: TaskRecord, lost: str) -> bool:
+        """Go on with a task whose phase was lost with its process (`lost` names it): from the
+        first agent that had not finished, on this process's executor, after a `resumed` event.
+        False when MAX_PHASE_ATTEMPTS are used up (the caller fails the task); True also when
+        another watchdog took the task over first."""
+        runs, settings = self._runs, self._runs.settings
+        if record.attempts >= settings.max_phase_attempts:
+            return False
+        previous_owner, previous_heartbeat = record.owner, record.heartbeat_at
+        phase = record.phase or Phase.analysis
+        if phase is Phase.analysis and record.skip_confirmation and record.completed_steps >= 1:
+            phase = Phase.delivery  # the analysis was done; this phase had gone on to deliver
+        record.phase, record.attempts, record.status = phase, record.attempts + 1, TaskStatus.queued
+        # Held here until dispatched (local) or nobody's until a worker takes it (Celery), as in confirm.
+        record.owner, record.heartbeat_at = (runs.instance_id, time.time()) if self._executor.local else (None, None)
+        if not runs.store.take_over(record, previous_owner, previous_heartbeat):
+            return True
+        if phase is Phase.analysis:
+            agent = ROSTER.analyst.name
+        elif record.completed_steps < ROSTER.total_steps:
+            agent = ROSTER.agents[record.completed_steps].name
+        else:
+            agent = "the final review (every document was written)"
+        runs.streams.make_available(record.task_id, live=True)
+        runs.streams.publish(
+            record.task_id,
+            SYSTEM_AGENT,
+            EventType.resumed.value,
+            f"{lost} was lost while running this task; {agent} starts again "
+            f"(attempt {record.attempts} of {settings.max_phase_attempts}). Finished work is kept.",
+            {"lost": lost, "agent": agent, "attempt": record.attempts, "max_attempts": settings.max_phase_attempts},
+        )
+        self._hold(record)
+        self._executor.dispatch(record.task_id, phase)
+        return True
 
     def cancel(self, task_id: str, reason: str = "Cancelled by user") -> TaskRecord:
         runs = self._runs

@@ -162,6 +162,10 @@ class PhaseRunner:
                         "budget": r.budget or None,
                     },
                 )
+        if first:
+            # Viewers see an event once it is stored. Store the first one here, outside the lock,
+            # rather than wait for the archiver's turn at the GIL while the crew is being built.
+            self._runs.streams.flush()
 
     def _checks(self, run: Run, handler: CrewEventsHandler, first_reason: str = "first draft") -> DocumentChecks:
         return DocumentChecks(

@@ -61,6 +61,8 @@ class TaskRecord:
     # The limits this task runs under: {"max_tokens": int | None, "max_cost": float | None, ...}
     budget: dict[str, Any] = field(default_factory=dict)
     trace_context: str | None = None  # W3C traceparent of the task's trace, continued by every process
+    phase: Phase | None = None  # the phase last dispatched: what to go on with if its process is lost
+    attempts: int = 1  # how many times that phase was started (recovery adds one; MAX_PHASE_ATTEMPTS)
     webhook_url: str | None = None  # the caller's endpoint for this task's notifications
     webhook_steps: bool = False  # also notify when each agent finishes
 

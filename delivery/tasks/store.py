@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 
 from delivery.errors import TaskNotFoundError
 from delivery.events import Event
-from delivery.tasks.records import FINISHED_STATUSES, DocumentVersion, TaskRecord, TaskStatus
+from delivery.tasks.records import FINISHED_STATUSES, DocumentVersion, Phase, TaskRecord, TaskStatus
 
 
 class TaskStore(ABC):
@@ -55,6 +55,11 @@ class TaskStore(ABC):
     @abstractmethod
     def save_unless_finished(self, record: TaskRecord) -> bool:
         """Save the record only if the stored task has not finished (someone else ended it)."""
+
+    @abstractmethod
+    def take_over(self, record: TaskRecord, owner: str | None, heartbeat_at: float | None) -> bool:
+        """Save the record only if the task is unfinished and still has this owner and
+        heartbeat: of several watchdogs recovering one lost task, exactly one wins."""
 
     @abstractmethod
     def expired_confirmations(self, now: float) -> list[TaskRecord]: ...
@@ -194,6 +199,8 @@ tasks_table = Table(
     Column("trace_context", String(64)),
     Column("webhook_url", Text),
     Column("webhook_steps", Boolean),
+    Column("phase", String(16)),
+    Column("attempts", Integer),
 )
 events_table = Table(
     "events",
@@ -256,6 +263,7 @@ _FINISHED = [s.value for s in FINISHED_STATUSES]
 def _to_row(record: TaskRecord) -> dict[str, Any]:
     row = asdict(record)
     row["status"] = record.status.value
+    row["phase"] = record.phase.value if record.phase else None
     for name in _JSON_COLUMNS:
         row[name] = None if row[name] is None else json.dumps(row[name], ensure_ascii=False)
     return row
@@ -270,6 +278,8 @@ def _from_row(row: Any) -> TaskRecord:
     data["usage"] = data["usage"] or {}
     data["budget"] = data["budget"] or {}
     data["webhook_steps"] = bool(data["webhook_steps"])
+    data["phase"] = Phase(data["phase"]) if data["phase"] else None
+    data["attempts"] = data["attempts"] or 1
     return TaskRecord(**data)
 
 
@@ -315,6 +325,12 @@ class SqlTaskStore(TaskStore):
 
     def save_unless_finished(self, record: TaskRecord) -> bool:
         return self._conditional_save(record, tasks_table.c.status.not_in(_FINISHED))
+
+    def take_over(self, record: TaskRecord, owner: str | None, heartbeat_at: float | None) -> bool:
+        t = tasks_table
+        same_heartbeat = t.c.heartbeat_at.is_(None) if heartbeat_at is None else t.c.heartbeat_at == heartbeat_at
+        same_owner = t.c.owner.is_(None) if owner is None else t.c.owner == owner
+        return self._conditional_save(record, and_(t.c.status.not_in(_FINISHED), same_owner, same_heartbeat))
 
     def expired_confirmations(self, now: float) -> list[TaskRecord]:
         query = select(tasks_table).where(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from delivery.settings import EventBackendKind
 from delivery.tasks.records import TaskRecord, TaskStatus
@@ -14,6 +15,10 @@ from delivery.tasks.runs import Ending, Runs
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "Interrupted by server restart: the task was running or waiting when the server stopped. Submit it again."
+GAVE_UP = (
+    "{lost} was lost while running this task; its phase had been started {attempts} time(s), "
+    "as many as MAX_PHASE_ATTEMPTS={max_attempts} allows, so the task is given up. Submit it again."
+)
 SHUT_DOWN = "Interrupted: the server was shut down while the task ran. Submit it again."
 WORKER_LOST = (
     "The worker running this task was lost: no heartbeat from {owner} for over {lease:g} s "
@@ -22,8 +27,11 @@ WORKER_LOST = (
 
 
 class Watchdog:
-    def __init__(self, runs: Runs) -> None:
+    def __init__(self, runs: Runs, resume: Callable[[TaskRecord, str], bool] | None = None) -> None:
+        """`resume(record, lost)` goes on with a task whose process was lost (TaskCommands.resume);
+        without it such tasks are failed."""
         self._runs = runs
+        self._resume = resume
         self._next_lease_pass = 0.0
         self._next_sweep = 0.0
 
@@ -75,7 +83,9 @@ class Watchdog:
 
     def reap_lost(self, now: float) -> list[str]:
         """Fail queued or running phases of other processes whose lease ran out (any process may
-        do it: the store lets exactly one succeed)."""
+        do it: the store lets exactly one succeed). They are not resumed: a process whose lease
+        ran out may only be cut off, and nothing yet stops its crew from writing on beside a new
+        one (that needs fencing the old owner on every event)."""
         runs, lease = self._runs, self._runs.settings.task_lease_s
         return [
             r.task_id
@@ -87,9 +97,20 @@ class Watchdog:
             and runs.end_idle_task(r, Ending.failed(WORKER_LOST.format(owner=r.owner, lease=lease)))
         ]
 
+    def _recover(self, record: TaskRecord, lost: str) -> bool:
+        """Resume a task whose process is certainly gone, or fail it (no resume, or no attempts left)."""
+        if self._resume is None:
+            return self._runs.end_idle_task(record, Ending.failed(INTERRUPTED))
+        if self._resume(record, lost):
+            return True
+        s = self._runs.settings
+        gave_up = GAVE_UP.format(lost=lost, attempts=record.attempts, max_attempts=s.max_phase_attempts)
+        return self._runs.end_idle_task(record, Ending.failed(gave_up))
+
     def recover_at_start(self) -> list[str]:
-        """At start-up: fail the phases an earlier run of this instance left queued or running
-        (with the memory event backend there is only one process, so all such phases are dead).
+        """At start-up: go on with the phases an earlier run of this instance left queued or
+        running, from their first unfinished agent (failed past MAX_PHASE_ATTEMPTS; with the
+        memory event backend there is only one process, so all such phases are dead).
         Tasks awaiting confirmation go on: with the memory backend their logs are reopened here
         (with Redis they live there). Returns the failed ids."""
         runs = self._runs
@@ -99,12 +120,12 @@ class Watchdog:
             if record.status is TaskStatus.awaiting_confirmation:
                 if single_process:
                     runs.streams.make_available(record.task_id, live=True)
-            elif self._left_by_earlier_run(record, single_process) and runs.end_idle_task(
-                record, Ending.failed(INTERRUPTED)
+            elif self._left_by_earlier_run(record, single_process) and self._recover(
+                record, f"The process running it ({record.owner or 'this server'}, before its restart)"
             ):
                 failed.append(record.task_id)
         if failed:
-            log.warning("marked %d tasks interrupted by the restart", len(failed))
+            log.warning("recovered %d tasks interrupted by the restart", len(failed))
         return failed
 
     def _left_by_earlier_run(self, record: TaskRecord, single_process: bool) -> bool:

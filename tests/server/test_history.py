@@ -52,32 +52,48 @@ def test_a_finished_task_is_fully_available_after_a_restart(start_server, tmp_pa
         assert task_id in {t["task_id"] for t in c.get("/api/tasks").json()["tasks"]}
 
 
-def test_a_crash_interrupts_running_tasks_while_waiting_ones_go_on(start_server, tmp_path):
+def test_a_crash_resumes_running_tasks_from_the_first_unfinished_agent(start_server, tmp_path):
+    """kill -9 while the QAEngineer writes: after the restart the task goes on from the
+    QAEngineer (the ProductManager's finished analysis is kept, not redone) and succeeds; the
+    log tells what happened, gap-free. A task waiting for confirmation simply goes on waiting."""
     data = tmp_path / "data"
     first = start_server(data_dir=data, scripted_token_delay_ms=20)
     with httpx.Client(base_url=first.url, timeout=30) as c:
         running = run_task(c, "Build a payroll system")
         waiting = run_task(c, "Build a gym planner", skip_confirmation=False)
-        seen = read_stream(first.url, running, max_messages=40)
+        # Kill while the QAEngineer writes: after its agent_start (which follows the
+        # ProductManager's step_end) and ten more events.
+        pm_done = _first(first.url, running, "step_end")
+        qa_start = read_stream(first.url, running, until_type="agent_start", params={"after": pm_done})
+        read_stream(first.url, running, max_messages=10, params={"after": qa_start.sequences[-1]})
         wait_status(c, waiting, "awaiting_confirmation")
         before = read_stream(first.url, waiting, until_type="awaiting_confirmation")
-    wait_for(
-        lambda: stored_events(data, running) >= 40 and stored_events(data, waiting) == len(before.messages),
-        message="the archive to hold what the viewers saw",
-    )
+        analysis = c.get(f"/api/task/{running}/deliverables/requirements_analysis").text
     first.kill()
 
     second = start_server(data_dir=data)
     with httpx.Client(base_url=second.url, timeout=30) as c:
-        status = c.get(f"/api/task/{running}/status").json()
-        assert status["status"] == "failed"
-        assert status["error"].startswith("Interrupted by server restart")
+        assert wait_finished(c, running)["status"] == "succeeded"
         replay = read_stream(second.url, running)
         assert replay.closed_by_server
         assert replay.sequences == list(range(1, len(replay.sequences) + 1))
-        last = replay.events[-1]
-        assert last["event_type"] == "error" and last["content"] == status["error"]
-        assert [m.data for m in replay.messages[:40]] == [m.data for m in seen.messages]
+        kinds = [(e["agent_name"], e["event_type"]) for e in replay.events]
+        [resumed] = [e for e in replay.events if e["event_type"] == "resumed"]
+        assert resumed["metadata"] == {
+            "lost": resumed["metadata"]["lost"],
+            "agent": "QAEngineer",
+            "attempt": 2,
+            "max_attempts": 3,
+        }
+        assert "QAEngineer starts again (attempt 2 of 3)" in resumed["content"]
+        rest = kinds[resumed["sequence"] :]
+        assert rest[0] == ("QAEngineer", "agent_start")  # the interrupted agent starts over ...
+        assert kinds.count(("ProductManager", "agent_start")) == 1  # ... the finished one does not
+        assert kinds.count(("QAEngineer", "agent_start")) == 2
+        assert [a for a, t in rest if t == "step_end"] == ["QAEngineer", "SoftwareDeveloper", "Coordinator"]
+        assert kinds[-1] == ("System", "end")
+        assert c.get(f"/api/task/{running}/deliverables/requirements_analysis").text == analysis
+        assert all(c.get(f"/api/task/{running}/result").json()["deliverables"].values())
 
         # Waiting needs no process: the task is still there to be answered, its log goes on.
         assert c.get(f"/api/task/{waiting}/status").json()["status"] == "awaiting_confirmation"
@@ -88,3 +104,8 @@ def test_a_crash_interrupts_running_tasks_while_waiting_ones_go_on(start_server,
         assert after.events[len(before.events)]["event_type"] == "confirmed"
         assert after.events[-1]["event_type"] == "end"
         assert c.get(f"/api/task/{waiting}/status").json()["status"] == "succeeded"
+
+
+def _first(url: str, task_id: str, event_type: str) -> int:
+    """The sequence of the task's first `event_type` event (waiting for it)."""
+    return int(read_stream(url, task_id, until_type=event_type).sequences[-1])
