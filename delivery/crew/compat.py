@@ -44,7 +44,7 @@ from crewai import Agent, Crew, Process, Task
 from crewai.crews.crew_output import CrewOutput
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.event_listener import event_listener
-from crewai.events.stream_context import add_stream_sink, reset_stream_sinks
+from crewai.events.stream_context import _stream_sinks, add_stream_sink, reset_stream_sinks
 from crewai.events.types.llm_events import LLMCallType, LLMStreamChunkEvent
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from crewai.llms.providers.openai.completion import OpenAICompletion
@@ -66,6 +66,7 @@ __all__ = [
     "emit_call_completed",
     "emit_call_started",
     "emit_chunk",
+    "filtered_stream",
     "installed_version",
     "model_call",
     "stream_sink",
@@ -135,6 +136,25 @@ def stream_sink(sink: Callable[[Any, Any], None]) -> Iterator[None]:
         yield
     finally:
         reset_stream_sinks(token)
+
+
+@contextlib.contextmanager
+def filtered_stream(keep: Callable[[Any, Any], bool]) -> Iterator[None]:
+    """Within this context, the events emitted reach this context's sinks only when
+    `keep(source, event)` is true (`keep` may shorten an event first). CrewAI has no API to read
+    the current sinks: this uses its private contextvar."""
+    sinks = _stream_sinks.get()
+
+    def forward(source: Any, event: Any) -> None:
+        if keep(source, event):
+            for sink in sinks:
+                sink(source, event)
+
+    token = _stream_sinks.set((forward,))
+    try:
+        yield
+    finally:
+        _stream_sinks.reset(token)
 
 
 Guardrail = Callable[[Any], tuple[bool, Any]]

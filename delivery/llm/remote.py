@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from delivery.crew.compat import FINAL_ANSWER_PREFIX, OpenAICompletionWithForm
+from delivery.crew.compat import FINAL_ANSWER_PREFIX, CrewEvent, OpenAICompletionWithForm, filtered_stream
 from delivery.documents import forms
 from delivery.observability.metrics import LLM_CALL_ERRORS
 
@@ -25,6 +26,9 @@ _TRANSIENT = {
     "ReadTimeout",
     "TimeoutError",
     "ServiceUnavailableError",
+    # the connection broke while the answer streamed in
+    "RemoteProtocolError",
+    "ReadError",
 }
 
 
@@ -83,6 +87,7 @@ class RetryingOpenAICompletion(OpenAICompletionWithForm):
         return answer
 
     def _call_retrying(self, *args: Any, **kwargs: Any) -> Any:
+        shown = _ShownText()
         retrying = Retrying(
             stop=stop_after_attempt(self.retry_attempts),
             wait=wait_exponential(multiplier=self.retry_base_s, max=30),
@@ -91,11 +96,41 @@ class RetryingOpenAICompletion(OpenAICompletionWithForm):
             before_sleep=lambda state: _log_retry(state, self.model),
         )
         try:
-            return retrying(super().call, *args, **kwargs)
+            return retrying(shown.once, super().call, *args, **kwargs)
         except Exception as exc:
             LLM_CALL_ERRORS.labels(self.model, type(exc).__name__).inc()  # the last attempt's failure
             exc.attempts = retrying.statistics.get("attempt_number", 1)  # type: ignore[attr-defined]
             raise
+
+
+class _ShownText:
+    """The streamed text viewers have seen during one model call, across its attempts.
+
+    When an answer breaks off mid-stream and the call is retried, the new answer streams from its
+    start again: its chunks are not shown until they pass the point the viewers had reached, so
+    nobody sees the same tokens twice. (A model that answers differently the second time shows
+    the rest of its new answer from that point; the document stored is the new answer, whole.)"""
+
+    def __init__(self) -> None:
+        self.length = 0  # characters shown so far
+
+    def once(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        position = 0  # characters streamed by this attempt
+
+        def keep(_source: Any, event: Any) -> bool:
+            nonlocal position
+            if getattr(event, "type", None) != CrewEvent.llm_stream_chunk.value or not event.chunk:
+                return True
+            start, position = position, position + len(event.chunk)
+            if position <= self.length:
+                return False  # shown by an earlier attempt
+            if start < self.length:
+                event.chunk = event.chunk[self.length - start :]
+            self.length = position
+            return True
+
+        with filtered_stream(keep):
+            return call(*args, **kwargs)
 
 
 def _log_retry(state: RetryCallState, model: str) -> None:

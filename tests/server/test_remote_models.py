@@ -3,12 +3,15 @@ against a real server and a fake endpoint that fails on purpose."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from tests.support.api import run_task
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import ANSWER, FakeOpenAI
 from tests.support.server_process import free_port
 from tests.support.sse_client import read_stream
+from tests.support.waiting import wait_for
 
 
 def test_an_unreachable_endpoint_fails_the_task_with_an_actionable_error(start_server):
@@ -125,5 +128,74 @@ def test_structured_output_can_be_switched_off(start_server):
             events = read_stream(server.url, run_task(c), timeout=120).events
         assert events[-1]["event_type"] == "end"
         assert fake.bodies and not any("response_format" in body for body in fake.bodies)
+    finally:
+        fake.stop()
+
+
+def _first_call_text(events: list[dict], agent: str) -> str:
+    """What viewers saw of `agent`'s first answer: its thoughts from its first model call (and the
+    call's retries, each announced by an `action`) up to the check of what it wrote."""
+    mine = [e for e in events if e["agent_name"] == agent]
+    first = next(i for i, e in enumerate(mine) if e["event_type"] == "action")
+    text = []
+    for e in mine[first + 1 :]:
+        if e["event_type"] not in ("thought", "action"):
+            break
+        text.append(e["content"] if e["event_type"] == "thought" else "")
+    return "".join(text)
+
+
+def test_an_answer_cut_mid_stream_is_retried_without_showing_a_token_twice(start_server):
+    fake = FakeOpenAI(cut_first=1, cut_after=4)
+    try:
+        server = start_server(
+            llm_provider="openai", openai_base_url=fake.url, llm_model="fake", llm_max_retries=3, llm_retry_base_s=0.05
+        )
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            task_id = run_task(c)
+            events = read_stream(server.url, task_id, timeout=120).events
+        assert events[-1]["event_type"] == "end", events[-1]
+        # The first answer broke after 4 chunks and was asked for again: viewers saw it once, whole.
+        assert _first_call_text(events, "ProductManager") == "".join(w + " " for w in ANSWER.split(" "))
+        assert "model call failed (peer closed connection without sending complete message body" in server.log_text()
+    finally:
+        fake.stop()
+
+
+def test_a_model_that_stalls_before_its_first_token_is_cut_off_after_llm_timeout_s(start_server):
+    fake = FakeOpenAI(stall_first=1, stall_s=60)
+    try:
+        server = start_server(
+            llm_provider="openai",
+            openai_base_url=fake.url,
+            llm_model="fake",
+            llm_timeout_s=2,
+            llm_max_retries=2,
+            llm_retry_base_s=0.05,
+        )
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            task_id = run_task(c)
+            events = read_stream(server.url, task_id, timeout=120).events
+        assert events[-1]["event_type"] == "end", events[-1]
+        assert "model call failed (timed out); retry 1" in server.log_text()
+        assert fake.answers >= 2
+    finally:
+        fake.stop()
+
+
+def test_two_tasks_stream_from_the_model_at_once_and_cancel_stops_a_stream(start_server):
+    fake = FakeOpenAI(chunk_delay_s=0.05)
+    try:
+        server = start_server(llm_provider="openai", openai_base_url=fake.url, llm_model="fake")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first, second = run_task(c), run_task(c)
+            wait_for(lambda: fake.most_active >= 2, 30, message="two answers streaming at once")
+            c.post(f"/api/task/{first}/cancel")
+            c.post(f"/api/task/{second}/cancel")
+            # The client hangs up on the model: its answers stop being streamed within a chunk or two.
+            wait_for(lambda: fake.active == 0, 5, message="the model's streams to be closed")
+            answers = fake.answers
+            time.sleep(0.5)
+            assert fake.answers == answers  # no new call after the cancel
     finally:
         fake.stop()

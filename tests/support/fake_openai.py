@@ -5,10 +5,16 @@ told to behave like a server that never does.
 A request with a JSON-schema `response_format` is, by `forms`: "ignore" answered with the fixed
 text (a server that does not know the parameter), "fill" answered with JSON that fills in every
 field of the schema (a server that holds its model to the form), "refuse" answered 400 (a
-server or model without structured output)."""
+server or model without structured output).
+
+Its first `cut_first` answers break off after `cut_after` chunks (the connection is dropped
+mid-stream); its first `stall_first` answers wait `stall_s` before the first chunk; every chunk
+can be slowed by `chunk_delay_s`. `active` and
+`most_active` count the answers being streamed at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -30,9 +36,22 @@ PROMPT_TOKENS = 111  # what it claims each prompt used (a real server counts; a 
 
 class FakeOpenAI:
     def __init__(
-        self, fail_first: int = 0, status: int = 503, reports_usage: bool = True, forms: str = "ignore"
+        self,
+        fail_first: int = 0,
+        status: int = 503,
+        reports_usage: bool = True,
+        forms: str = "ignore",
+        cut_first: int = 0,
+        cut_after: int = 5,
+        stall_first: int = 0,
+        stall_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
     ) -> None:
         self.fail_first, self.status, self.reports_usage, self.forms = fail_first, status, reports_usage, forms
+        self.cut_first, self.cut_after, self.stall_first, self.stall_s = cut_first, cut_after, stall_first, stall_s
+        self.chunk_delay_s = chunk_delay_s
+        self.answers = 0  # streamed answers started
+        self.active = self.most_active = 0
         self.requests = 0
         self.bodies: list[dict] = []
         self.port = free_port()
@@ -71,8 +90,27 @@ class FakeOpenAI:
         else:
             pieces = [word + " " for word in ANSWER.split(" ")]
 
-        def chunks():
-            for piece in pieces:
+        self.answers += 1
+        cut = self.answers <= self.cut_first
+        stall = self.stall_s if self.answers <= self.stall_first else 0.0
+
+        async def chunks():
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+            try:
+                async for chunk in _chunks():
+                    yield chunk
+            finally:
+                self.active -= 1
+
+        async def _chunks():
+            if stall:
+                await asyncio.sleep(stall)
+            for n, piece in enumerate(pieces):
+                if cut and n == self.cut_after:
+                    raise ConnectionAbortedError("the fake drops the connection mid-stream")
+                if self.chunk_delay_s:
+                    await asyncio.sleep(self.chunk_delay_s)
                 delta = {
                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
                     "id": "c1",

@@ -121,6 +121,28 @@ def test_stream_sinks_receive_every_event_in_order_on_the_emitting_thread():
     )
 
 
+def test_a_filtered_stream_passes_what_it_keeps_possibly_shortened_to_the_sinks_around_it():
+    from crewai.events.event_bus import crewai_event_bus
+    from crewai.events.types.llm_events import LLMStreamChunkEvent
+
+    received: list[str] = []
+
+    def keep(_source: Any, event: Any) -> bool:
+        event.chunk = event.chunk[1:]
+        return event.chunk != "drop"
+
+    with compat.stream_sink(lambda _source, event: received.append(event.chunk)):
+        with compat.filtered_stream(keep):
+            for chunk in ("xa", "xdrop", "xb"):
+                crewai_event_bus.emit(None, LLMStreamChunkEvent(chunk=chunk, call_id="c"))
+        crewai_event_bus.emit(None, LLMStreamChunkEvent(chunk="after", call_id="c"))
+    assume(
+        received == ["a", "b", "after"],
+        "filtered_stream replaces the stream sinks of its context (CrewAI's private _stream_sinks) "
+        "with one that forwards what it keeps to them",
+    )
+
+
 def test_the_llm_emission_helpers_take_the_arguments_compat_passes():
     from crewai.llms.base_llm import BaseLLM
 
