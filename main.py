@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.middleware.cors import CORSMiddleware  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
+from sqlalchemy.exc import InterfaceError, OperationalError  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from delivery import __version__  # noqa: E402
@@ -126,6 +127,17 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
             return JSONResponse({"detail": UNREADABLE_BODY}, status_code=400)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def store_unreachable(_: Request, exc: Exception) -> JSONResponse:
+        # The store already waited UNREACHABLE_WAIT_S for the database to come back.
+        log.error("answering 503: the task store is unreachable (%s)", str(exc).splitlines()[0])
+        return JSONResponse(
+            {"detail": "The task database is unreachable; retry in a few seconds (operators: check DATABASE_URL)."},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:

@@ -8,9 +8,13 @@ event path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from delivery.errors import TaskNotFoundError
 from delivery.events import Event
@@ -281,6 +286,33 @@ def _from_row(row: Any) -> TaskRecord:
     data["phase"] = Phase(data["phase"]) if data["phase"] else None
     data["attempts"] = data["attempts"] or 1
     return TaskRecord(**data)
+
+
+log = logging.getLogger(__name__)
+
+# How long a store call waits for an unreachable database (restarting, failing over) before it
+# gives up: long enough for a restart, short enough that nothing hangs.
+UNREACHABLE_WAIT_S = 30.0
+
+
+def _until_reachable(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Retry `method` while the database cannot be reached (OperationalError, InterfaceError: a
+    restart, a dropped connection, SQLite busy), with backoff, for up to UNREACHABLE_WAIT_S."""
+
+    @functools.wraps(method)
+    def patient(*args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + UNREACHABLE_WAIT_S, 0.1
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except (OperationalError, InterfaceError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("the task store is unreachable (%s); retrying in %.1f s", str(exc).splitlines()[0], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    return patient
 
 
 class SqlTaskStore(TaskStore):
@@ -581,3 +613,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+# Every call of the store waits out a database restart (the pool's pre-ping replaces the
+# connections it broke); writes are single transactions, so a retry repeats all or nothing.
+for _name, _method in list(vars(SqlTaskStore).items()):
+    if callable(_method) and not _name.startswith("_") and _name != "close":
+        setattr(SqlTaskStore, _name, _until_reachable(_method))
