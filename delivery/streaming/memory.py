@@ -64,6 +64,11 @@ class _TaskStream:
         self.closed_at = time.time()
 
 
+def _wake_all(streams: list[_TaskStream]) -> None:
+    for stream in streams:
+        stream.wake()
+
+
 class _MemorySubscription(Subscription):
     __slots__ = ("_closed", "_cursor", "_stream")
 
@@ -149,6 +154,7 @@ class MemoryEventBackend(EventBackend):
         latest: dict[str, int] = {}
         for event in events:
             latest[event.task_id] = event.sequence
+        to_wake = []
         for task_id, sequence in latest.items():
             stream = self._streams.get(task_id)
             if stream is None:
@@ -157,9 +163,15 @@ class MemoryEventBackend(EventBackend):
                 if sequence <= stream.durable:
                     continue
                 stream.durable = sequence
-                schedule = not stream.wake_pending
-                stream.wake_pending = True
-            self._schedule_wake(stream, schedule)
+                if not stream.wake_pending:
+                    stream.wake_pending = True
+                    to_wake.append(stream)
+        loop = self._loop
+        if to_wake and loop is not None:  # one hop to the loop for the whole commit
+            try:
+                loop.call_soon_threadsafe(_wake_all, to_wake)
+            except RuntimeError:  # loop closed during shutdown
+                pass
 
     def replicate(self, task_id: str, events: list[Event]) -> None:
         """Append events whose sequences were assigned elsewhere (a shared backend's reader).
