@@ -23,15 +23,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Protocol
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
-from delivery.events import Event
+from delivery.events import SYSTEM_AGENT, TERMINAL_EVENT_TYPES, Event, EventType
 from delivery.settings import EventBackendKind, Settings
 from delivery.streaming.archive import EventArchiver
 from delivery.streaming.backend import EventBackend, StreamSnapshot, Subscription, iterate
 from delivery.streaming.memory import MemoryEventBackend
 from delivery.streaming.redis_backend import RedisEventBackend
+from delivery.tasks.records import TaskStatus
 from delivery.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
+
+_TERMINAL_EVENT = {
+    TaskStatus.succeeded: EventType.end.value,
+    TaskStatus.failed: EventType.error.value,
+    TaskStatus.cancelled: EventType.cancelled.value,
+}
 
 
 class PublishEvent(Protocol):
@@ -152,10 +159,22 @@ class StreamManager:
             return
         if self._store is None:
             raise TaskNotFoundError(task_id)
-        self._store.get(task_id)  # TaskNotFoundError for unknown ids
+        record = self._store.get(task_id)  # TaskNotFoundError for unknown ids
         if self._archiver is not None:
             self._archiver.flush()
-        self._backend.restore(task_id, self._store.load_events(task_id), closed=not live)
+        events = self._store.load_events(task_id)
+        lost_ending = record.status.finished and not (events and events[-1].event_type in TERMINAL_EVENT_TYPES)
+        self._backend.restore(task_id, events, closed=not (live or lost_ending))
+        if lost_ending:
+            # The process that ended the task died after storing the status but before its
+            # terminal event was stored (so no viewer saw it): end the log as the record says.
+            self._backend.publish(
+                task_id,
+                SYSTEM_AGENT,
+                _TERMINAL_EVENT[record.status],
+                record.error or f"The task {record.status.value}; this event was restored from its record.",
+                {"restored": True},
+            )
 
     # -- reading ------------------------------------------------------------------------------------
 

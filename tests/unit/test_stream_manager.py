@@ -12,7 +12,7 @@ import pytest
 from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import Event, format_timestamp
 from delivery.streaming.memory import MemoryEventBackend
-from delivery.tasks.records import TaskRecord
+from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.store import SqlTaskStore
 from stream_manager import StreamManager
 
@@ -233,6 +233,25 @@ def test_the_terminal_event_reaches_a_log_reloaded_live_after_a_restart(tmp_path
     assert [(e.sequence, e.event_type) for e in events][-2:] == [(3, "thought"), (4, "error")]
     manager.close()  # flushes the archive
     assert [e.sequence for e in store.load_events("t")] == [1, 2, 3, 4]
+    store.close()
+
+
+def test_a_finished_task_whose_terminal_event_died_with_its_process_gets_it_back(tmp_path):
+    """The status was stored as succeeded, then the process died before the `end` event was
+    (no viewer saw it): replay ends the log as the record says, once."""
+    manager, store = stored_manager(tmp_path)
+    store.save(
+        TaskRecord(task_id="t", requirement="r", skip_confirmation=True, language="en", status=TaskStatus.succeeded)
+    )
+    store.append_events([Event("t", n, "A", "thought", str(n), 1.0 + n) for n in (1, 2, 3)])
+    manager.start()
+    manager.make_available("t")
+    manager.flush()  # stored, so shown (no event loop here to be woken)
+    replay = asyncio.run(collect(manager, "t"))
+    assert [(e.sequence, e.event_type) for e in replay][-2:] == [(3, "thought"), (4, "end")]
+    assert replay[-1].metadata == {"restored": True}
+    manager.close()  # flushes the archive: the next replay reads it from the store
+    assert [e.event_type for e in store.load_events("t")][-1:] == ["end"]
     store.close()
 
 
