@@ -15,8 +15,10 @@ also switch off this service's traces (OTEL_EXPORTER_OTLP_ENDPOINT).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
@@ -40,6 +42,7 @@ def _prepare_environment() -> None:
 _prepare_environment()
 
 # ruff: noqa: E402  (the imports below must follow the environment set-up)
+import portalocker
 from crewai import Agent, Crew, Process, Task
 from crewai.crews.crew_output import CrewOutput
 from crewai.events.event_bus import crewai_event_bus
@@ -48,6 +51,7 @@ from crewai.events.stream_context import _stream_sinks, add_stream_sink, reset_s
 from crewai.events.types.llm_events import LLMCallType, LLMStreamChunkEvent
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from crewai.llms.providers.openai.completion import OpenAICompletion
+from crewai_core import lock_store
 
 __all__ = [
     "FINAL_ANSWER_PREFIX",
@@ -87,6 +91,22 @@ class CrewEvent(str, Enum):
     llm_stream_chunk = "llm_stream_chunk"  # .chunk
     llm_call_completed = "llm_call_completed"  # .usage (prompt_tokens, completion_tokens), .response
     task_completed = "task_completed"  # .task, .output.raw
+
+
+@contextlib.contextmanager
+def _local_lock(name: str, *, timeout: float = 120) -> Iterator[None]:
+    path = os.path.join(
+        tempfile.gettempdir(), f"crewai-{hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()}.lock"
+    )
+    with portalocker.Lock(path, timeout=timeout):
+        yield
+
+
+# CrewAI locks its own storage files (the last kickoff's task outputs, in a local SQLite file)
+# through Redis whenever REDIS_URL is set, which is our setting for event streams and the broker:
+# a Redis connection and a pub/sub round trip per agent's output, and a crew that fails when
+# Redis restarts. The files are local, so their locks are local files, as CrewAI's own default.
+lock_store.set_lock_backend(_local_lock)
 
 
 def installed_version() -> str:

@@ -231,3 +231,15 @@ def test_a_guardrail_with_our_annotations_is_accepted_and_its_rejection_makes_th
     )
     compat.Crew(agents=[agent], tasks=[task], verbose=False).kickoff()
     assume(len(attempts) == 2, "a guardrail returning (False, feedback) makes CrewAI run the same agent again")
+
+
+def test_crewais_storage_locks_are_local_even_with_redis_url_set(monkeypatch):
+    """CrewAI would lock its local files through REDIS_URL (ours, for events and the broker): a
+    crew then fails whenever Redis restarts. compat.py gives it local file locks."""
+    from crewai_core import lock_store
+
+    monkeypatch.setattr(lock_store, "_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    lock_store._redis_connection.cache_clear()
+    with lock_store.lock("kickoff_task_outputs"):
+        held = True
+    assert held
