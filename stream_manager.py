@@ -139,6 +139,21 @@ class StreamManager:
         except TaskNotFoundError:  # the stream died with its process and no store holds it
             log.error("task %s has no log anywhere; its terminal event is lost", task_id)
 
+    def complete_archive(self, task_id: str) -> int:
+        """Store what the shared backend holds of the task's log and the store lacks: the events
+        a lost process wrote to Redis but had not yet archived. Called by whoever takes over or
+        ends a task another process was running, before it adds events of its own. Returns how
+        many were missing. Blocking."""
+        if self._archiver is None or self._store is None or not self._backend.shared:
+            return 0
+        self._archiver.flush()
+        missing = self._backend.shared_events_after(task_id, self._store.last_sequence(task_id))
+        if missing:
+            log.warning("task %s: %d events were in Redis but not in the store; archived now", task_id, len(missing))
+            self._archiver.queue.extend(missing)
+            self._archiver.flush()
+        return len(missing)
+
     def flush(self) -> None:
         """Store everything published so far and show it to viewers (before a shutdown ends
         their streams). Blocking."""

@@ -3,8 +3,9 @@
 API processes only accept, stream and answer; they send each crew phase here through the broker
 (Redis). A worker reads the same settings as the API (environment and .env), the same task store
 (DATABASE_URL) and publishes to the same Redis event streams, so viewers on any API replica see
-its events live. While it runs phases it renews their lease; if it dies, any process fails the
-task with an `error` event once the lease runs out (TASK_LEASE_S).
+its events live. While it runs phases it renews their lease; if it dies, any process resumes the
+task on a live worker from its first unfinished agent once the lease runs out (TASK_LEASE_S), and
+the phases it had not started stay in the broker (acks late, no prefetch beyond its threads).
 
 Importing this module builds the Celery app and nothing else; the rest of the worker (store,
 event streams, crews) is built at its first task, after Celery has forked its pool.
@@ -85,5 +86,5 @@ def _stop(**_: Any) -> None:
 
 
 @app.task(name=RUN_PHASE)
-def run_phase(task_id: str, phase: str) -> None:
-    _worker_runtime().phases.run(task_id, Phase(phase))
+def run_phase(task_id: str, phase: str, attempt: int | None = None) -> None:
+    _worker_runtime().phases.run(task_id, Phase(phase), attempt)

@@ -66,9 +66,9 @@ class Runtime:
         self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label, usage_policy(settings))
         self.executor = make_executor(settings, self.phases.run, celery_app)
         self.commands = TaskCommands(self.runs, self.executor)
-        # At a restart, the phases this process ran go on from their first unfinished agent
-        # (docs/architecture.md, "Recovery"); with Celery the API process runs none.
-        self.watchdog = Watchdog(self.runs, self.commands.resume if self.executor.local else None)
+        # Phases lost with their process (this one before a restart, or another whose lease ran
+        # out) go on from their first unfinished agent (docs/architecture.md, "Recovery").
+        self.watchdog = Watchdog(self.runs, self.commands.resume)
         self._stopping = threading.Event()
         self._collector: metrics.RuntimeCollector | None = None
         self._metrics_server: metrics.MetricsServer | None = None

@@ -174,6 +174,7 @@ def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatusResponse:
         usage=Usage(**summary(r.usage)),
         budget=BudgetInfo(**r.budget) if r.budget else None,
         trace_id=trace_id_of(r.trace_context),
+        attempts=r.attempts,
     )
 
 

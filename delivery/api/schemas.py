@@ -167,6 +167,7 @@ class TaskStatusResponse(BaseModel):
     current_agent: str | None
     completed_steps: int
     total_steps: int
+    attempts: int = Field(description="Times its current phase was started: above 1 after it was resumed (recovery)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -97,6 +97,7 @@ class EventBackend(ABC):
     """Where task events live: in this process (memory) or shared by processes (redis)."""
 
     archive: deque[Event] | None = None  # every event published here is also appended for the store
+    shared = False  # other processes write to the same logs
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """The event loop that serves viewers (None once it stops)."""
@@ -133,6 +134,11 @@ class EventBackend(ABC):
         """Start holding a task whose log lives outside this process; False if there is none.
         Blocking: call from a worker thread."""
         return False
+
+    def shared_events_after(self, task_id: str, sequence: int) -> list[Event]:
+        """The events after `sequence` that a shared backend holds for the task (those another
+        process wrote); nothing for a backend that shares nothing. Blocking."""
+        return []
 
     @abstractmethod
     def restore(self, task_id: str, events: list[Event], closed: bool = True) -> None:

@@ -76,6 +76,8 @@ def _decode(task_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
 
 
 class RedisEventBackend(EventBackend):
+    shared = True
+
     def __init__(self, url: str, *, maxlen: int = 100_000, ttl_s: float = 3600.0) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._append = self._redis.register_script(_APPEND)
@@ -209,6 +211,10 @@ class RedisEventBackend(EventBackend):
             with self._tail_lock:
                 self._tailed[task_id] = events[-1].sequence if events else 0
         return True
+
+    def shared_events_after(self, task_id: str, sequence: int) -> list[Event]:
+        entries = cast(_Entries, self._redis.xrange(_events_key(task_id), min=f"{sequence + 1}-0"))
+        return [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
 
     def _read_loop(self) -> None:
         reader = redis.Redis(connection_pool=self._redis.connection_pool)

@@ -12,8 +12,17 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("worker", broker=settings.celery_broker_url or settings.redis_url)
     app.conf.update(
         task_default_queue="crew-phases",
-        task_acks_late=False,  # a phase lost with its worker is failed by the lease, not re-run
+        # A message is acknowledged when its phase ends, and a worker reserves no more messages
+        # than it has threads: so a worker killed with phases waiting for a thread loses none of
+        # them (they stay in the broker for the next worker). A phase that had started is taken
+        # over by the lease reaper (TASK_LEASE_S), not by redelivery, which comes only after the
+        # broker's visibility timeout (an hour) and is then dropped as stale (its attempt moved
+        # on) or as a duplicate (store.claim_phase).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A broker restart does not stop running crews (their events wait in the writer's outbox).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         task_ignore_result=True,

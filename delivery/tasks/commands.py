@@ -50,10 +50,11 @@ class TaskCommands:
             phase=Phase.analysis,
         )
         tracing.start_task(record)
+        self._assign(record)
         self._runs.store.save(record)
         self._runs.streams.open(record.task_id)
         self._hold(record)
-        self._executor.dispatch(record.task_id, Phase.analysis)
+        self._executor.dispatch(record.task_id, Phase.analysis, record.attempts)
         return record
 
     def _check_webhook_url(self, url: str) -> None:
@@ -85,9 +86,9 @@ class TaskCommands:
             )
         r.status, r.confirm_deadline = TaskStatus.running, None
         r.phase, r.attempts = (Phase.delivery if approved else Phase.analysis), 1
-        # The next phase belongs to nobody until a worker takes it (a local one is held below):
-        # the owner of the analysis, its heartbeat long stale, would look lost to every watchdog.
-        r.owner, r.heartbeat_at = None, None
+        # The next phase is this process's (local) or nobody's until a worker takes it: the owner
+        # of the analysis, its heartbeat long stale, would look lost to every watchdog.
+        self._assign(r)
         if not approved:
             r.feedback.append(feedback or "")
         if not runs.store.transition(r, TaskStatus.awaiting_confirmation):
@@ -106,7 +107,7 @@ class TaskCommands:
             if run is not None:
                 runs.release(run)
             raise _not_waiting(runs.store.get(task_id)) from None
-        self._executor.dispatch(task_id, r.phase)
+        self._executor.dispatch(task_id, r.phase, r.attempts)
         return r
 
     def resume(self, record: TaskRecord, lost: str) -> bool:
@@ -122,8 +123,7 @@ class TaskCommands:
         if phase is Phase.analysis and record.skip_confirmation and record.completed_steps >= 1:
             phase = Phase.delivery  # the analysis was done; this phase had gone on to deliver
         record.phase, record.attempts, record.status = phase, record.attempts + 1, TaskStatus.queued
-        # Held here until dispatched (local) or nobody's until a worker takes it (Celery), as in confirm.
-        record.owner, record.heartbeat_at = (runs.instance_id, time.time()) if self._executor.local else (None, None)
+        self._assign(record)
         if not runs.store.take_over(record, previous_owner, previous_heartbeat):
             return True
         if phase is Phase.analysis:
@@ -133,6 +133,7 @@ class TaskCommands:
         else:
             agent = "the final review (every document was written)"
         runs.streams.make_available(record.task_id, live=True)
+        runs.streams.complete_archive(record.task_id)  # what the lost process wrote but had not stored
         runs.streams.publish(
             record.task_id,
             SYSTEM_AGENT,
@@ -142,7 +143,7 @@ class TaskCommands:
             {"lost": lost, "agent": agent, "attempt": record.attempts, "max_attempts": settings.max_phase_attempts},
         )
         self._hold(record)
-        self._executor.dispatch(record.task_id, phase)
+        self._executor.dispatch(record.task_id, phase, record.attempts)
         return True
 
     def cancel(self, task_id: str, reason: str = "Cancelled by user") -> TaskRecord:
@@ -153,15 +154,23 @@ class TaskCommands:
                 if not run.record.status.finished:
                     runs.end_run(run, Ending.cancelled(reason))
         else:
-            r = runs.store.get(task_id)
-            if not r.status.finished:
-                runs.end_idle_task(r, Ending.cancelled(reason))
+            for _ in range(3):  # a watchdog may resume the task (attempt + 1) between our read and write
+                r = runs.store.get(task_id)
+                if r.status.finished or runs.end_idle_task(r, Ending.cancelled(reason)):
+                    break
         r = runs.store.get(task_id)
         if r.status is not TaskStatus.cancelled:
             raise TaskStateConflictError(
                 f"Task {task_id} already {r.status.value}; only queued, running or waiting tasks can be cancelled."
             )
         return r
+
+    def _assign(self, record: TaskRecord) -> None:
+        """Who owns a phase about to be dispatched: this process (a local executor, which holds
+        it from now on, so the store must say so for its lease to be renewed), or nobody until a
+        Celery worker claims it (store.claim_phase)."""
+        local = self._executor.local
+        record.owner, record.heartbeat_at = (self._runs.instance_id, time.time()) if local else (None, None)
 
     def _hold(self, record: TaskRecord) -> Run | None:
         """Local executors hold queued tasks as runs here, so cancelling one needs no worker."""

@@ -14,8 +14,10 @@ from delivery.tasks.records import Phase
 if TYPE_CHECKING:
     from celery import Celery
 
-RunPhase = Callable[[str, Phase], None]
-RUN_PHASE = "worker.run_phase"  # the Celery task's name (worker.py): run_phase(task_id, phase)
+# run_phase(task_id, phase, attempt): the attempt lets a worker drop a message that is stale (its
+# phase was taken over and resumed since) or a redelivered duplicate.
+RunPhase = Callable[[str, Phase, int], None]
+RUN_PHASE = "worker.run_phase"  # the Celery task's name (worker.py): run_phase(task_id, phase, attempt)
 
 
 class Executor(ABC):
@@ -24,7 +26,7 @@ class Executor(ABC):
     local: bool
 
     @abstractmethod
-    def dispatch(self, task_id: str, phase: Phase) -> None: ...
+    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None: ...
 
     def shutdown(self) -> None:
         pass
@@ -39,8 +41,8 @@ class ThreadExecutor(Executor):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crew")
         self._run_phase = run_phase
 
-    def dispatch(self, task_id: str, phase: Phase) -> None:
-        self._pool.submit(self._run_phase, task_id, phase)
+    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None:
+        self._pool.submit(self._run_phase, task_id, phase, attempt)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -54,8 +56,8 @@ class CeleryExecutor(Executor):
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def dispatch(self, task_id: str, phase: Phase) -> None:
-        self._app.send_task(RUN_PHASE, args=[task_id, phase.value])
+    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None:
+        self._app.send_task(RUN_PHASE, args=[task_id, phase.value, attempt])
 
 
 def make_executor(settings: Settings, run_phase: RunPhase, celery_app: Celery | None = None) -> Executor:

@@ -55,15 +55,20 @@ class PhaseRunner:
         """Executor threads of this process running a phase now."""
         return self._busy
 
-    def run(self, task_id: str, phase: Phase) -> None:
-        """Run one phase to its end on the calling thread; every failure ends the task."""
+    def run(self, task_id: str, phase: Phase, attempt: int | None = None) -> None:
+        """Run one phase to its end on the calling thread; every failure ends the task.
+        `attempt` (the dispatcher's) drops a message that is stale: the phase moved on since."""
         runs = self._runs
         run = runs.get(task_id)
         if run is None:  # a Celery worker, or a task confirmed by another process
             record = runs.store.get(task_id)
-            if record.status.finished:
+            if record.status.finished or (attempt is not None and (record.phase, record.attempts) != (phase, attempt)):
+                log.info("task %s: dropped a stale message for its %s phase, attempt %s", task_id, phase.value, attempt)
                 return
             run = runs.hold(record)
+        elif run.phase_started:  # the same message delivered twice to this process
+            return
+        run.phase_started = True
         if not runs.streams.holds(task_id):
             runs.streams.make_available(task_id, live=True)  # a shared backend: see others' events
         with self._busy_lock:
@@ -118,10 +123,14 @@ class PhaseRunner:
         streams, store, record, aborted = self._runs.streams, self._runs.store, run.record, run.aborted
         webhooks = self._runs.webhooks
         task_id = record.task_id
-        publish, is_closed = streams.publish, streams.is_closed
+        publish, is_closed, runs = streams.publish, streams.is_closed, self._runs
 
         def publish_event(agent: str, event_type: str, content: str, metadata: dict[str, Any] | None) -> None:
             if aborted.is_set() or is_closed(task_id):
+                raise TaskAborted()
+            if time.time() > runs.lease_until:  # rule 5: another process may be taking this run over
+                log.warning("task %s: this process's lease ran out; its crew stops here", task_id)
+                aborted.set()
                 raise TaskAborted()
             if event_type in _PROGRESS_EVENTS and not store.save_unless_finished(record):
                 raise TaskAborted()
@@ -137,15 +146,15 @@ class PhaseRunner:
     def _begin(self, run: Run) -> None:
         with run.lock:
             r = run.record
-            if r.status.finished:
+            if r.status.finished or time.time() > self._runs.lease_until:
                 raise TaskAborted()
             first = r.started_at is None
             r.status = TaskStatus.running
             run.active_since = time.time()
             if first:
                 r.started_at = run.active_since
-            if not self._runs.store.save_unless_finished(r):
-                raise TaskAborted()  # cancelled while it was queued
+            if not self._runs.store.claim_phase(r):
+                raise TaskAborted()  # cancelled while it was queued, or another worker took it
             if first:
                 metrics.TASKS_STARTED.inc()
                 self._runs.streams.publish(

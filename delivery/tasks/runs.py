@@ -23,11 +23,18 @@ The race rules, written once:
 4. **A crew learns it was ended** at its next event: the run's `aborted` flag (ended here) or its
    closed stream (ended by another process) makes the publish raise TaskAborted, a BaseException
    so that CrewAI's `except Exception` retry paths do not swallow it.
+5. **A lost process is fenced off.** When a process's lease runs out (TASK_LEASE_S without a
+   heartbeat), any other takes its phases over and resumes them as the next attempt. Should the
+   "lost" process still live (cut off from the database, paused), it can no longer write: every
+   save is conditional on the record's attempt (`save_unless_finished`), its crews stop at
+   their next event once its own lease would have run out (`Runs.lease_until`, a fifth of the
+   lease before the others may reap), and its next heartbeat tells it which runs were taken.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +43,7 @@ from typing import Any
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.usage import UsageMeter, summary
 from delivery.observability import metrics
-from delivery.settings import Settings
+from delivery.settings import EventBackendKind, Settings
 from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.store import TaskStore
 from delivery.webhooks.outbox import Notification, Webhooks
@@ -57,6 +64,7 @@ class Run:
     meter: UsageMeter | None = None  # counting the running phase's model calls
     active_since: float | None = None  # start of the current running phase
     active_before: float = 0.0  # running seconds of earlier phases
+    phase_started: bool = False  # a phase of this run has begun on an executor thread here
 
     def active_seconds(self, now: float) -> float:
         return self.active_before + (now - self.active_since if self.active_since else 0.0)
@@ -106,6 +114,14 @@ class Runs:
         self.webhooks = webhooks
         self.instance_id = instance_id
         self._runs: dict[str, Run] = {}
+        # Until when this process may be sure no other one has taken its runs over (rule 5).
+        self.lease_until = math.inf
+
+    def renewed_lease(self, renewed_at: float) -> None:
+        """The store renewed this process's leases as of `renewed_at` (the watchdog's heartbeat).
+        Only where several processes share the store can one take over another's runs."""
+        if self.settings.event_backend is EventBackendKind.redis:
+            self.lease_until = renewed_at + 0.8 * self.settings.task_lease_s
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -164,6 +180,7 @@ class Runs:
         if not self.store.save_unless_finished(record):
             return False
         metrics.observe_ending(ending.status, record.run_seconds)
+        self.streams.complete_archive(record.task_id)  # a lost process's last events, if any
         self._publish_terminal(record, ending)
         if ending.status is TaskStatus.failed:
             log.warning("task %s failed: %s", record.task_id, ending.content)

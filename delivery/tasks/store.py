@@ -59,7 +59,15 @@ class TaskStore(ABC):
 
     @abstractmethod
     def save_unless_finished(self, record: TaskRecord) -> bool:
-        """Save the record only if the stored task has not finished (someone else ended it)."""
+        """Save the record only if the stored task has not finished (someone else ended it) and
+        is still at the record's attempt: a process whose phase was taken over and resumed
+        elsewhere (attempt + 1) can no longer write, so the attempt number fences it off."""
+
+    @abstractmethod
+    def claim_phase(self, record: TaskRecord) -> bool:
+        """Save the record as its phase starts only if the task is unfinished, still at the
+        record's attempt and owned by nobody or by the record's owner already: of two workers
+        handed the same Celery message (a redelivery), exactly one runs it."""
 
     @abstractmethod
     def take_over(self, record: TaskRecord, owner: str | None, heartbeat_at: float | None) -> bool:
@@ -81,7 +89,8 @@ class TaskStore(ABC):
     def count(self, status: TaskStatus) -> int: ...
 
     @abstractmethod
-    def append_events(self, events: list[Event]) -> None: ...
+    def append_events(self, events: list[Event]) -> None:
+        """Store events; one whose (task, sequence) is stored already is skipped."""
 
     @abstractmethod
     def load_events(self, task_id: str) -> list[Event]: ...
@@ -93,7 +102,7 @@ class TaskStore(ABC):
     def unfinished(self) -> list[TaskRecord]: ...
 
     @abstractmethod
-    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> None:
+    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> list[str]:
         """Mark these unfinished tasks as alive in `owner`."""
 
     @abstractmethod
@@ -265,6 +274,12 @@ _JSON_COLUMNS = ("deliverables", "feedback", "traceability", "usage", "budget")
 _FINISHED = [s.value for s in FINISHED_STATUSES]
 
 
+def _unfinished_at(attempts: int) -> Any:
+    """The task has not finished and is still at this attempt (a NULL from an older schema is 1)."""
+    t = tasks_table
+    return and_(t.c.status.not_in(_FINISHED), func.coalesce(t.c.attempts, 1) == attempts)
+
+
 def _to_row(record: TaskRecord) -> dict[str, Any]:
     row = asdict(record)
     row["status"] = record.status.value
@@ -354,7 +369,12 @@ class SqlTaskStore(TaskStore):
         return self._conditional_save(record, tasks_table.c.status == expected.value)
 
     def save_unless_finished(self, record: TaskRecord) -> bool:
-        return self._conditional_save(record, tasks_table.c.status.not_in(_FINISHED))
+        return self._conditional_save(record, _unfinished_at(record.attempts))
+
+    def claim_phase(self, record: TaskRecord) -> bool:
+        t = tasks_table
+        free = or_(t.c.owner.is_(None), t.c.owner == record.owner)
+        return self._conditional_save(record, and_(_unfinished_at(record.attempts), free))
 
     def take_over(self, record: TaskRecord, owner: str | None, heartbeat_at: float | None) -> bool:
         t = tasks_table
@@ -407,9 +427,11 @@ class SqlTaskStore(TaskStore):
                     metadata = None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False)
                     params += (e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts, metadata)
                 values = ", ".join([self._event_values] * len(chunk))
+                # An event already stored is the same event (one sequence, one event): with Redis,
+                # a process completing a lost producer's archive may copy what it had written.
                 conn.exec_driver_sql(
                     "INSERT INTO events (task_id, sequence, agent_name, event_type, content, ts, metadata) "
-                    f"VALUES {values}",
+                    f"VALUES {values} ON CONFLICT (task_id, sequence) DO NOTHING",
                     tuple(params),
                 )
 
@@ -439,12 +461,15 @@ class SqlTaskStore(TaskStore):
         with self.engine.connect() as conn:
             return [_from_row(row) for row in conn.execute(query)]
 
-    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> None:
+    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> list[str]:
         if not task_ids:
-            return
-        query = update(tasks_table).where(tasks_table.c.task_id.in_(task_ids)).values(owner=owner, heartbeat_at=ts)
+            return []
+        t = tasks_table
+        renew = update(t).where(t.c.task_id.in_(task_ids), t.c.owner == owner).values(heartbeat_at=ts)
+        taken = select(t.c.task_id).where(t.c.task_id.in_(task_ids), t.c.owner.is_not(None), t.c.owner != owner)
         with self._write_lock, self.engine.begin() as conn:
-            conn.execute(query)
+            conn.execute(renew)
+            return [row.task_id for row in conn.execute(taken)]
 
     def purge_finished_before(self, ts: float) -> int:
         old = select(tasks_table.c.task_id).where(tasks_table.c.finished_at < ts)

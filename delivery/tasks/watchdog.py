@@ -20,10 +20,7 @@ GAVE_UP = (
     "as many as MAX_PHASE_ATTEMPTS={max_attempts} allows, so the task is given up. Submit it again."
 )
 SHUT_DOWN = "Interrupted: the server was shut down while the task ran. Submit it again."
-WORKER_LOST = (
-    "The worker running this task was lost: no heartbeat from {owner} for over {lease:g} s "
-    "(killed, crashed or cut off). Submit the task again."
-)
+LOST_OWNER = "The worker {owner} (no heartbeat for over {lease:g} s: killed, crashed or cut off)"
 
 
 class Watchdog:
@@ -75,17 +72,26 @@ class Watchdog:
             )
 
     def heartbeat(self, now: float) -> None:
-        """Renew the lease of every run held here."""
-        held = self._runs.all()
+        """Renew the lease of every run held here; stop the crews of runs another process took
+        over (this one was thought lost: cut off from the database for longer than the lease)."""
+        runs = self._runs
+        held = runs.all()
         for run in held:  # a later save of the record must not write an older heartbeat back
             run.record.heartbeat_at = now
-        self._runs.store.heartbeat(self._runs.instance_id, [run.record.task_id for run in held], now)
+        taken = runs.store.heartbeat(runs.instance_id, [run.record.task_id for run in held], now)
+        runs.renewed_lease(now)
+        for task_id in taken:
+            lost = runs.get(task_id)
+            if lost is not None:
+                log.warning("task %s was taken over by another process; its crew here stops", task_id)
+                lost.aborted.set()
+                runs.release(lost)
 
     def reap_lost(self, now: float) -> list[str]:
-        """Fail queued or running phases of other processes whose lease ran out (any process may
-        do it: the store lets exactly one succeed). They are not resumed: a process whose lease
-        ran out may only be cut off, and nothing yet stops its crew from writing on beside a new
-        one (that needs fencing the old owner on every event)."""
+        """Resume (or, past MAX_PHASE_ATTEMPTS, fail) queued or running phases of other processes
+        whose lease ran out; any process may do it, the store lets exactly one succeed. The lost
+        owner, if it still lives, is fenced off: its attempt is over, so the store refuses its
+        writes and it stopped its crew before its lease ran out (Runs.lease_held)."""
         runs, lease = self._runs, self._runs.settings.task_lease_s
         return [
             r.task_id
@@ -94,11 +100,12 @@ class Watchdog:
             and r.owner is not None
             and runs.get(r.task_id) is None
             and (r.heartbeat_at or r.created_at) < now - lease
-            and runs.end_idle_task(r, Ending.failed(WORKER_LOST.format(owner=r.owner, lease=lease)))
+            and self._recover(r, LOST_OWNER.format(owner=r.owner, lease=lease))
         ]
 
     def _recover(self, record: TaskRecord, lost: str) -> bool:
-        """Resume a task whose process is certainly gone, or fail it (no resume, or no attempts left)."""
+        """Resume a task whose process is gone, or fail it (no resume, or no attempts left).
+        True when this watchdog did either (False: another process was first)."""
         if self._resume is None:
             return self._runs.end_idle_task(record, Ending.failed(INTERRUPTED))
         if self._resume(record, lost):

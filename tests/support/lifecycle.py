@@ -30,10 +30,10 @@ class ManualExecutor(Executor):
 
     def __init__(self, local: bool = True) -> None:
         self.local = local
-        self.queue: list[tuple[str, Phase]] = []
+        self.queue: list[tuple[str, Phase, int]] = []
 
-    def dispatch(self, task_id: str, phase: Phase) -> None:
-        self.queue.append((task_id, phase))
+    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None:
+        self.queue.append((task_id, phase, attempt))
 
 
 class HookedStore(SqlTaskStore):
@@ -104,11 +104,11 @@ class Lifecycle:
         )
         self.executor = ManualExecutor(local_executor)
         self.commands = TaskCommands(self.runs, self.executor)
-        self.watchdog = Watchdog(self.runs)
+        self.watchdog = Watchdog(self.runs, self.commands.resume)
 
     def run_next(self) -> Phase:
-        task_id, phase = self.executor.queue.pop(0)
-        self.phases.run(task_id, phase)
+        task_id, phase, attempt = self.executor.queue.pop(0)
+        self.phases.run(task_id, phase, attempt)
         return phase
 
     def log(self, task_id: str) -> list[Event]:

@@ -6,15 +6,19 @@ import asyncio
 import re
 import threading
 import time
+import uuid
 
 import pytest
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import Event, format_timestamp
 from delivery.streaming.memory import MemoryEventBackend
+from delivery.streaming.redis_backend import RedisEventBackend
 from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.store import SqlTaskStore
 from stream_manager import StreamManager
+from tests.support.real_services import ensure_redis
+from tests.support.waiting import wait_for
 
 
 def make_manager() -> StreamManager:
@@ -273,3 +277,32 @@ def test_one_manager_per_process_built_from_settings_and_found_by_instance(tmp_p
         store.close()
     with pytest.raises(RuntimeError):
         StreamManager.instance()
+
+
+@pytest.mark.system
+def test_the_archive_of_a_lost_producer_is_completed_from_redis(tmp_path):
+    """A process wrote events to Redis and died before its archiver stored the last of them:
+    the one that takes the task over copies the rest from Redis, once, keeping their sequences."""
+    url = ensure_redis()
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    producer = RedisEventBackend(url, ttl_s=60)  # no archive: what it wrote, the store never saw
+    taker = StreamManager(RedisEventBackend(url, ttl_s=60), store)
+    task_id = f"test-{uuid.uuid4()}"
+    try:
+        producer.start()
+        taker.start()
+        producer.open(task_id)
+        for i in range(5):
+            producer.publish(task_id, "ProductManager", "thought", f"token {i}")
+        wait_for(lambda: producer.published_count() == 5, timeout=10)
+        store.append_events([Event(task_id, 1, "System", "start", "first", 1.0)])  # archived before the crash
+        assert taker.complete_archive(task_id) == 4
+        assert taker.complete_archive(task_id) == 0
+        stored = store.load_events(task_id)
+        assert [(e.sequence, e.content) for e in stored] == [(1, "first")] + [
+            (i + 2, f"token {i + 1}") for i in range(4)
+        ]
+    finally:
+        producer.stop()
+        taker.close()
+        store.close()

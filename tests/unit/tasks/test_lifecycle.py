@@ -12,7 +12,7 @@ import pytest
 
 from delivery.errors import TaskStateConflictError
 from delivery.tasks.records import Phase, TaskStatus
-from delivery.tasks.watchdog import WORKER_LOST
+from delivery.tasks.watchdog import LOST_OWNER
 from tests.support.lifecycle import Lifecycle, handler_stepping_in
 
 LATER = 10**6  # seconds: "now" for a watchdog pass long after every deadline and lease
@@ -70,7 +70,7 @@ def test_cancel_after_confirm_stops_the_queued_phase_before_it_starts(made, tmp_
     lc = lifecycle(made, tmp_path)
     task_id = waiting_task(lc)
     lc.commands.confirm(task_id, approved=True, feedback=None)
-    assert lc.executor.queue == [(task_id, Phase.delivery)]
+    assert lc.executor.queue == [(task_id, Phase.delivery, 1)]
     lc.commands.cancel(task_id)
     agents_before = lc.types(task_id).count("agent_start")
     lc.run_next()  # the queued delivery phase finds its task ended and runs no agent
@@ -87,7 +87,7 @@ def test_of_two_answers_at_once_only_the_first_decision_counts(made, tmp_path):
     with pytest.raises(TaskStateConflictError, match="is running"):
         lc.commands.confirm(task_id, approved=False, feedback="add export")
     assert lc.types(task_id).count("confirmed") == 1
-    assert lc.executor.queue == [(task_id, Phase.delivery)]
+    assert lc.executor.queue == [(task_id, Phase.delivery, 1)]
     assert lc.store.get(task_id).feedback == []  # the losing answer left no trace
     lc.run_next()
     assert_one_ending(lc, task_id, "end", TaskStatus.succeeded)
@@ -130,23 +130,98 @@ def test_a_watchdog_pass_after_the_end_changes_nothing(made, tmp_path):
 # -- reaper vs finish -----------------------------------------------------------------------------
 
 
-def test_a_reaper_elsewhere_ending_the_task_before_its_owner_does_wins_once(made, tmp_path):
-    """Another process sees the owner's lease expired (say it was cut off) just as the owner's
-    crew finishes: the store lets the reaper's ending win; the owner's is dropped."""
+def test_a_reaper_taking_over_a_live_owner_fences_it_off_and_resumes_once(made, tmp_path):
+    """Another process sees the owner's lease expired (say it was cut off) just after the
+    QAEngineer finished: the reaper takes the phase over as attempt 2; the owner, still alive,
+    can write nothing more (its next save is refused), and the reaper goes on with the
+    SoftwareDeveloper. One ending, no agent's work twice."""
     holder: list[Lifecycle] = []
 
     def reap() -> None:
-        holder[0].watchdog.reap_lost(time.time() + LATER)
+        assert holder[0].watchdog.reap_lost(time.time() + LATER) == [task_id]
 
-    handler = handler_stepping_in("Coordinator", reap)
+    handler = handler_stepping_in("QAEngineer", reap)
     owner = lifecycle(made, tmp_path, name="owner", handler_class=handler)
     reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
     holder.append(reaper)
     task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    owner.run_next()  # the owner's crew stops at its first event after the take-over
+    types = owner.types(task_id)
+    assert types[-1] == "resumed" and "error" not in types and "end" not in types
+    stored = owner.store.get(task_id)
+    assert (stored.status, stored.owner, stored.attempts) == (TaskStatus.queued, "reaper", 2)
+    assert reaper.run_next() is Phase.delivery
+    assert_one_ending(reaper, task_id, "end", TaskStatus.succeeded)
+    starts = [e.agent_name for e in reaper.log(task_id) if e.event_type == "agent_start"]
+    assert starts == ["ProductManager", "QAEngineer", "SoftwareDeveloper", "Coordinator"]
+    resumed = next(e for e in reaper.log(task_id) if e.event_type == "resumed")
+    assert resumed.metadata == {
+        "lost": LOST_OWNER.format(owner="owner", lease=owner.settings.task_lease_s),
+        "agent": "SoftwareDeveloper",
+        "attempt": 2,
+        "max_attempts": 3,
+    }
+
+
+def test_a_process_whose_lease_ran_out_stops_its_crew_and_another_resumes_it(made, tmp_path):
+    """Rule 5: a process that could not renew its lease stops its crews before anyone may take
+    them over; the heartbeat it manages later tells it which runs were taken."""
+    owner = lifecycle(made, tmp_path, name="owner")
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    owner.runs.lease_until = 0.0  # its last heartbeat is too old
     owner.run_next()
-    assert "end" not in owner.types(task_id)
-    assert_one_ending(owner, task_id, "error", TaskStatus.failed)
-    assert owner.store.get(task_id).error == WORKER_LOST.format(owner="owner", lease=owner.settings.task_lease_s)
+    assert owner.types(task_id) == []  # stopped before its first event (the start)
+    assert owner.store.get(task_id).status is TaskStatus.queued
+    assert reaper.watchdog.reap_lost(time.time() + LATER) == [task_id]
+    reaper.run_next()
+    assert_one_ending(reaper, task_id, "end", TaskStatus.succeeded)
+    assert reaper.types(task_id)[:2] == ["resumed", "start"]
+
+
+def test_a_heartbeat_stops_the_runs_another_process_took_over(made, tmp_path):
+    owner = lifecycle(made, tmp_path, name="owner")
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    run = owner.runs.get(task_id)
+    assert run is not None
+    assert reaper.watchdog.reap_lost(time.time() + LATER) == [task_id]
+    owner.watchdog.heartbeat(time.time())
+    assert run.aborted.is_set() and owner.runs.get(task_id) is None
+    assert owner.store.get(task_id).owner == "reaper"  # the heartbeat did not take it back
+
+
+def test_a_phase_past_max_phase_attempts_fails_saying_so(made, tmp_path):
+    owner = lifecycle(made, tmp_path, name="owner", max_phase_attempts=1)
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner, max_phase_attempts=1)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    held = owner.runs.get(task_id)
+    assert held is not None
+    owner.runs.release(held)  # its process is gone
+    assert reaper.watchdog.reap_lost(time.time() + LATER) == [task_id]
+    assert_one_ending(reaper, task_id, "error", TaskStatus.failed)
+    assert "MAX_PHASE_ATTEMPTS=1" in (reaper.store.get(task_id).error or "")
+
+
+def test_a_stale_or_duplicate_celery_message_runs_nothing(made, tmp_path):
+    """With Celery a message can come back (the broker's visibility timeout): dropped when its
+    attempt is over, and refused by the store when another worker already runs that attempt."""
+    api = lifecycle(made, tmp_path, name="api", local_executor=False)
+    worker = lifecycle(made, tmp_path, name="worker", shared_with=api)
+    other = lifecycle(made, tmp_path, name="other", shared_with=api)
+    task_id = api.commands.submit("Build a wiki with search", skip_confirmation=True).task_id
+    message = api.executor.queue.pop(0)
+    assert message == (task_id, Phase.analysis, 1)
+    record = worker.store.get(task_id)
+    record.owner = "worker"
+    assert worker.store.claim_phase(record)  # the first worker has started it
+    other.phases.run(*message)  # the duplicate
+    assert other.types(task_id) == [] and worker.store.get(task_id).owner == "worker"
+    assert api.watchdog.reap_lost(time.time() + LATER) == [task_id]  # "worker" is lost: attempt 2
+    other.phases.run(*message)  # attempt 1's message, redelivered: stale
+    assert other.types(task_id) == ["resumed"]
+    other.phases.run(*api.executor.queue.pop(0))
+    assert_one_ending(other, task_id, "end", TaskStatus.succeeded)
 
 
 def test_a_reaper_after_the_owner_finished_finds_nothing_to_reap(made, tmp_path):

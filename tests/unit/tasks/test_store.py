@@ -150,3 +150,23 @@ def test_a_failed_or_abandoned_claim_frees_the_key(store):
     assert store.claim_request(scope, "fp", 12.0, abandoned_before=11.0, expired_before=0) is not None
     assert store.claim_request(scope, "fp", 200.0, abandoned_before=80.0, expired_before=0) is None
     assert store.purge_requests_before(1e12) >= 1
+
+
+def test_a_phase_is_claimed_once_and_a_later_attempt_fences_off_the_earlier(store):
+    queued = record("t-claim", status=TaskStatus.queued)
+    store.save(queued)
+    first, second = store.get("t-claim"), store.get("t-claim")
+    first.owner, second.owner = "worker-1", "worker-2"
+    assert store.claim_phase(first)
+    assert not store.claim_phase(second)  # the same message, delivered twice
+    assert store.claim_phase(first)  # its owner may claim again (a local run held since submit)
+    assert store.heartbeat("worker-1", ["t-claim"], 100.0) == []
+    taken = store.get("t-claim")
+    taken.owner, taken.attempts, taken.heartbeat_at = "reaper", 2, None
+    assert store.take_over(taken, "worker-1", 100.0)
+    first.completed_steps = 3
+    assert not store.save_unless_finished(first)  # attempt 1 is over: its writes are refused
+    assert store.heartbeat("worker-1", ["t-claim"], 200.0) == ["t-claim"]
+    now = store.get("t-claim")
+    assert (now.owner, now.attempts, now.heartbeat_at, now.completed_steps) == ("reaper", 2, None, 0)
+    assert store.save_unless_finished(now)
