@@ -43,6 +43,14 @@ class Worker:
             stderr=subprocess.STDOUT,
         )
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until its runtime is up (it logs "worker … ready"): phases sent now start at once."""
+        deadline = time.monotonic() + timeout
+        while " ready (" not in self.log_text():
+            assert self.proc.poll() is None, f"the worker exited: {self.log_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"the worker did not start: {self.log_text()[-2000:]}"
+            time.sleep(0.1)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
