@@ -126,13 +126,15 @@ class TaskCommands:
         self._assign(record)
         if not runs.store.take_over(record, previous_owner, previous_heartbeat):
             return True
-        if phase is Phase.analysis:
+        runs.streams.make_available(record.task_id, live=True)
+        if phase is Phase.analysis and runs.analysis_round_finished(record.task_id):
+            agent = "the confirmation (the ProductManager's analysis was finished)"
+        elif phase is Phase.analysis:
             agent = ROSTER.analyst.name
         elif record.completed_steps < ROSTER.total_steps:
             agent = ROSTER.agents[record.completed_steps].name
         else:
             agent = "the final review (every document was written)"
-        runs.streams.make_available(record.task_id, live=True)
         runs.streams.complete_archive(record.task_id)  # what the lost process wrote but had not stored
         runs.streams.publish(
             record.task_id,

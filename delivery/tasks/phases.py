@@ -187,7 +187,10 @@ class PhaseRunner:
         handler = self._handler(run)
         reason = f"revision round {len(r.feedback)}: {r.feedback[-1]}" if r.feedback else "first draft"
         checks = self._checks(run, handler, reason)
-        analysis = run_analysis(r, handler, self._llm_factory, checks)
+        if r.attempts > 1 and self._runs.analysis_round_finished(r.task_id):
+            analysis = r.deliverables[ROSTER.analyst.deliverable]  # lost before the pause: pause now
+        else:
+            analysis = run_analysis(r, handler, self._llm_factory, checks)
         if r.skip_confirmation:
             self._deliver(run)
             return
@@ -200,7 +203,7 @@ class PhaseRunner:
             r.run_seconds = run.active_before
             r.status, r.current_agent = TaskStatus.awaiting_confirmation, None
             r.confirm_deadline = now + settings.confirmation_timeout_s
-            if not self._runs.store.transition(r, TaskStatus.running):
+            if not self._runs.store.transition(r, TaskStatus.running, fenced=True):
                 raise TaskAborted()  # ended by another process meanwhile
             rounds_left = settings.max_revision_rounds - len(r.feedback)
             self._runs.streams.publish(

@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from delivery.crew.roster import ROSTER
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.usage import UsageMeter, summary
 from delivery.observability import metrics
@@ -135,6 +136,17 @@ class Runs:
         """The freshest record: held here, else stored (TaskNotFoundError for unknown ids)."""
         run = self._runs.get(task_id)
         return run.record if run is not None else self.store.get(task_id)
+
+    def analysis_round_finished(self, task_id: str) -> bool:
+        """The ProductManager finished the current round's analysis (its `step_end` came after
+        the last confirmation): a resumed analysis phase then only pauses for confirmation."""
+        analyst = ROSTER.analyst.name
+        for event in reversed(self.streams.events(task_id)):
+            if event.event_type == EventType.confirmed.value:
+                return False
+            if event.event_type == EventType.step_end.value and event.agent_name == analyst:
+                return True
+        return False
 
     def live_records(self) -> dict[str, TaskRecord]:
         return {task_id: run.record for task_id, run in list(self._runs.items())}

@@ -54,8 +54,9 @@ class TaskStore(ABC):
         """Insert or update the record."""
 
     @abstractmethod
-    def transition(self, record: TaskRecord, expected: TaskStatus) -> bool:
-        """Save the record only if the stored status is still `expected`."""
+    def transition(self, record: TaskRecord, expected: TaskStatus, *, fenced: bool = False) -> bool:
+        """Save the record only if the stored status is still `expected` (and, `fenced`, the
+        task still at the record's attempt: a phase pausing for confirmation)."""
 
     @abstractmethod
     def save_unless_finished(self, record: TaskRecord) -> bool:
@@ -365,8 +366,9 @@ class SqlTaskStore(TaskStore):
         with self._write_lock, self.engine.begin() as conn:
             return conn.execute(query).rowcount == 1
 
-    def transition(self, record: TaskRecord, expected: TaskStatus) -> bool:
-        return self._conditional_save(record, tasks_table.c.status == expected.value)
+    def transition(self, record: TaskRecord, expected: TaskStatus, *, fenced: bool = False) -> bool:
+        condition = tasks_table.c.status == expected.value
+        return self._conditional_save(record, and_(condition, _unfinished_at(record.attempts)) if fenced else condition)
 
     def save_unless_finished(self, record: TaskRecord) -> bool:
         return self._conditional_save(record, _unfinished_at(record.attempts))

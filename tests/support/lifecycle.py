@@ -50,9 +50,9 @@ class HookedStore(SqlTaskStore):
         if hook is not None:
             hook()
 
-    def transition(self, record: TaskRecord, expected: Any) -> bool:
+    def transition(self, record: TaskRecord, expected: Any, *, fenced: bool = False) -> bool:
         self._run(self.before, "transition")
-        result = super().transition(record, expected)
+        result = super().transition(record, expected, fenced=fenced)
         self._run(self.after, "transition")
         return result
 

@@ -163,6 +163,34 @@ def test_a_reaper_taking_over_a_live_owner_fences_it_off_and_resumes_once(made, 
     }
 
 
+def test_an_analysis_lost_after_it_was_finished_is_not_written_again(made, tmp_path):
+    """The owner is lost between the ProductManager's step_end and the pause for confirmation:
+    the resumed phase pauses with the stored analysis instead of running the agent again."""
+    holder: list[Lifecycle] = []
+
+    def reap() -> None:
+        assert holder[0].watchdog.reap_lost(time.time() + LATER) == [task_id]
+
+    owner = lifecycle(made, tmp_path, name="owner", handler_class=handler_stepping_in("ProductManager", reap))
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
+    holder.append(reaper)
+    task_id = owner.commands.submit("Build a wiki with search", skip_confirmation=False).task_id
+    owner.run_next()  # its pause is refused: the task was taken over
+    assert reaper.run_next() is Phase.analysis
+    stored = reaper.store.get(task_id)
+    assert stored.status is TaskStatus.awaiting_confirmation and stored.attempts == 2
+    types = reaper.types(task_id)
+    assert types.count("agent_start") == 1 and types.count("step_end") == 1
+    assert types[-2:] == ["resumed", "awaiting_confirmation"]
+    resumed = next(e for e in reaper.log(task_id) if e.event_type == "resumed")
+    assert (resumed.metadata or {})["agent"].startswith("the confirmation")
+    waiting = reaper.log(task_id)[-1]
+    assert stored.deliverables["requirements_analysis"] in waiting.content
+    reaper.commands.confirm(task_id, approved=True, feedback=None)
+    reaper.run_next()
+    assert_one_ending(reaper, task_id, "end", TaskStatus.succeeded)
+
+
 def test_a_process_whose_lease_ran_out_stops_its_crew_and_another_resumes_it(made, tmp_path):
     """Rule 5: a process that could not renew its lease stops its crews before anyone may take
     them over; the heartbeat it manages later tells it which runs were taken."""
