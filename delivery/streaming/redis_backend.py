@@ -50,6 +50,17 @@ for i = 3, #ARGV, 2 do
 end
 return {first, seq}
 """
+# Put back a log that vanished from Redis (lost with a Redis that kept no data), so the task can
+# go on: KEYS as above; ARGV: last sequence, maxlen, then (sequence, payload) pairs. 0 when the
+# log exists (another process put it back first), else 1.
+_RESEED = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'seq', ARGV[1])
+for i = 3, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0', 'e', ARGV[i + 1])
+end
+return 1
+"""
 WRITE_BATCH = 2000
 READ_BLOCK_MS = 100
 
@@ -70,6 +81,13 @@ def _meta_key(task_id: str) -> str:
     return f"mad:task:{task_id}:meta"
 
 
+def _encode(agent: str, event_type: str, content: str, ts: float, metadata: dict[str, Any] | None) -> str:
+    payload: dict[str, Any] = {"a": agent, "t": event_type, "c": content, "ts": ts}
+    if metadata:
+        payload["m"] = metadata
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
 def _decode(task_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
     d = json.loads(fields[b"e"])
     return Event(task_id, int(entry_id.split(b"-", 1)[0]), d["a"], d["t"], d["c"], d["ts"], d.get("m"))
@@ -81,6 +99,7 @@ class RedisEventBackend(EventBackend):
     def __init__(self, url: str, *, maxlen: int = 100_000, ttl_s: float = 3600.0) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._append = self._redis.register_script(_APPEND)
+        self._reseed = self._redis.register_script(_RESEED)
         self._maxlen = maxlen
         self._ttl_s = max(1, int(ttl_s))
         self._mirror = MemoryEventBackend()
@@ -169,13 +188,7 @@ class RedisEventBackend(EventBackend):
         for task_id, run in runs:
             args: list[Any] = [self._maxlen, self._ttl_s]
             for _, agent, etype, content, ts, meta in run:
-                payload = {"a": agent, "t": etype, "c": content, "ts": ts}
-                if meta:
-                    payload["m"] = meta
-                args += [
-                    "1" if etype in TERMINAL_EVENT_TYPES else "0",
-                    json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
-                ]
+                args += ["1" if etype in TERMINAL_EVENT_TYPES else "0", _encode(agent, etype, content, ts, meta)]
             self._append(keys=[_events_key(task_id), _meta_key(task_id)], args=args, client=pipe)
         results = pipe.execute()
         archive = self.archive
@@ -252,7 +265,20 @@ class RedisEventBackend(EventBackend):
         return self._mirror.subscription(task_id, after)
 
     def restore(self, task_id: str, events: list[Event], closed: bool = True) -> None:
+        """Hold a log reloaded from the store. One that goes on (`closed=False`) but had vanished
+        from Redis is put back there first, so that every process's events continue it."""
+        last = events[-1].sequence if events else 0
+        if not closed:
+            args: list[Any] = [last, self._maxlen]
+            for e in events:
+                args += [e.sequence, _encode(e.agent_name, e.event_type, e.content, e.ts, e.metadata)]
+            if self._reseed(keys=[_events_key(task_id), _meta_key(task_id)], args=args):
+                log.warning("%s: its log had vanished from Redis; put back from the store (%d events)", task_id, last)
         self._mirror.restore(task_id, events, closed)
+        if not closed:
+            self._ended_here.discard(task_id)
+            with self._tail_lock:
+                self._tailed[task_id] = last
 
     def is_closed(self, task_id: str) -> bool:
         return task_id in self._ended_here or self._mirror.is_closed(task_id)

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+import redis
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import Event, format_timestamp
@@ -305,4 +306,36 @@ def test_the_archive_of_a_lost_producer_is_completed_from_redis(tmp_path):
     finally:
         producer.stop()
         taker.close()
+        store.close()
+
+
+@pytest.mark.system
+def test_a_log_that_vanished_from_redis_is_put_back_and_goes_on_gap_free(tmp_path):
+    """Redis lost a running task's log (it restarted without keeping data): the process that
+    goes on with the task puts the stored log back, and every process continues it."""
+    url = ensure_redis()
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    first, second, reader = (StreamManager(RedisEventBackend(url, ttl_s=60), store) for _ in range(3))
+    task_id = str(uuid.uuid4())
+    try:
+        for manager in (first, second, reader):
+            manager.start()
+        store.save(TaskRecord(task_id=task_id, requirement="r", skip_confirmation=False, language="en"))
+        first.open(task_id)
+        for i in range(3):
+            first.publish(task_id, "ProductManager", "thought", f"before {i}")
+        wait_for(lambda: store.last_sequence(task_id) == 3, timeout=10)
+        client = redis.Redis.from_url(url)
+        client.delete(f"mad:task:{task_id}:events", f"mad:task:{task_id}:meta")  # lost with Redis
+        second.make_available(task_id, live=True)
+        second.publish(task_id, "System", "resumed", "goes on")
+        second.publish_terminal(task_id, "System", "end", "done")
+        wait_for(lambda: store.last_sequence(task_id) == 5, timeout=10)
+        reader.make_available(task_id)
+        logged = [(e.sequence, e.content) for e in reader.events(task_id)]
+        assert logged == [(1, "before 0"), (2, "before 1"), (3, "before 2"), (4, "goes on"), (5, "done")]
+        assert [(e.sequence, e.content) for e in store.load_events(task_id)] == logged
+    finally:
+        for manager in (first, second, reader):
+            manager.close()
         store.close()
