@@ -29,7 +29,7 @@ from delivery.streaming.archive import EventArchiver
 from delivery.streaming.backend import EventBackend, StreamSnapshot, Subscription, iterate
 from delivery.streaming.memory import MemoryEventBackend
 from delivery.streaming.redis_backend import RedisEventBackend
-from delivery.tasks.records import TaskStatus
+from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ _TERMINAL_EVENT = {
     TaskStatus.failed: EventType.error.value,
     TaskStatus.cancelled: EventType.cancelled.value,
 }
+
+
+def _restored_ending(record: TaskRecord) -> tuple[str, str, dict[str, Any]]:
+    """The terminal event a finished task's record implies: (event type, content, metadata)."""
+    content = record.error or f"The task {record.status.value}; this event was restored from its record."
+    return _TERMINAL_EVENT[record.status], content, {"restored": True}
 
 
 class PublishEvent(Protocol):
@@ -154,6 +160,17 @@ class StreamManager:
             self._archiver.flush()
         return len(missing)
 
+    def repair_ending(self, record: TaskRecord) -> None:
+        """A finished task whose stored log has no terminal event (its process died between
+        storing the ending and storing the event): store what Redis has, and if the event is not
+        there either, publish it from the record, so every viewer's stream ends. Blocking."""
+        self.complete_archive(record.task_id)
+        if self._store is not None:
+            events = self._store.load_events(record.task_id)
+            if events and events[-1].event_type in TERMINAL_EVENT_TYPES:
+                return
+        self.publish_terminal(record.task_id, SYSTEM_AGENT, *_restored_ending(record))
+
     def flush(self) -> None:
         """Store everything published so far and show it to viewers (before a shutdown ends
         their streams). Blocking."""
@@ -161,6 +178,11 @@ class StreamManager:
             self._archiver.flush()
 
     # -- where a log lives --------------------------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Other processes write to the same logs (Redis): one of them may die mid-log."""
+        return self._backend.shared
 
     def holds(self, task_id: str) -> bool:
         """The log is here, ready for viewers without any I/O."""
@@ -183,13 +205,7 @@ class StreamManager:
         if lost_ending:
             # The process that ended the task died after storing the status but before its
             # terminal event was stored (so no viewer saw it): end the log as the record says.
-            self._backend.publish(
-                task_id,
-                SYSTEM_AGENT,
-                _TERMINAL_EVENT[record.status],
-                record.error or f"The task {record.status.value}; this event was restored from its record.",
-                {"restored": True},
-            )
+            self._backend.publish(task_id, SYSTEM_AGENT, *_restored_ending(record))
 
     # -- reading ------------------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from delivery.errors import TaskNotFoundError
-from delivery.events import Event
+from delivery.events import TERMINAL_EVENT_TYPES, Event
 from delivery.tasks.records import FINISHED_STATUSES, DocumentVersion, Phase, TaskRecord, TaskStatus
 
 
@@ -105,6 +105,11 @@ class TaskStore(ABC):
     @abstractmethod
     def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> list[str]:
         """Mark these unfinished tasks as alive in `owner`."""
+
+    @abstractmethod
+    def finished_without_ending(self, since: float, until: float) -> list[TaskRecord]:
+        """Tasks that finished between `since` and `until` but whose stored log has no terminal
+        event: the process that ended them died before its event was stored."""
 
     @abstractmethod
     def purge_finished_before(self, ts: float) -> int:
@@ -273,6 +278,7 @@ webhooks_table = Table(
 
 _JSON_COLUMNS = ("deliverables", "feedback", "traceability", "usage", "budget")
 _FINISHED = [s.value for s in FINISHED_STATUSES]
+_TERMINAL_TYPES = sorted(TERMINAL_EVENT_TYPES)
 
 
 def _unfinished_at(attempts: int) -> Any:
@@ -472,6 +478,13 @@ class SqlTaskStore(TaskStore):
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(renew)
             return [row.task_id for row in conn.execute(taken)]
+
+    def finished_without_ending(self, since: float, until: float) -> list[TaskRecord]:
+        t, e = tasks_table, events_table
+        ending = select(e.c.task_id).where(e.c.task_id == t.c.task_id, e.c.event_type.in_(_TERMINAL_TYPES))
+        query = select(t).where(t.c.finished_at >= since, t.c.finished_at < until, ~ending.exists())
+        with self.engine.connect() as conn:
+            return [_from_row(row) for row in conn.execute(query)]
 
     def purge_finished_before(self, ts: float) -> int:
         old = select(tasks_table.c.task_id).where(tasks_table.c.finished_at < ts)

@@ -19,6 +19,7 @@ GAVE_UP = (
     "{lost} was lost while running this task; its phase had been started {attempts} time(s), "
     "as many as MAX_PHASE_ATTEMPTS={max_attempts} allows, so the task is given up. Submit it again."
 )
+ENDING_GRACE_S = 30.0
 SHUT_DOWN = "Interrupted: the server was shut down while the task ran. Submit it again."
 LOST_OWNER = "The worker {owner} (no heartbeat for over {lease:g} s: killed, crashed or cut off)"
 
@@ -43,6 +44,7 @@ class Watchdog:
             self.reap_lost(now)
         if now >= self._next_sweep:
             self._next_sweep = now + min(60.0, max(s.stream_ttl_s / 4, 0.5))
+            self.repair_endings(now)
             evicted = self._runs.streams.evict_expired(s.stream_ttl_s)
             purged = self._runs.store.purge_finished_before(now - s.task_retention_days * 86400)
             self._runs.store.purge_requests_before(now - s.idempotency_ttl_s)
@@ -70,6 +72,20 @@ class Watchdog:
                     "the task was cancelled."
                 ),
             )
+
+    def repair_endings(self, now: float) -> list[str]:
+        """With shared logs: finish the logs of tasks whose ending process died before their
+        terminal event was stored (StreamManager.repair_ending). Only tasks that ended over
+        ENDING_GRACE_S ago, whose own process, if alive, has long stored its event."""
+        streams = self._runs.streams
+        if not streams.shared:  # one process: a log reloaded after a restart is repaired as it loads
+            return []
+        since = now - self._runs.settings.stream_ttl_s  # after that, Redis no longer has the events
+        repaired = self._runs.store.finished_without_ending(since, now - ENDING_GRACE_S)
+        for record in repaired:
+            log.warning("task %s ended without its terminal event stored; repairing its log", record.task_id)
+            streams.repair_ending(record)
+        return [r.task_id for r in repaired]
 
     def heartbeat(self, now: float) -> None:
         """Renew the lease of every run held here; stop the crews of runs another process took

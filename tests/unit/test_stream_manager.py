@@ -339,3 +339,40 @@ def test_a_log_that_vanished_from_redis_is_put_back_and_goes_on_gap_free(tmp_pat
         for manager in (first, second, reader):
             manager.close()
         store.close()
+
+
+@pytest.mark.system
+def test_a_shared_log_whose_ending_died_with_its_process_is_repaired(tmp_path):
+    """The process that ended a task stored its status, then died before its terminal event
+    reached Redis or the store: the watchdog's repair stores what Redis has and ends the log
+    from the record, so viewers' streams end and the replay is whole."""
+    url = ensure_redis()
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    producer = RedisEventBackend(url, ttl_s=60)  # no archive: it died before storing
+    repairer, viewer = (StreamManager(RedisEventBackend(url, ttl_s=60), store) for _ in range(2))
+    task_id = str(uuid.uuid4())
+    now = time.time()
+    record = TaskRecord(task_id=task_id, requirement="r", skip_confirmation=True, language="en")
+    record.status, record.finished_at, record.error = TaskStatus.failed, now - 100, "The budget ran out."
+    try:
+        for part in (producer, repairer, viewer):
+            part.start()
+        store.save(record)
+        producer.open(task_id)
+        producer.publish(task_id, "System", "start", "started")
+        producer.publish(task_id, "ProductManager", "thought", "需求")
+        wait_for(lambda: producer.published_count() == 2, timeout=10)
+        store.append_events([Event(task_id, 1, "System", "start", "started", now - 200)])
+        assert [r.task_id for r in store.finished_without_ending(now - 3600, now - 30)] == [task_id]
+        repairer.repair_ending(record)
+        wait_for(lambda: store.last_sequence(task_id) == 3, timeout=10)
+        stored = [(e.sequence, e.event_type, e.content) for e in store.load_events(task_id)]
+        assert stored == [(1, "start", "started"), (2, "thought", "需求"), (3, "error", "The budget ran out.")]
+        assert store.finished_without_ending(now - 3600, now - 30) == []
+        viewer.make_available(task_id)
+        assert [(e.sequence, e.event_type, e.content) for e in viewer.events(task_id)] == stored
+    finally:
+        producer.stop()
+        repairer.close()
+        viewer.close()
+        store.close()

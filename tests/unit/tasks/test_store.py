@@ -170,3 +170,17 @@ def test_a_phase_is_claimed_once_and_a_later_attempt_fences_off_the_earlier(stor
     now = store.get("t-claim")
     assert (now.owner, now.attempts, now.heartbeat_at, now.completed_steps) == ("reaper", 2, None, 0)
     assert store.save_unless_finished(now)
+
+
+def test_finished_tasks_without_a_stored_ending_are_found_in_their_window(store):
+    for name, finished_at, ending in [
+        ("t-end-ok", 500.0, "end"),
+        ("t-end-lost", 500.0, None),
+        ("t-end-old", 50.0, None),
+    ]:
+        store.save(record(name, status=TaskStatus.succeeded, finished_at=finished_at))
+        store.append_events([Event(name, 1, "System", "start", "s", 1.0)])
+        if ending:
+            store.append_events([Event(name, 2, "System", ending, "done", 2.0)])
+    store.save(record("t-end-running", status=TaskStatus.running))
+    assert [r.task_id for r in store.finished_without_ending(100.0, 1000.0)] == ["t-end-lost"]
