@@ -40,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from delivery.errors import TaskNotFoundError
@@ -357,6 +357,8 @@ class SqlTaskStore(TaskStore):
         # sqlite3 uses ?, psycopg %s: the drivers we support for the raw event insert.
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
         self._event_values = f"({', '.join([mark] * 7)})"
+        self._archive_lock = threading.Lock()
+        self._archive_conn: Connection | None = None
 
     def save(self, record: TaskRecord) -> None:
         row = _to_row(record)
@@ -423,25 +425,42 @@ class SqlTaskStore(TaskStore):
     def append_events(self, events: list[Event]) -> None:
         if not events:
             return
-        # One multi-row INSERT per chunk through the driver: SQLAlchemy's per-row parameter
-        # processing is pure Python, and the driver's executemany gives up and retakes the GIL for
-        # every row; under CPU-bound crews each retake can wait a switch interval (5 ms), and
-        # viewers wait for this commit (durable before visible).
-        with self._write_lock, self.engine.begin() as conn:
-            for start in range(0, len(events), EVENTS_PER_INSERT):
-                chunk = events[start : start + EVENTS_PER_INSERT]
-                params: list[Any] = []
-                for e in chunk:
-                    metadata = None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False)
-                    params += (e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts, metadata)
-                values = ", ".join([self._event_values] * len(chunk))
-                # An event already stored is the same event (one sequence, one event): with Redis,
-                # a process completing a lost producer's archive may copy what it had written.
-                conn.exec_driver_sql(
-                    "INSERT INTO events (task_id, sequence, agent_name, event_type, content, ts, metadata) "
-                    f"VALUES {values} ON CONFLICT (task_id, sequence) DO NOTHING",
-                    tuple(params),
-                )
+        # The archiver's path, on which viewers wait (durable before visible), so: one multi-row
+        # INSERT per chunk through the driver, on a connection of its own in autocommit, where
+        # each statement is its own transaction. The driver releases the GIL around each
+        # statement and each BEGIN, COMMIT or pool ping; under CPU-bound threads every retake of
+        # the GIL can wait a switch interval (5 ms), so the fewer statements the better.
+        # SQLAlchemy's per-row parameter processing (pure Python) is skipped for the same reason.
+        with self._write_lock, self._archive_lock:
+            try:
+                conn = self._archive_conn
+                if conn is None:
+                    conn = self._archive_conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                for start in range(0, len(events), EVENTS_PER_INSERT):
+                    chunk = events[start : start + EVENTS_PER_INSERT]
+                    params: list[Any] = []
+                    for e in chunk:
+                        metadata = None if e.metadata is None else json.dumps(e.metadata, ensure_ascii=False)
+                        params += (e.task_id, e.sequence, e.agent_name, e.event_type, e.content, e.ts, metadata)
+                    values = ", ".join([self._event_values] * len(chunk))
+                    # An event already stored is the same event (one sequence, one event): with
+                    # Redis, a process completing a lost producer's archive may copy what it had
+                    # written.
+                    conn.exec_driver_sql(
+                        "INSERT INTO events (task_id, sequence, agent_name, event_type, content, ts, metadata) "
+                        f"VALUES {values} ON CONFLICT (task_id, sequence) DO NOTHING",
+                        tuple(params),
+                    )
+                conn.commit()  # no statement in autocommit mode: SQLAlchemy's own bookkeeping
+            except Exception:
+                self._close_archive_connection()  # the next try gets a fresh one (a restart broke it)
+                raise
+
+    def _close_archive_connection(self) -> None:
+        conn, self._archive_conn = self._archive_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def load_events(self, task_id: str) -> list[Event]:
         query = select(events_table).where(events_table.c.task_id == task_id).order_by(events_table.c.sequence)
@@ -613,6 +632,8 @@ class SqlTaskStore(TaskStore):
             return [_webhook(row) for row in conn.execute(query)]
 
     def close(self) -> None:
+        with self._archive_lock:
+            self._close_archive_connection()
         self.engine.dispose()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -10,6 +11,8 @@ import uuid
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import Event, format_timestamp
@@ -188,6 +191,29 @@ def test_event_wire_format():
     assert data["content"] == "行1\nline 2"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", data["timestamp"])
     assert format_timestamp(0.5) == "1970-01-01T00:00:00.500Z"
+
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)))  # any text that can be sent (no lone surrogates)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    agent=_TEXT,
+    event_type=_TEXT,
+    content=_TEXT,
+    sequence=st.integers(1, 2**63 - 1),
+    ts=st.floats(0, 4e9),
+    metadata=st.none() | st.dictionaries(_TEXT, _JSON, max_size=4),
+)
+def test_the_sse_frame_carries_exactly_the_json_of_the_event(agent, event_type, content, sequence, ts, metadata):
+    event = Event("t-1", sequence, agent, event_type, content, ts, metadata)
+    expected = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    assert event.sse == f"id: {sequence}\nevent: {event_type}\ndata: {expected}\n\n".encode()
 
 
 # -- where a log lives ----------------------------------------------------------------------------
