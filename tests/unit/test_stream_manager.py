@@ -193,7 +193,7 @@ def test_event_wire_format():
     assert format_timestamp(0.5) == "1970-01-01T00:00:00.500Z"
 
 
-_TEXT = st.text(st.characters(exclude_categories=("Cs",)))  # any text that can be sent (no lone surrogates)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]))  # any text that can be sent (no lone surrogates)
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
