@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import socket
 from enum import Enum
 from functools import lru_cache
@@ -145,6 +146,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(8, ge=1, le=30)
     webhook_retry_base_s: float = Field(5.0, gt=0)  # then x4 per attempt: 5 s, 20 s, 80 s, ... (7.5 h in all)
     webhook_timeout_s: float = Field(10.0, gt=0)
+    # Where users reach this service (e.g. https://delivery.example.com, behind Nginx): links in
+    # webhook payloads are absolute with it, paths without it.
+    public_base_url: str = ""
 
     # CrewAI phones home (telemetry, tracing) unless told not to; we keep it off by default.
     crewai_telemetry: bool = False
@@ -152,6 +156,17 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _prices_are_valid(self) -> Settings:
         parse_prices(self.llm_prices)  # ValueError with an example of what to write
+        return self
+
+    @model_validator(mode="after")
+    def _public_base_url_is_an_origin(self) -> Settings:
+        url = self.public_base_url.strip().rstrip("/")
+        if url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            raise ValueError(
+                f"PUBLIC_BASE_URL={self.public_base_url!r} is not an http(s) address; write where users reach "
+                "this service, e.g. https://delivery.example.com (no query), or leave it empty."
+            )
+        self.public_base_url = url
         return self
 
     @model_validator(mode="after")

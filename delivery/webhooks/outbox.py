@@ -47,6 +47,7 @@ class Webhooks:
     def __init__(self, settings: Settings, store: TaskStore) -> None:
         self._store = store
         self._fixed = [url.strip() for url in settings.webhook_urls.split(",") if url.strip()]
+        self._base_url = settings.public_base_url  # "" (links are paths) or an origin without a trailing /
         self.enabled = bool(settings.webhook_secret)
 
     def notify(self, record: TaskRecord, kind: Notification, **data: Any) -> None:
@@ -56,6 +57,12 @@ class Webhooks:
             return
         now = time.time()
         task_id = record.task_id
+        links = {
+            "status_url": f"/api/task/{task_id}/status",
+            "result_url": f"/api/task/{task_id}/result",
+            "stream_url": f"/api/stream/{task_id}",
+            **{k: v for k, v in data.items() if k.endswith("_url")},
+        }
         body = {
             "type": kind.value,
             "timestamp": format_timestamp(now),
@@ -63,10 +70,8 @@ class Webhooks:
                 "task_id": task_id,
                 "status": record.status.value,
                 "error": record.error,
-                "status_url": f"/api/task/{task_id}/status",
-                "result_url": f"/api/task/{task_id}/result",
-                "stream_url": f"/api/stream/{task_id}",
                 **data,
+                **{name: self._base_url + path for name, path in links.items()},  # absolute with PUBLIC_BASE_URL
             },
         }
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,57 @@
+"""What a notification says: its links are paths on this service, or absolute with PUBLIC_BASE_URL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from delivery.settings import Settings
+from delivery.tasks.records import TaskRecord, TaskStatus
+from delivery.tasks.store import SqlTaskStore
+from delivery.webhooks.outbox import Notification, Webhooks
+
+SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def _payload(tmp_path, **settings) -> dict:
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    try:
+        config = Settings(
+            _env_file=None, webhook_secret=SECRET, webhook_urls="https://hooks.example.com/in", **settings
+        )
+        record = TaskRecord(task_id="t-1", requirement="r", skip_confirmation=False, language="en")
+        record.status = TaskStatus.awaiting_confirmation
+        Webhooks(config, store).notify(record, Notification.awaiting_confirmation, confirm_url="/api/task/t-1/confirm")
+        [delivery] = store.webhooks("t-1")
+        return json.loads(delivery.payload)["data"]
+    finally:
+        store.close()
+
+
+def test_links_are_paths_without_a_public_base_url(tmp_path):
+    data = _payload(tmp_path)
+    assert (data["status_url"], data["result_url"], data["stream_url"], data["confirm_url"]) == (
+        "/api/task/t-1/status",
+        "/api/task/t-1/result",
+        "/api/stream/t-1",
+        "/api/task/t-1/confirm",
+    )
+
+
+def test_links_are_absolute_with_a_public_base_url(tmp_path):
+    data = _payload(tmp_path, public_base_url="https://delivery.example.com/team-a/")
+    assert data["confirm_url"] == "https://delivery.example.com/team-a/api/task/t-1/confirm"
+    assert data["stream_url"] == "https://delivery.example.com/team-a/api/stream/t-1"
+    assert data["status"] == "awaiting_confirmation" and data["task_id"] == "t-1"
+
+
+@pytest.mark.parametrize(
+    "bad", ["delivery.example.com", "ftp://x.example.com", "https://x.example.com/?a=1", "https://"]
+)
+def test_a_public_base_url_that_is_no_http_address_is_refused_saying_what_to_write(bad):
+    with pytest.raises(ValidationError, match="PUBLIC_BASE_URL"):
+        Settings(_env_file=None, public_base_url=bad)
