@@ -219,6 +219,19 @@ def test_a_heartbeat_stops_the_runs_another_process_took_over(made, tmp_path):
     assert owner.store.get(task_id).owner == "reaper"  # the heartbeat did not take it back
 
 
+def test_a_cancel_while_the_owner_is_lost_wins_over_recovery(made, tmp_path):
+    owner = lifecycle(made, tmp_path, name="owner")
+    api = lifecycle(made, tmp_path, name="api", shared_with=owner)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    held = owner.runs.get(task_id)
+    assert held is not None
+    owner.runs.release(held)  # its process is gone; its lease has not run out yet
+    api.commands.cancel(task_id)
+    assert api.watchdog.reap_lost(time.time() + LATER) == []
+    assert api.executor.queue == []  # nothing was dispatched again
+    assert_one_ending(api, task_id, "cancelled", TaskStatus.cancelled)
+
+
 def test_a_phase_past_max_phase_attempts_fails_saying_so(made, tmp_path):
     owner = lifecycle(made, tmp_path, name="owner", max_phase_attempts=1)
     reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner, max_phase_attempts=1)
