@@ -3,13 +3,15 @@
 A service that POSTs to URLs its callers choose can be aimed at what sits behind it (cloud
 metadata at 169.254.169.254, Redis on 127.0.0.1, the private network). Unless the operator sets
 WEBHOOK_ALLOW_PRIVATE, every address the host resolves to must be global; the check runs when a
-URL is submitted and again before every attempt (DNS answers change)."""
+URL is submitted and again before every attempt (DNS answers change), and each attempt connects
+to the address that was checked (`pin`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 MAX_URL_CHARS = 2048
 
@@ -18,8 +20,9 @@ class AddressNotAllowedError(ValueError):
     """The URL is malformed, unresolvable or points where notifications may not go."""
 
 
-def check_url(url: str, allow_private: bool) -> None:
-    """Raise AddressNotAllowedError, saying why, unless notifications may be sent to `url`."""
+def check_url(url: str, allow_private: bool) -> str:
+    """Raise AddressNotAllowedError, saying why, unless notifications may be sent to `url`;
+    return the (checked) address to connect to."""
     if len(url) > MAX_URL_CHARS:
         raise AddressNotAllowedError(f"is {len(url)} characters long; at most {MAX_URL_CHARS} are allowed")
     try:
@@ -35,13 +38,32 @@ def check_url(url: str, allow_private: bool) -> None:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError) as exc:  # ValueError: NUL; UnicodeError: a label IDNA refuses
         raise AddressNotAllowedError(f"has a host that does not resolve ({exc})") from None
-    if allow_private:
-        return
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise AddressNotAllowedError(
-                f"resolves to {address}, a loopback, link-local, private or reserved address; "
-                "notifications go to public addresses only (the operator can allow others with "
-                "WEBHOOK_ALLOW_PRIVATE=true)"
-            )
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not allow_private:
+        for address in addresses:
+            if not address.is_global or address.is_multicast:
+                raise AddressNotAllowedError(
+                    f"resolves to {address}, a loopback, link-local, private or reserved address; "
+                    "notifications go to public addresses only (the operator can allow others with "
+                    "WEBHOOK_ALLOW_PRIVATE=true)"
+                )
+    return str(addresses[0])
+
+
+@dataclass(frozen=True)
+class PinnedRequest:
+    """A request to the address that was checked, not to whatever the name resolves to by the
+    time the connection is made (DNS rebinding): the URL names the address; the Host header and,
+    for https, the TLS server name (SNI, and so the certificate check) keep the original host."""
+
+    url: str
+    host: str
+    sni_hostname: str | None
+
+
+def pin(url: str, address: str) -> PinnedRequest:
+    parts = urlsplit(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    return PinnedRequest(target, parts.netloc, parts.hostname if parts.scheme == "https" else None)

@@ -26,7 +26,7 @@ from delivery.events import format_timestamp
 from delivery.settings import Settings
 from delivery.tasks.records import TaskRecord
 from delivery.tasks.store import TaskStore, WebhookDelivery
-from delivery.webhooks.addresses import AddressNotAllowedError, check_url
+from delivery.webhooks.addresses import AddressNotAllowedError, check_url, pin
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class WebhookSender:
         error: str | None = None
         permanent = False
         try:
-            check_url(delivery.url, s.webhook_allow_private)
+            pinned = pin(delivery.url, check_url(delivery.url, s.webhook_allow_private))
             sent_at = datetime.now(UTC)
             headers = {
                 "content-type": "application/json",
@@ -132,8 +132,12 @@ class WebhookSender:
                 "webhook-id": delivery.webhook_id,
                 "webhook-timestamp": str(int(sent_at.timestamp())),
                 "webhook-signature": self._signer.sign(delivery.webhook_id, sent_at, delivery.payload),
+                "host": pinned.host,
             }
-            response = self._client.post(delivery.url, content=delivery.payload.encode(), headers=headers)
+            extensions = {"sni_hostname": pinned.sni_hostname} if pinned.sni_hostname else None
+            response = self._client.post(
+                pinned.url, content=delivery.payload.encode(), headers=headers, extensions=extensions
+            )
             status_code = response.status_code
             if response.is_redirect:
                 error = "the receiver answered with a redirect, which is not followed"

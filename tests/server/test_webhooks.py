@@ -81,6 +81,23 @@ def test_a_task_notifies_its_webhook_of_each_stage_signed(start_server: Callable
         assert hook["payload"]["data"]["task_id"] == task_id
 
 
+def test_a_receiver_named_by_host_gets_the_request_at_the_checked_address_with_its_host(
+    start_server: Callable[..., Server], receiver
+):
+    """Each attempt connects to the address the check resolved (no second lookup an attacker's
+    DNS could answer differently), and the receiver still sees the name it was called by."""
+    server = start_server(**FAST)
+    by_name = receiver.url.replace("127.0.0.1", "localhost")
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        body = {"user_requirement": "A wiki", "skip_confirmation": True, "webhook_url": by_name}
+        task_id = c.post("/api/run_task", json=body).json()["task_id"]
+        assert wait_finished(c, task_id)["status"] == "succeeded"
+        [hook] = _settled(c, task_id, 1)
+    assert hook["state"] == "delivered" and hook["url"] == by_name
+    [received] = receiver.received
+    assert received.headers["host"] == f"localhost:{receiver.port}"
+
+
 def test_failed_deliveries_are_retried_then_given_up(start_server: Callable[..., Server], receiver):
     server = start_server(**FAST, webhook_urls=receiver.url, webhook_max_attempts=3)
     with httpx.Client(base_url=server.url, timeout=30) as c:
