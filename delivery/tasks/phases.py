@@ -132,8 +132,12 @@ class PhaseRunner:
                 log.warning("task %s: this process's lease ran out; its crew stops here", task_id)
                 aborted.set()
                 raise TaskAborted()
-            if event_type in _PROGRESS_EVENTS and not store.save_unless_finished(record):
-                raise TaskAborted()
+            if event_type in _PROGRESS_EVENTS:
+                # A checkpoint: also of the running time, so TASK_TIMEOUT_S counts the work a
+                # lost process did (up to here) once the task is resumed elsewhere.
+                record.run_seconds = run.active_seconds(time.time())
+                if not store.save_unless_finished(record):
+                    raise TaskAborted()
             try:
                 publish(task_id, agent, event_type, content, metadata)
             except StreamClosedError:

@@ -150,6 +150,8 @@ def test_a_reaper_taking_over_a_live_owner_fences_it_off_and_resumes_once(made, 
     assert types[-1] == "resumed" and "error" not in types and "end" not in types
     stored = owner.store.get(task_id)
     assert (stored.status, stored.owner, stored.attempts) == (TaskStatus.queued, "reaper", 2)
+    held = reaper.runs.get(task_id)
+    assert held is not None and held.active_before == stored.run_seconds > 0  # the timeout counts the lost work
     assert reaper.run_next() is Phase.delivery
     assert_one_ending(reaper, task_id, "end", TaskStatus.succeeded)
     starts = [e.agent_name for e in reaper.log(task_id) if e.event_type == "agent_start"]
