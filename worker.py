@@ -17,9 +17,11 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
+from celery.exceptions import Reject
 from dotenv import load_dotenv
 
 load_dotenv()  # the same .env as the API, before the settings are read
@@ -87,4 +89,13 @@ def _stop(**_: Any) -> None:
 
 @app.task(name=RUN_PHASE)
 def run_phase(task_id: str, phase: str, attempt: int | None = None) -> None:
-    _worker_runtime().phases.run(task_id, Phase(phase), attempt)
+    from delivery.tasks.phases import PhaseNotStartedError  # noqa: PLC0415 - built after the fork, like the runtime
+
+    try:
+        _worker_runtime().phases.run(task_id, Phase(phase), attempt)
+    except PhaseNotStartedError as exc:
+        # Nothing ran and nothing was claimed: give the message back (after a pause, so a database
+        # or Redis that is away is not hammered) instead of acknowledging it into oblivion.
+        log.warning("%s; the message goes back to the queue", exc)
+        time.sleep(1.0)
+        raise Reject(str(exc), requeue=True) from exc

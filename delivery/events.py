@@ -123,14 +123,16 @@ class Event:
         separators=(",", ":"))`, written out field by field: 1.3 µs instead of 8.5 µs per event
         on the loop thread (each string is escaped by json's own C function)."""
         if self._sse is None:
-            payload = (
-                f'{{"task_id":{_quote(self.task_id)},"sequence":{self.sequence},'
-                f'"agent_name":{_quote(self.agent_name)},"event_type":{_quote(self.event_type)},'
-                f'"content":{_quote(self.content)},"timestamp":"{format_timestamp(self.ts)}"'
-            )
-            if self.metadata:
-                payload += f',"metadata":{_METADATA_ENCODER.encode(self.metadata)}}}'
+            try:
+                payload = (
+                    f'{{"task_id":{_quote(self.task_id)},"sequence":{self.sequence},'
+                    f'"agent_name":{_quote(self.agent_name)},"event_type":{_quote(self.event_type)},'
+                    f'"content":{_quote(self.content)},"timestamp":"{format_timestamp(self.ts)}"'
+                )
+            except TypeError:  # a custom handler published something other than text: as json would
+                payload = _METADATA_ENCODER.encode(self.to_dict())[:-1]
             else:
-                payload += "}"
+                payload += f',"metadata":{_METADATA_ENCODER.encode(self.metadata)}' if self.metadata else ""
+            payload += "}"
             self._sse = f"id: {self.sequence}\nevent: {self.event_type}\ndata: {payload}\n\n".encode()
         return self._sse

@@ -65,6 +65,7 @@ class Runtime:
         self.runs = Runs(settings, self.store, self.streams, name or instance_id(settings), self.webhooks)
         self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label, usage_policy(settings))
         self.executor = make_executor(settings, self.phases.run, celery_app)
+        self.phases._executor_local = self.executor.local
         self.commands = TaskCommands(self.runs, self.executor)
         # Phases lost with their process (this one before a restart, or another whose lease ran
         # out) go on from their first unfinished agent (docs/architecture.md, "Recovery").

@@ -171,8 +171,9 @@ class TaskCommands:
         """Who owns a phase about to be dispatched: this process (a local executor, which holds
         it from now on, so the store must say so for its lease to be renewed), or nobody until a
         Celery worker claims it (store.claim_phase)."""
-        local = self._executor.local
-        record.owner, record.heartbeat_at = (self._runs.instance_id, time.time()) if local else (None, None)
+        # heartbeat_at is the dispatch time until a worker claims the phase: a phase nobody takes
+        # up (its message lost) is dispatched again after TASK_TIMEOUT_S (Watchdog.reap_lost).
+        record.owner, record.heartbeat_at = (self._runs.instance_id if self._executor.local else None), time.time()
 
     def _hold(self, record: TaskRecord) -> Run | None:
         """Local executors hold queued tasks as runs here, so cancelling one needs no worker."""

@@ -33,6 +33,10 @@ STEP_END = EventType.step_end.value
 _PROGRESS_EVENTS = frozenset({EventType.agent_start.value, STEP_END})
 
 
+class PhaseNotStartedError(Exception):
+    """A phase could not be taken up (the store or Redis unreachable) before anything ran."""
+
+
 class PhaseRunner:
     def __init__(
         self,
@@ -49,6 +53,8 @@ class PhaseRunner:
         self._usage_policy = usage_policy
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._take_up_lock = threading.Lock()
+        self._executor_local = True  # set by the Runtime: False when phases come from Celery
 
     @property
     def busy(self) -> int:
@@ -57,20 +63,21 @@ class PhaseRunner:
 
     def run(self, task_id: str, phase: Phase, attempt: int | None = None) -> None:
         """Run one phase to its end on the calling thread; every failure ends the task.
-        `attempt` (the dispatcher's) drops a message that is stale: the phase moved on since."""
+        `attempt` (the dispatcher's) drops a message that is stale: the phase moved on since.
+        PhaseNotStartedError when the phase could not be taken up (the store or Redis is away): the
+        message should go back to the broker (worker.py)."""
         runs = self._runs
-        run = runs.get(task_id)
-        if run is None:  # a Celery worker, or a task confirmed by another process
-            record = runs.store.get(task_id)
-            if record.status.finished or (attempt is not None and (record.phase, record.attempts) != (phase, attempt)):
-                log.info("task %s: dropped a stale message for its %s phase, attempt %s", task_id, phase.value, attempt)
+        try:
+            run = self._take_up(task_id, phase, attempt)
+            if run is None:
                 return
-            run = runs.hold(record)
-        elif run.phase_started:  # the same message delivered twice to this process
-            return
-        run.phase_started = True
-        if not runs.streams.holds(task_id):
-            runs.streams.make_available(task_id, live=True)  # a shared backend: see others' events
+            if not runs.streams.holds(task_id):
+                runs.streams.make_available(task_id, live=True)  # a shared backend: see others' events
+        except Exception as exc:
+            held = runs.get(task_id)
+            if held is not None and not self._executor_local:
+                runs.release(held)
+            raise PhaseNotStartedError(f"task {task_id}: its {phase.value} phase could not start ({exc})") from exc
         with self._busy_lock:
             self._busy += 1
         meter = run.meter = UsageMeter(run.record, self._usage_policy, on_call=metrics.observe_llm_call)
@@ -79,6 +86,29 @@ class PhaseRunner:
             self._run(run, phase, meter)
             tracing.record_ending(span, run.record.status.value, run.record.error or "")
         metrics.PHASE_SECONDS.labels(phase.value).observe(time.monotonic() - started)
+
+    def _take_up(self, task_id: str, phase: Phase, attempt: int | None) -> Run | None:
+        """The run this message is for, held here; None when the message is stale or a
+        duplicate of a phase running here."""
+        runs = self._runs
+        with self._take_up_lock:  # two deliveries of one message at once: one takes it up
+            run = runs.get(task_id)
+            if run is not None and run.phase_started:
+                r = run.record
+                if attempt is None or (r.phase, r.attempts) == (phase, attempt):
+                    return None  # the same message delivered twice to this process
+                run.aborted.set()  # an older attempt still held here: it is over
+                runs.release(run)
+                run = None
+            if run is None:  # a Celery worker, or a task confirmed by another process
+                record = runs.store.get(task_id)
+                stale = attempt is not None and (record.phase, record.attempts) != (phase, attempt)
+                if record.status.finished or record.status is TaskStatus.awaiting_confirmation or stale:
+                    log.info("task %s: dropped a stale message (%s phase, attempt %s)", task_id, phase.value, attempt)
+                    return None
+                run = runs.hold(record)
+            run.phase_started = True
+            return run
 
     def _run(self, run: Run, phase: Phase, meter: UsageMeter) -> None:
         runs, task_id = self._runs, run.record.task_id
@@ -136,8 +166,8 @@ class PhaseRunner:
                 # A checkpoint: also of the running time, so TASK_TIMEOUT_S counts the work a
                 # lost process did (up to here) once the task is resumed elsewhere.
                 record.run_seconds = run.active_seconds(time.time())
-                if not store.save_unless_finished(record):
-                    raise TaskAborted()
+                if not store.save_unless_finished(record) or time.time() > runs.lease_until:
+                    raise TaskAborted()  # ended, taken over, or the save outlasted the lease
             try:
                 publish(task_id, agent, event_type, content, metadata)
             except StreamClosedError:
@@ -150,7 +180,7 @@ class PhaseRunner:
     def _begin(self, run: Run) -> None:
         with run.lock:
             r = run.record
-            if r.status.finished or time.time() > self._runs.lease_until:
+            if r.status.finished:
                 raise TaskAborted()
             first = r.started_at is None
             r.status = TaskStatus.running
@@ -191,8 +221,9 @@ class PhaseRunner:
         handler = self._handler(run)
         reason = f"revision round {len(r.feedback)}: {r.feedback[-1]}" if r.feedback else "first draft"
         checks = self._checks(run, handler, reason)
-        if r.attempts > 1 and self._runs.analysis_round_finished(r.task_id):
-            analysis = r.deliverables[ROSTER.analyst.deliverable]  # lost before the pause: pause now
+        finished = r.deliverables.get(ROSTER.analyst.deliverable)
+        if r.attempts > 1 and finished and self._runs.analysis_round_finished(r.task_id):
+            analysis = finished  # lost before the pause: pause now
         else:
             analysis = run_analysis(r, handler, self._llm_factory, checks)
         if r.skip_confirmation:

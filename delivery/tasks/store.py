@@ -72,8 +72,9 @@ class TaskStore(ABC):
 
     @abstractmethod
     def take_over(self, record: TaskRecord, owner: str | None, heartbeat_at: float | None) -> bool:
-        """Save the record only if the task is unfinished and still has this owner and
-        heartbeat: of several watchdogs recovering one lost task, exactly one wins."""
+        """Save the record (the next attempt) only if the task is unfinished and still has this
+        owner, heartbeat, progress and previous attempt: of several watchdogs recovering one lost
+        task, exactly one wins, and none writes back over a late save of the lost owner."""
 
     @abstractmethod
     def expired_confirmations(self, now: float) -> list[TaskRecord]: ...
@@ -103,8 +104,9 @@ class TaskStore(ABC):
     def unfinished(self) -> list[TaskRecord]: ...
 
     @abstractmethod
-    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> list[str]:
-        """Mark these unfinished tasks as alive in `owner`."""
+    def heartbeat(self, owner: str, held: dict[str, int], ts: float) -> list[str]:
+        """Renew the lease of the tasks `owner` holds ({task_id: attempt}) and still owns; return
+        those another process took over (their attempt moved on, or another owner has them)."""
 
     @abstractmethod
     def finished_without_ending(self, since: float, until: float) -> list[TaskRecord]:
@@ -384,13 +386,21 @@ class SqlTaskStore(TaskStore):
     def claim_phase(self, record: TaskRecord) -> bool:
         t = tasks_table
         free = or_(t.c.owner.is_(None), t.c.owner == record.owner)
-        return self._conditional_save(record, and_(_unfinished_at(record.attempts), free))
+        startable = t.c.status.in_([TaskStatus.queued.value, TaskStatus.running.value])  # not paused
+        return self._conditional_save(record, and_(_unfinished_at(record.attempts), free, startable))
 
     def take_over(self, record: TaskRecord, owner: str | None, heartbeat_at: float | None) -> bool:
         t = tasks_table
         same_heartbeat = t.c.heartbeat_at.is_(None) if heartbeat_at is None else t.c.heartbeat_at == heartbeat_at
         same_owner = t.c.owner.is_(None) if owner is None else t.c.owner == owner
-        return self._conditional_save(record, and_(t.c.status.not_in(_FINISHED), same_owner, same_heartbeat))
+        # Nor has it moved on since it was read: a late progress save of the lost owner (same
+        # heartbeat) must not be written back over by the stale copy (the attempt is the next one).
+        same_progress = and_(
+            t.c.completed_steps == record.completed_steps, func.coalesce(t.c.attempts, 1) == record.attempts - 1
+        )
+        return self._conditional_save(
+            record, and_(t.c.status.not_in(_FINISHED), same_owner, same_heartbeat, same_progress)
+        )
 
     def expired_confirmations(self, now: float) -> list[TaskRecord]:
         query = select(tasks_table).where(
@@ -488,15 +498,21 @@ class SqlTaskStore(TaskStore):
         with self.engine.connect() as conn:
             return [_from_row(row) for row in conn.execute(query)]
 
-    def heartbeat(self, owner: str, task_ids: list[str], ts: float) -> list[str]:
-        if not task_ids:
+    def heartbeat(self, owner: str, held: dict[str, int], ts: float) -> list[str]:
+        if not held:
             return []
         t = tasks_table
-        renew = update(t).where(t.c.task_id.in_(task_ids), t.c.owner == owner).values(heartbeat_at=ts)
-        taken = select(t.c.task_id).where(t.c.task_id.in_(task_ids), t.c.owner.is_not(None), t.c.owner != owner)
+        renew = update(t).where(t.c.task_id.in_(held), t.c.owner == owner).values(heartbeat_at=ts)
+        now_stored = select(t.c.task_id, t.c.owner, func.coalesce(t.c.attempts, 1).label("attempts")).where(
+            t.c.task_id.in_(held)
+        )
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(renew)
-            return [row.task_id for row in conn.execute(taken)]
+            return [
+                row.task_id
+                for row in conn.execute(now_stored)
+                if row.attempts != held[row.task_id] or row.owner not in (None, owner)
+            ]
 
     def finished_without_ending(self, since: float, until: float) -> list[TaskRecord]:
         t, e = tasks_table, events_table

@@ -21,6 +21,7 @@ GAVE_UP = (
 )
 ENDING_GRACE_S = 30.0
 SHUT_DOWN = "Interrupted: the server was shut down while the task ran. Submit it again."
+UNCLAIMED = "The message of its phase (no worker took it up within TASK_TIMEOUT_S={timeout:g} s)"
 LOST_OWNER = "The worker {owner} (no heartbeat for over {lease:g} s: killed, crashed or cut off)"
 
 
@@ -94,7 +95,7 @@ class Watchdog:
         held = runs.all()
         for run in held:  # a later save of the record must not write an older heartbeat back
             run.record.heartbeat_at = now
-        taken = runs.store.heartbeat(runs.instance_id, [run.record.task_id for run in held], now)
+        taken = runs.store.heartbeat(runs.instance_id, {run.record.task_id: run.record.attempts for run in held}, now)
         runs.renewed_lease(now)
         for task_id in taken:
             lost = runs.get(task_id)
@@ -108,16 +109,21 @@ class Watchdog:
         whose lease ran out; any process may do it, the store lets exactly one succeed. The lost
         owner, if it still lives, is fenced off: its attempt is over, so the store refuses its
         writes and it stopped its crew before its lease ran out (Runs.lease_held)."""
-        runs, lease = self._runs, self._runs.settings.task_lease_s
-        return [
-            r.task_id
-            for r in runs.store.unfinished()
-            if r.status is not TaskStatus.awaiting_confirmation
-            and r.owner is not None
-            and runs.get(r.task_id) is None
-            and (r.heartbeat_at or r.created_at) < now - lease
-            and self._recover(r, LOST_OWNER.format(owner=r.owner, lease=lease))
-        ]
+        runs, lease, timeout = self._runs, self._runs.settings.task_lease_s, self._runs.settings.task_timeout_s
+        lost: list[str] = []
+        for r in runs.store.unfinished():
+            if r.status is TaskStatus.awaiting_confirmation or runs.get(r.task_id) is not None:
+                continue
+            since = r.heartbeat_at or r.created_at
+            if r.owner is not None and since < now - lease:
+                how = LOST_OWNER.format(owner=r.owner, lease=lease)
+            elif r.owner is None and since < now - timeout:  # dispatched, never claimed: the message is gone
+                how = UNCLAIMED.format(timeout=timeout)
+            else:
+                continue
+            if self._recover(r, how):
+                lost.append(r.task_id)
+        return lost
 
     def _recover(self, record: TaskRecord, lost: str) -> bool:
         """Resume a task whose process is gone, or fail it (no resume, or no attempts left).

@@ -66,4 +66,9 @@ def pin(url: str, address: str) -> PinnedRequest:
     literal = f"[{address}]" if ":" in address else address
     netloc = f"{literal}:{parts.port}" if parts.port else literal
     target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-    return PinnedRequest(target, parts.netloc, parts.hostname if parts.scheme == "https" else None)
+    name = parts.hostname or ""
+    if not name.isascii():  # an internationalised name goes on the wire in its ASCII (IDNA) form
+        name = name.encode("idna").decode("ascii")
+    host = f"[{name}]" if ":" in name else name
+    host = f"{host}:{parts.port}" if parts.port else host
+    return PinnedRequest(target, host, name if parts.scheme == "https" else None)

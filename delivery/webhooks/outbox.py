@@ -91,7 +91,13 @@ class WebhookSender:
         self._store = store
         self._signer = Webhook(settings.webhook_secret)
         # Redirects are not followed: a redirect could lead to an address the rules refuse.
-        self._client = httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        # No kept-alive connections: requests name the pinned address, and a pool keyed by it
+        # would reuse one host's TLS connection (its certificate, its SNI) for another host.
+        self._client = httpx.Client(
+            timeout=settings.webhook_timeout_s,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook")
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="webhook-sender", daemon=True)
@@ -145,7 +151,7 @@ class WebhookSender:
                 error = f"the receiver answered {status_code}"
         except AddressNotAllowedError as exc:
             error, permanent = f"not sent: the URL {exc}", True
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is this attempt's outcome, recorded below
             error = f"{type(exc).__name__}: {exc}"[:500]
         finished = time.time()
         delivery.attempts.append(

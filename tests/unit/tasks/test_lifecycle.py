@@ -201,12 +201,12 @@ def test_a_process_whose_lease_ran_out_stops_its_crew_and_another_resumes_it(mad
     task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
     owner.runs.lease_until = 0.0  # its last heartbeat is too old
     owner.run_next()
-    assert owner.types(task_id) == []  # stopped before its first event (the start)
-    assert owner.store.get(task_id).status is TaskStatus.queued
+    assert owner.types(task_id) == ["start"]  # its crew stopped at its first event
+    assert owner.store.get(task_id).status is TaskStatus.running
     assert reaper.watchdog.reap_lost(time.time() + LATER) == [task_id]
     reaper.run_next()
     assert_one_ending(reaper, task_id, "end", TaskStatus.succeeded)
-    assert reaper.types(task_id)[:2] == ["resumed", "start"]
+    assert reaper.types(task_id)[:3] == ["start", "resumed", "agent_start"]
 
 
 def test_a_heartbeat_stops_the_runs_another_process_took_over(made, tmp_path):
@@ -286,10 +286,25 @@ def test_a_confirmed_phase_waiting_in_the_broker_is_not_reaped_as_lost(made, tmp
     assert api.store.get(task_id).status is TaskStatus.awaiting_confirmation
     api.commands.confirm(task_id, approved=True, feedback=None)
     stored = api.store.get(task_id)
-    assert stored.owner is None and stored.heartbeat_at is None  # queued: nobody runs it yet
+    assert stored.owner is None and stored.heartbeat_at is not None  # queued: nobody runs it yet
     assert api.watchdog.reap_lost(time.time() + api.settings.task_lease_s + 1) == []
     worker.phases.run(*api.executor.queue.pop(0))
     assert_one_ending(worker, task_id, "end", TaskStatus.succeeded)
+
+
+def test_a_phase_whose_message_no_worker_took_up_is_dispatched_again_after_the_task_timeout(made, tmp_path):
+    api = lifecycle(made, tmp_path, name="api", local_executor=False, task_timeout_s=60)
+    worker = lifecycle(made, tmp_path, name="worker", shared_with=api)
+    task_id = api.commands.submit("Build a wiki with search", skip_confirmation=True).task_id
+    lost_message = api.executor.queue.pop(0)  # it never reaches a worker
+    assert api.watchdog.reap_lost(time.time() + 59) == []  # it may just be waiting in a long queue
+    assert api.watchdog.reap_lost(time.time() + 61) == [task_id]
+    assert api.executor.queue == [(task_id, Phase.analysis, 2)]
+    worker.phases.run(*lost_message)  # should it turn up after all: stale
+    worker.phases.run(*api.executor.queue.pop(0))
+    assert_one_ending(worker, task_id, "end", TaskStatus.succeeded)
+    resumed = next(e for e in worker.log(task_id) if e.event_type == "resumed")
+    assert "TASK_TIMEOUT_S=60" in resumed.content
 
 
 def test_a_process_does_not_reap_the_runs_it_holds(made, tmp_path):

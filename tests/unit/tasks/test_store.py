@@ -160,16 +160,26 @@ def test_a_phase_is_claimed_once_and_a_later_attempt_fences_off_the_earlier(stor
     assert store.claim_phase(first)
     assert not store.claim_phase(second)  # the same message, delivered twice
     assert store.claim_phase(first)  # its owner may claim again (a local run held since submit)
-    assert store.heartbeat("worker-1", ["t-claim"], 100.0) == []
+    assert store.heartbeat("worker-1", {"t-claim": 1}, 100.0) == []
     taken = store.get("t-claim")
     taken.owner, taken.attempts, taken.heartbeat_at = "reaper", 2, None
     assert store.take_over(taken, "worker-1", 100.0)
     first.completed_steps = 3
     assert not store.save_unless_finished(first)  # attempt 1 is over: its writes are refused
-    assert store.heartbeat("worker-1", ["t-claim"], 200.0) == ["t-claim"]
+    assert store.heartbeat("worker-1", {"t-claim": 1}, 200.0) == ["t-claim"]
     now = store.get("t-claim")
     assert (now.owner, now.attempts, now.heartbeat_at, now.completed_steps) == ("reaper", 2, None, 0)
     assert store.save_unless_finished(now)
+    celery = store.get("t-claim")  # taken over for Celery: nobody's until a worker claims it
+    celery.owner, celery.attempts = None, 3
+    assert not store.take_over(celery, "reaper", 999.0)  # read with another heartbeat: someone moved first
+    assert store.take_over(celery, "reaper", None)
+    assert store.heartbeat("reaper", {"t-claim": 2}, 300.0) == ["t-claim"]  # attempt 2 is over
+    paused = store.get("t-claim")
+    paused.status, paused.owner = TaskStatus.awaiting_confirmation, None
+    store.save(paused)
+    paused.owner = "worker-3"
+    assert not store.claim_phase(paused)  # a message that comes back for a paused task runs nothing
 
 
 def test_finished_tasks_without_a_stored_ending_are_found_in_their_window(store):

@@ -28,6 +28,16 @@ def test_a_name_resolving_to_loopback_is_refused_unless_allowed_and_the_checked_
             PinnedRequest("https://93.184.216.34/in?x=1", "hooks.example.com", "hooks.example.com"),
         ),
         (
+            "https://bücher.example:8443/in",
+            "93.184.216.34",
+            PinnedRequest("https://93.184.216.34:8443/in", "xn--bcher-kva.example:8443", "xn--bcher-kva.example"),
+        ),
+        (
+            "http://[2606:2800:220:1::248]/in",
+            "2606:2800:220:1::248",
+            PinnedRequest("http://[2606:2800:220:1::248]/in", "[2606:2800:220:1::248]", None),
+        ),
+        (
             "http://hooks.example.com:8080",
             "2606:2800:220:1::248",
             PinnedRequest("http://[2606:2800:220:1::248]:8080/", "hooks.example.com:8080", None),
