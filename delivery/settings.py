@@ -86,8 +86,8 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(1800.0, gt=0)
     confirmation_timeout_s: float = Field(1800.0, gt=0)
     max_revision_rounds: int = Field(3, ge=0, le=20)
-    # Which process runs a task (kept with the task); default host:port. Tasks of a stopped
-    # instance are failed at its restart, or by any instance once their lease runs out.
+    # Which process runs a task (kept with the task); default host:port. Phases of a stopped
+    # instance are resumed at its restart, or by any instance once their lease runs out.
     instance_id: str | None = None
     task_lease_s: float = Field(30.0, ge=3)
     # A phase whose process is lost goes on elsewhere from the first unfinished agent, this many times in all
