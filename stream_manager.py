@@ -77,7 +77,10 @@ class StreamManager:
         self._backend = backend
         self._store = store
         self._archiver = EventArchiver(store, backend.mark_durable) if store is not None else None
-        backend.attach_archive(self._archiver.queue if self._archiver else None)
+        if self._archiver is not None:
+            backend.attach_archive(self._archiver.queue, self._archiver.wake)
+        else:
+            backend.attach_archive(None)
         self.publish = backend.publish
         self.is_closed = backend.is_closed
 

@@ -60,6 +60,7 @@ class NaiveEventBackend(EventBackend):
         event = Event(task_id, stream.sequence, agent_name, event_type, content, time.time(), metadata)
         if self.archive is not None:
             self.archive.append(event)
+            self.archive_wake.set()
         assert self._loop is not None, "the naive design needs the event loop for every publish"
         future = asyncio.run_coroutine_threadsafe(self._put(stream, event), self._loop)
         future.result(timeout=5.0)

@@ -36,6 +36,10 @@ class EventArchiver:
         max_batch: int = 2000,
     ) -> None:
         self.queue: deque[Event] = deque()
+        # Set by publishers when they queue an event while this thread may be idle: an idle
+        # archiver sleeps instead of polling (a process holds it for its whole life, and a
+        # 2 ms poll costs ~3 % of a core in a server nobody uses).
+        self.wake = threading.Event()
         self._store = store
         self._on_durable = on_durable
         self._interval_s = interval_s
@@ -49,7 +53,16 @@ class EventArchiver:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(RETRY_S if self._failing else self._interval_s):
+        while not self._stop.is_set():
+            if self._failing:
+                self._stop.wait(RETRY_S)
+            elif not self.queue:
+                self.wake.clear()
+                if not self.queue:  # queued between the check and the clear: go on at once
+                    self.wake.wait(1.0)
+                continue
+            else:
+                self._stop.wait(self._interval_s)  # let a burst gather: one commit for all of it
             self.flush()
 
     def flush(self) -> bool:
@@ -92,6 +105,7 @@ class EventArchiver:
 
     def stop(self) -> None:
         self._stop.set()
+        self.wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         self.flush()

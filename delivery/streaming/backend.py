@@ -8,6 +8,7 @@ outside this package reaches a backend only through the `StreamManager` (stream_
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator
@@ -97,6 +98,7 @@ class EventBackend(ABC):
     """Where task events live: in this process (memory) or shared by processes (redis)."""
 
     archive: deque[Event] | None = None  # every event published here is also appended for the store
+    archive_wake: threading.Event = threading.Event()  # set after appending (attach_archive)
     shared = False  # other processes write to the same logs
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -108,8 +110,10 @@ class EventBackend(ABC):
     def stop(self) -> None:
         """Finish background work: everything published so far is written."""
 
-    def attach_archive(self, archive: deque[Event] | None) -> None:
+    def attach_archive(self, archive: deque[Event] | None, wake: threading.Event | None = None) -> None:
+        """Append every published event to `archive` and set `wake` (the archiver's) after it."""
         self.archive = archive
+        self.archive_wake = wake or threading.Event()
 
     def mark_durable(self, events: list[Event]) -> None:
         """The archive has committed these events (called from the archiver's thread). A backend

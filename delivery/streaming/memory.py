@@ -143,6 +143,8 @@ class MemoryEventBackend(EventBackend):
                 stream.close()
             if self.archive is not None:  # visible once the archiver has committed it
                 self.archive.append(event)
+                if not self.archive_wake.is_set():
+                    self.archive_wake.set()
                 return
             stream.durable = event.sequence
             schedule = not stream.wake_pending

@@ -205,6 +205,7 @@ class RedisEventBackend(EventBackend):
             if archive is not None:
                 for offset, (_, agent, etype, content, ts, meta) in enumerate(run):
                     archive.append(Event(task_id, first + offset, agent, etype, content, ts, meta))
+                self.archive_wake.set()
 
     # -- reading ----------------------------------------------------------------------------
 

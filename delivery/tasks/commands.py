@@ -136,6 +136,7 @@ class TaskCommands:
         else:
             agent = "the final review (every document was written)"
         runs.streams.complete_archive(record.task_id)  # what the lost process wrote but had not stored
+        self._restore_lost_step_ends(record)
         runs.streams.publish(
             record.task_id,
             SYSTEM_AGENT,
@@ -166,6 +167,29 @@ class TaskCommands:
                 f"Task {task_id} already {r.status.value}; only queued, running or waiting tasks can be cancelled."
             )
         return r
+
+    def _restore_lost_step_ends(self, record: TaskRecord) -> None:
+        """An agent's checkpoint (the record, with its document) is saved just before its
+        `output` and `step_end` events are published; a process lost in between leaves an agent
+        the record counts as finished but the log does not. Publish those two events from the
+        record (marked restored), so the log shows each finished agent's work exactly once."""
+        runs = self._runs
+        finished_in_log = {
+            e.agent_name for e in runs.streams.events(record.task_id) if e.event_type == EventType.step_end.value
+        }
+        for step, spec in enumerate(ROSTER.agents[: record.completed_steps], start=1):
+            document = record.deliverables.get(spec.deliverable)
+            if spec.name in finished_in_log or not document:
+                continue
+            restored = {"restored": True}
+            runs.streams.publish(record.task_id, spec.name, EventType.output.value, document, restored)
+            runs.streams.publish(
+                record.task_id,
+                spec.name,
+                EventType.step_end.value,
+                f"{spec.name} finished step {step}/{record.total_steps}",
+                {"completed_steps": step, "total_steps": record.total_steps, **restored},
+            )
 
     def _assign(self, record: TaskRecord) -> None:
         """Who owns a phase about to be dispatched: this process (a local executor, which holds
