@@ -10,9 +10,29 @@ import httpx
 
 from tests.support.api import AGENTS
 from tests.support.server_process import Server
+from tests.support.sse_client import read_stream
 
 FEEDBACK = "Add an export to CSV"
 REQUIREMENTS = [("A wiki", True), ("A shop", False), ("A blog", True), ("A forum", False)]  # (text, skip)
+
+
+def finished_logs(base_url: str, tasks: dict[str, bool], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Check every task succeeded with four deliverables and a log that shows each agent's work
+    once per round; return the logs."""
+    logs = {}
+    with httpx.Client(base_url=base_url, timeout=30) as c:
+        for task_id, skip in tasks.items():
+            status = c.get(f"/api/task/{task_id}/status").json()
+            assert status["status"] == "succeeded", (seed, status)
+            result = c.get(f"/api/task/{task_id}/result").json()
+            assert all(result["deliverables"].values()) and len(result["deliverables"]) == 4
+            logs[task_id] = read_stream(base_url, task_id).events
+            assert_each_agent_worked_once_unless_interrupted(logs[task_id], skip, seed)
+    return logs
+
+
+def resumes(logs: dict[str, list[dict[str, Any]]]) -> int:
+    return sum(e["event_type"] == "resumed" for events in logs.values() for e in events)
 
 
 def submit_all(base_url: str) -> dict[str, bool]:
