@@ -39,11 +39,12 @@ $(TEST_STAMP): requirements-test.txt $(STAMP)
 	touch $(TEST_STAMP)
 
 # Debian packages the tests use for real: Chromium (+ a CJK font for screenshots), Nginx,
-# Prometheus (scrapes an API process and a worker in tests/system/test_prometheus.py), and
-# docker-compose v1 as a compose-file parser (no Docker engine is needed or used).
+# Prometheus (scrapes an API process and a worker in tests/system/test_prometheus.py),
+# RabbitMQ (the priority queue on an AMQP broker), and docker-compose v1 as a compose-file parser
+# (no Docker engine is needed or used).
 SYSTEM_PACKAGES := chromium:/usr/bin/chromium fonts-wqy-zenhei:/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc \
                    nginx-light:/usr/sbin/nginx docker-compose:/usr/bin/docker-compose \
-                   prometheus:/usr/bin/prometheus
+                   prometheus:/usr/bin/prometheus rabbitmq-server:/usr/sbin/rabbitmq-server
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  [ -e "$${pair#*:}" ] || missing="$$missing $${pair%%:*}"; done; \

@@ -41,6 +41,7 @@ const I18N = {
     checkFixing: "fix round {round} of {max}", checkOk: "check passed", checkGapsLeft: "{n} gaps left",
     budgetField: "Token budget (optional)", tokens: "{n} tokens", taskUsage: "Task: {usage}", estimated: "≈", budgetTokens: "Budget: {used} of {max} tokens",
     budgetCost: "Budget: {used} of {max}",
+    priorityField: "Priority when the server is busy", priorityHigh: "high", priorityNormal: "normal", priorityLow: "low",
     taskNotFound: "Task {id} does not exist or has expired.",
     requestFailed: "The server answered {status}: {detail}", networkFailed: "Cannot reach the server: {detail}",
     authTitle: "This server needs an API key", apiKeyLabel: "API key", useKey: "Use this key",
@@ -72,6 +73,7 @@ const I18N = {
     checkFixing: "第 {round}/{max} 轮修正", checkOk: "检查通过", checkGapsLeft: "剩余 {n} 处缺口",
     budgetField: "令牌预算（可选）", tokens: "{n} 个令牌", taskUsage: "任务合计：{usage}", estimated: "约", budgetTokens: "预算：已用 {used} / {max} 个令牌",
     budgetCost: "预算：已用 {used} / {max}",
+    priorityField: "服务器繁忙时的优先级", priorityHigh: "高", priorityNormal: "普通", priorityLow: "低",
     taskNotFound: "任务 {id} 不存在或已过期。",
     requestFailed: "服务器返回 {status}：{detail}", networkFailed: "无法连接服务器：{detail}",
     authTitle: "此服务器需要 API 密钥", apiKeyLabel: "API 密钥", useKey: "使用此密钥",
@@ -634,6 +636,7 @@ $("form").addEventListener("submit", async (event) => {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
         user_requirement: $("req").value, skip_confirmation: !$("confirm-first").checked,
+        priority: $("priority").value,
         ...($("budget-tokens").value ? { budget: { max_tokens: Number($("budget-tokens").value) } } : {}),
       }),
     });

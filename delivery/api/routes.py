@@ -120,6 +120,7 @@ def _start(body: RunTaskRequest, runtime: Runtime, request: Request) -> RunTaskR
         max_cost=budget.max_cost if budget else None,
         webhook_url=body.webhook_url,
         webhook_steps=body.webhook_steps,
+        priority=body.priority,
     )
     tid = record.task_id
     auth = _auth(request)
@@ -175,6 +176,7 @@ def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatusResponse:
         budget=BudgetInfo(**r.budget) if r.budget else None,
         trace_id=trace_id_of(r.trace_context),
         attempts=r.attempts,
+        priority=r.priority,
     )
 
 
@@ -457,6 +459,7 @@ def list_tasks(
             created_at=_dt(r.created_at),
             finished_at=_dt(r.finished_at),
             error=r.error,
+            priority=r.priority,
             usage=UsageTotals(**totals(r.usage.get("calls", []))),
         )
         for r in records

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from delivery.api.inputs import storable_text
 from delivery.crew.roster import ROSTER
 from delivery.events import EventType
-from delivery.tasks.records import TaskStatus
+from delivery.tasks.records import TaskPriority, TaskStatus
 
 MAX_REQUIREMENT_CHARS = 20_000
 
@@ -55,6 +55,11 @@ class RunTaskRequest(BaseModel):
         examples=["https://example.com/hooks/delivery"],
     )
     webhook_steps: bool = Field(False, description="Also notify the webhooks each time an agent finishes.")
+    priority: TaskPriority = Field(
+        TaskPriority.normal,
+        description="When the server is at MAX_CONCURRENT_TASKS: queued tasks start by priority "
+        "(high, normal, low), then in the order they arrived.",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -168,6 +173,7 @@ class TaskStatusResponse(BaseModel):
     completed_steps: int
     total_steps: int
     attempts: int = Field(description="Times its current phase was started: above 1 after it was resumed (recovery)")
+    priority: TaskPriority
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -259,6 +265,7 @@ class TaskSummary(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     error: str | None
+    priority: TaskPriority
     usage: UsageTotals = Field(description="The task's total tokens and cost so far")
 
 

@@ -3,15 +3,31 @@ registers the task that runs phases, and API processes only send to it by name."
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from celery import Celery
 
 from delivery.settings import Settings
+from delivery.tasks.records import TaskPriority
+
+# Queued phases start by priority (then arrival). Redis (kombu) keeps a list per step of
+# 0, 3, 6, 9 and pops the lowest number first; RabbitMQ delivers the highest number first from a
+# queue declared with x-max-priority (task_queue_max_priority below).
+_REDIS_PRIORITY = {TaskPriority.high: 0, TaskPriority.normal: 3, TaskPriority.low: 6}
+_AMQP_PRIORITY = {TaskPriority.high: 2, TaskPriority.normal: 1, TaskPriority.low: 0}
+
+
+def broker_priority(app: Celery, priority: TaskPriority) -> int:
+    """The message priority that makes `app`'s broker deliver `priority` in its place."""
+    scheme = urlsplit(str(app.conf.broker_url)).scheme
+    return (_AMQP_PRIORITY if scheme.startswith(("amqp", "pyamqp")) else _REDIS_PRIORITY)[priority]
 
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("worker", broker=settings.celery_broker_url or settings.redis_url)
     app.conf.update(
         task_default_queue="crew-phases",
+        task_queue_max_priority=max(_AMQP_PRIORITY.values()),  # RabbitMQ only; Redis ignores it
         # A message is acknowledged when its phase ends, and a worker reserves no more messages
         # than it has threads: so a worker killed with phases waiting for a thread loses none of
         # them (they stay in the broker for the next worker). A phase that had started is taken

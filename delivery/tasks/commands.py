@@ -14,7 +14,7 @@ from delivery.llm.providers import writing_language
 from delivery.llm.usage import task_budget
 from delivery.observability import tracing
 from delivery.tasks.executors import Executor
-from delivery.tasks.records import Phase, TaskRecord, TaskStatus
+from delivery.tasks.records import Phase, TaskPriority, TaskRecord, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs
 from delivery.webhooks.addresses import AddressNotAllowedError, check_url
 
@@ -32,6 +32,7 @@ class TaskCommands:
         max_cost: float | None = None,
         webhook_url: str | None = None,
         webhook_steps: bool = False,
+        priority: TaskPriority = TaskPriority.normal,
     ) -> TaskRecord:
         """A new task; `max_tokens`/`max_cost` lower the server's budget for it (InvalidRequestError
         when they ask for more); `webhook_url` gets its notifications (InvalidRequestError when it
@@ -47,6 +48,7 @@ class TaskCommands:
             budget=task_budget(settings.max_tokens_per_task, settings.max_cost_per_task, max_tokens, max_cost),
             webhook_url=webhook_url,
             webhook_steps=webhook_steps,
+            priority=priority,
             phase=Phase.analysis,
         )
         tracing.start_task(record)
@@ -54,7 +56,7 @@ class TaskCommands:
         self._runs.store.save(record)
         self._runs.streams.open(record.task_id)
         self._hold(record)
-        self._executor.dispatch(record.task_id, Phase.analysis, record.attempts)
+        self._executor.dispatch(record.task_id, Phase.analysis, record.attempts, record.priority)
         return record
 
     def _check_webhook_url(self, url: str) -> None:
@@ -107,7 +109,7 @@ class TaskCommands:
             if run is not None:
                 runs.release(run)
             raise _not_waiting(runs.store.get(task_id)) from None
-        self._executor.dispatch(task_id, r.phase, r.attempts)
+        self._executor.dispatch(task_id, r.phase, r.attempts, r.priority)
         return r
 
     def resume(self, record: TaskRecord, lost: str) -> bool:
@@ -146,7 +148,7 @@ class TaskCommands:
             {"lost": lost, "agent": agent, "attempt": record.attempts, "max_attempts": settings.max_phase_attempts},
         )
         self._hold(record)
-        self._executor.dispatch(record.task_id, phase, record.attempts)
+        self._executor.dispatch(record.task_id, phase, record.attempts, record.priority)
         return True
 
     def cancel(self, task_id: str, reason: str = "Cancelled by user") -> TaskRecord:

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from delivery.settings import ExecutorKind, Settings
-from delivery.tasks.records import Phase
+from delivery.tasks.records import Phase, TaskPriority
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -26,23 +29,39 @@ class Executor(ABC):
     local: bool
 
     @abstractmethod
-    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None: ...
+    def dispatch(self, task_id: str, phase: Phase, attempt: int, priority: TaskPriority) -> None:
+        """Run the phase when a crew slot is free: waiting phases start by priority, then in the
+        order they were dispatched."""
 
     def shutdown(self) -> None:
         pass
 
 
 class ThreadExecutor(Executor):
-    """MAX_CONCURRENT_TASKS threads; further phases wait in the pool's queue."""
+    """MAX_CONCURRENT_TASKS threads; further phases wait in a priority heap.
+
+    Each dispatch pushes its phase on the heap and submits one job to the pool; a job takes
+    whichever phase is first on the heap when it gets a thread, so the pool's own FIFO order
+    does not matter and its shutdown and thread handling stay as the standard library has them."""
 
     local = True
 
     def __init__(self, workers: int, run_phase: RunPhase) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crew")
         self._run_phase = run_phase
+        self._waiting: list[tuple[int, int, str, Phase, int]] = []  # (rank, arrival, task_id, phase, attempt)
+        self._arrivals = itertools.count()
+        self._lock = threading.Lock()
 
-    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None:
-        self._pool.submit(self._run_phase, task_id, phase, attempt)
+    def dispatch(self, task_id: str, phase: Phase, attempt: int, priority: TaskPriority) -> None:
+        with self._lock:
+            heapq.heappush(self._waiting, (priority.rank, next(self._arrivals), task_id, phase, attempt))
+        self._pool.submit(self._run_next)
+
+    def _run_next(self) -> None:
+        with self._lock:
+            _, _, task_id, phase, attempt = heapq.heappop(self._waiting)
+        self._run_phase(task_id, phase, attempt)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -54,10 +73,13 @@ class CeleryExecutor(Executor):
     local = False
 
     def __init__(self, app: Celery) -> None:
-        self._app = app
+        from delivery.tasks.celery_app import broker_priority  # noqa: PLC0415 - Celery is imported only when used
 
-    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None:
-        self._app.send_task(RUN_PHASE, args=[task_id, phase.value, attempt])
+        self._app = app
+        self._priorities = {p: broker_priority(app, p) for p in TaskPriority}
+
+    def dispatch(self, task_id: str, phase: Phase, attempt: int, priority: TaskPriority) -> None:
+        self._app.send_task(RUN_PHASE, args=[task_id, phase.value, attempt], priority=self._priorities[priority])
 
 
 def make_executor(settings: Settings, run_phase: RunPhase, celery_app: Celery | None = None) -> Executor:

@@ -26,6 +26,22 @@ class TaskStatus(str, Enum):
 FINISHED_STATUSES = frozenset(s for s in TaskStatus if s.finished)
 
 
+class TaskPriority(str, Enum):
+    """Which queued task starts first: higher priority, then earlier arrival (both executors)."""
+
+    low = "low"
+    normal = "normal"
+    high = "high"
+
+    @property
+    def rank(self) -> int:
+        """0 starts first."""
+        return _PRIORITY_RANKS[self]
+
+
+_PRIORITY_RANKS = {TaskPriority.high: 0, TaskPriority.normal: 1, TaskPriority.low: 2}
+
+
 class Phase(str, Enum):
     """A unit of work dispatched to an executor."""
 
@@ -65,6 +81,7 @@ class TaskRecord:
     attempts: int = 1  # how many times that phase was started (recovery adds one; MAX_PHASE_ATTEMPTS)
     webhook_url: str | None = None  # the caller's endpoint for this task's notifications
     webhook_steps: bool = False  # also notify when each agent finishes
+    priority: TaskPriority = TaskPriority.normal  # the order its phases start in when they must wait
 
 
 @dataclass

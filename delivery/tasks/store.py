@@ -45,7 +45,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from delivery.errors import TaskNotFoundError
 from delivery.events import TERMINAL_EVENT_TYPES, Event
-from delivery.tasks.records import FINISHED_STATUSES, DocumentVersion, Phase, TaskRecord, TaskStatus
+from delivery.tasks.records import FINISHED_STATUSES, DocumentVersion, Phase, TaskPriority, TaskRecord, TaskStatus
 
 
 class TaskStore(ABC):
@@ -223,6 +223,7 @@ tasks_table = Table(
     Column("webhook_steps", Boolean),
     Column("phase", String(16)),
     Column("attempts", Integer),
+    Column("priority", String(8)),
 )
 events_table = Table(
     "events",
@@ -293,6 +294,7 @@ def _to_row(record: TaskRecord) -> dict[str, Any]:
     row = asdict(record)
     row["status"] = record.status.value
     row["phase"] = record.phase.value if record.phase else None
+    row["priority"] = record.priority.value
     for name in _JSON_COLUMNS:
         row[name] = None if row[name] is None else json.dumps(row[name], ensure_ascii=False)
     return row
@@ -309,6 +311,7 @@ def _from_row(row: Any) -> TaskRecord:
     data["webhook_steps"] = bool(data["webhook_steps"])
     data["phase"] = Phase(data["phase"]) if data["phase"] else None
     data["attempts"] = data["attempts"] or 1
+    data["priority"] = TaskPriority(data["priority"] or TaskPriority.normal)
     return TaskRecord(**data)
 
 

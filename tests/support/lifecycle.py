@@ -16,7 +16,7 @@ from delivery.streaming.memory import MemoryEventBackend
 from delivery.tasks.commands import TaskCommands
 from delivery.tasks.executors import Executor
 from delivery.tasks.phases import PhaseRunner
-from delivery.tasks.records import Phase, TaskRecord
+from delivery.tasks.records import Phase, TaskPriority, TaskRecord
 from delivery.tasks.runs import Runs
 from delivery.tasks.store import SqlTaskStore
 from delivery.tasks.watchdog import Watchdog
@@ -31,9 +31,11 @@ class ManualExecutor(Executor):
     def __init__(self, local: bool = True) -> None:
         self.local = local
         self.queue: list[tuple[str, Phase, int]] = []
+        self.priorities: dict[str, TaskPriority] = {}
 
-    def dispatch(self, task_id: str, phase: Phase, attempt: int) -> None:
+    def dispatch(self, task_id: str, phase: Phase, attempt: int, priority: TaskPriority) -> None:
         self.queue.append((task_id, phase, attempt))
+        self.priorities[task_id] = priority
 
 
 class HookedStore(SqlTaskStore):

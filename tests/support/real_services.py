@@ -10,10 +10,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_USER = os.environ.get("TEST_PG_USER", "postgres")
 REDIS_PORT = 6379
+RABBITMQ_PORT = 5672
 
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect {version} main start"
 START_REDIS = (
@@ -28,11 +30,11 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _ensure(port: int, start: str, name: str) -> None:
+def _ensure(port: int, start: str, name: str, wait_s: float = 30) -> None:
     if _listening(port):
         return
     subprocess.run(start, shell=True, check=False, capture_output=True)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if _listening(port):
             return
@@ -46,6 +48,12 @@ def _ensure(port: int, start: str, name: str) -> None:
 def ensure_redis() -> str:
     _ensure(REDIS_PORT, START_REDIS, "Redis")
     return f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+
+def ensure_rabbitmq() -> str:
+    """RabbitMQ (Debian's rabbitmq-server, installed by make test), as a Celery broker."""
+    _ensure(RABBITMQ_PORT, "rabbitmq-server -detached", "RabbitMQ", wait_s=90)
+    return f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//"
 
 
 def ensure_postgres() -> None:
@@ -68,3 +76,9 @@ def fresh_postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def first_sequence_in_redis(client: Any, task_id: str) -> int | None:
+    """The first sequence Redis still keeps of a task's log (None when it has none)."""
+    first = client.xrange(f"mad:task:{task_id}:events", count=1)
+    return int(first[0][0].split(b"-")[0]) if first else None

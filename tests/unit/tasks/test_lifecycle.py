@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from delivery.errors import TaskStateConflictError
-from delivery.tasks.records import Phase, TaskStatus
+from delivery.tasks.records import Phase, TaskPriority, TaskStatus
 from delivery.tasks.watchdog import LOST_OWNER
 from tests.support.lifecycle import Lifecycle, handler_stepping_in
 
@@ -347,3 +347,24 @@ def test_finished_tasks_past_their_retention_are_purged_with_their_events(made, 
     lc.watchdog = type(lc.watchdog)(lc.runs)  # a fresh schedule, so the next pass sweeps again
     lc.watchdog.tick(time.time() + 2 * 86400)
     assert lc.store.list_tasks(None, 10, None) == [] and lc.store.load_events(task_id) == []
+
+
+def test_every_phase_of_a_task_is_dispatched_with_its_priority(made, tmp_path):
+    """The priority is the task's: its analysis, each revision, its delivery and a resumed phase
+    all wait in the queue at the same priority."""
+    owner = lifecycle(made, tmp_path, name="owner")
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=False, priority=TaskPriority.high).task_id
+    assert owner.executor.priorities == {task_id: TaskPriority.high}
+    owner.run_next()
+    owner.executor.priorities.clear()
+    owner.commands.confirm(task_id, approved=False, feedback="add monthly passes")
+    assert owner.executor.priorities == {task_id: TaskPriority.high}
+    owner.run_next()
+    owner.executor.priorities.clear()
+    owner.commands.confirm(task_id, approved=True, feedback=None)
+    assert owner.executor.priorities == {task_id: TaskPriority.high}
+    assert owner.store.get(task_id).priority is TaskPriority.high
+    owner.executor.queue.clear()  # its process is lost before the delivery starts
+    assert reaper.watchdog.reap_lost(time.time() + LATER) == [task_id]
+    assert reaper.executor.priorities == {task_id: TaskPriority.high}
