@@ -56,8 +56,13 @@ class PublishEvent(Protocol):
 def backend_for(settings: Settings) -> EventBackend:
     """The event backend EVENT_BACKEND names."""
     if settings.event_backend is EventBackendKind.redis:
-        return RedisEventBackend(settings.redis_url, maxlen=settings.redis_stream_maxlen, ttl_s=settings.stream_ttl_s)
-    return MemoryEventBackend()
+        return RedisEventBackend(
+            settings.redis_url,
+            maxlen=settings.redis_stream_maxlen,
+            ttl_s=settings.stream_ttl_s,
+            memory_limit_bytes=settings.stream_memory_bytes,
+        )
+    return MemoryEventBackend(memory_limit_bytes=settings.stream_memory_bytes)
 
 
 class StreamManager:
@@ -79,6 +84,7 @@ class StreamManager:
         self._archiver = EventArchiver(store, backend.mark_durable) if store is not None else None
         if self._archiver is not None:
             backend.attach_archive(self._archiver.queue, self._archiver.wake)
+            backend.attach_store(self._stored_events)
         else:
             backend.attach_archive(None)
         self.publish = backend.publish
@@ -200,9 +206,7 @@ class StreamManager:
         if self._store is None:
             raise TaskNotFoundError(task_id)
         record = self._store.get(task_id)  # TaskNotFoundError for unknown ids
-        if self._archiver is not None:
-            self._archiver.flush()
-        events = self._store.load_events(task_id)
+        events = self._stored_events(task_id)
         lost_ending = record.status.finished and not (events and events[-1].event_type in TERMINAL_EVENT_TYPES)
         self._backend.restore(task_id, events, closed=not (live or lost_ending))
         if lost_ending:
@@ -227,6 +231,11 @@ class StreamManager:
             return self._backend.events(task_id)
         if self._store is None:
             raise TaskNotFoundError(task_id)
+        return self._stored_events(task_id)
+
+    def _stored_events(self, task_id: str) -> list[Event]:
+        """The task's archived log, with what this process has published so far (flushed first)."""
+        assert self._store is not None
         if self._archiver is not None:
             self._archiver.flush()
         return self._store.load_events(task_id)

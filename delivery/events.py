@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from enum import Enum
 from json.encoder import encode_basestring
@@ -32,6 +33,9 @@ SYSTEM_AGENT = "System"
 TERMINAL_EVENT_TYPES = frozenset({EventType.end.value, EventType.error.value, EventType.cancelled.value})
 
 _second_cache: tuple[int, str] = (-1, "")
+# An Event with its eight slots (96), its pointer in a log's list (8), its own float time (24)
+# and sequence number (28).
+_EVENT_BYTES = 156
 _quote = encode_basestring  # a JSON string literal, non-ASCII kept (json's ensure_ascii=False)
 _METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -99,6 +103,16 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.task_id!r}, {self.sequence}, {self.agent_name!r}, {self.event_type!r})"
+
+    def held_bytes(self) -> int:
+        """About what holding this event in memory costs: the object, its place in a log, its
+        content, metadata and SSE frame (bench "stream memory" compares it with tracemalloc)."""
+        size = _EVENT_BYTES + sys.getsizeof(self.content)
+        if self._sse is not None:
+            size += sys.getsizeof(self._sse)
+        if self.metadata:
+            size += sys.getsizeof(self.metadata) + 2 * len(_METADATA_ENCODER.encode(self.metadata))
+        return size
 
     @property
     def terminal(self) -> bool:

@@ -103,10 +103,15 @@ class Settings(BaseSettings):
     # Streaming
     event_backend: EventBackendKind = EventBackendKind.memory
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_stream_maxlen: int = Field(100_000, ge=1000)
+    redis_stream_maxlen: int = Field(100_000, ge=100)
     stream_ttl_s: float = Field(3600.0, gt=0)
+    stream_memory_mb: float = Field(256.0, ge=0)  # finished logs held for replay; 0: no bound
     sse_heartbeat_s: float = Field(15.0, gt=0)
     sse_send_timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def stream_memory_bytes(self) -> int:
+        return int(self.stream_memory_mb * 1024 * 1024)
 
     @model_validator(mode="after")
     def _celery_needs_shared_parts(self) -> Settings:

@@ -11,7 +11,7 @@ import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from delivery.events import Event
@@ -138,6 +138,10 @@ class EventBackend(ABC):
         """Start holding a task whose log lives outside this process; False if there is none.
         Blocking: call from a worker thread."""
         return False
+
+    def attach_store(self, stored_events: Callable[[str], list[Event]]) -> None:
+        """How to read a task's archived log: a shared backend fills in from it what it no
+        longer keeps itself (a log trimmed to REDIS_STREAM_MAXLEN)."""
 
     def shared_events_after(self, task_id: str, sequence: int) -> list[Event]:
         """The events after `sequence` that a shared backend holds for the task (those another

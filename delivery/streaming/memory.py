@@ -10,6 +10,10 @@ can take back, and the sequence numbers after a restart continue from what viewe
 publisher never waits for the loop, the database or a client. Subscribers hold only a cursor into
 the shared log, so a viewer that stops reading costs no memory and cannot slow the agents or
 other viewers; a late viewer replays the log from any sequence.
+
+Finished logs stay held for replay until STREAM_TTL_S, and within STREAM_MEMORY_MB: past that
+bound the least recently read finished logs are let go (viewers then replay them from the store,
+or a shared backend); running logs are never let go, and neither is the most recently read one.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
@@ -100,8 +104,14 @@ class _MemorySubscription(Subscription):
 
 
 class MemoryEventBackend(EventBackend):
-    def __init__(self, archive: deque[Event] | None = None) -> None:
+    def __init__(self, archive: deque[Event] | None = None, memory_limit_bytes: int = 0) -> None:
+        """`memory_limit_bytes` bounds the finished logs held (STREAM_MEMORY_MB); 0: no bound."""
         self._streams: dict[str, _TaskStream] = {}
+        self._memory_limit = memory_limit_bytes
+        # Finished logs held, least recently read first: task_id -> estimated bytes.
+        self._finished: OrderedDict[str, int] = OrderedDict()
+        self._finished_bytes = 0
+        self._finished_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._published_evicted = 0  # published by streams no longer held
         self.archive = archive  # every published event is also appended here (see archive.py)
@@ -150,6 +160,8 @@ class MemoryEventBackend(EventBackend):
             schedule = not stream.wake_pending
             stream.wake_pending = True
         self._schedule_wake(stream, schedule)
+        if stream.closed:
+            self._hold_finished(stream)
 
     def mark_durable(self, events: list[Event]) -> None:
         """The archiver committed `events` (in sequence order per task): show them to viewers."""
@@ -157,6 +169,7 @@ class MemoryEventBackend(EventBackend):
         for event in events:
             latest[event.task_id] = event.sequence
         to_wake = []
+        finished = []
         for task_id, sequence in latest.items():
             stream = self._streams.get(task_id)
             if stream is None:
@@ -165,6 +178,8 @@ class MemoryEventBackend(EventBackend):
                 if sequence <= stream.durable:
                     continue
                 stream.durable = sequence
+                if stream.closed and sequence == len(stream.log):
+                    finished.append(stream)
                 if not stream.wake_pending:
                     stream.wake_pending = True
                     to_wake.append(stream)
@@ -174,6 +189,8 @@ class MemoryEventBackend(EventBackend):
                 loop.call_soon_threadsafe(_wake_all, to_wake)
             except RuntimeError:  # loop closed during shutdown
                 pass
+        for stream in finished:  # only a log the store has whole may be let go
+            self._hold_finished(stream)
 
     def replicate(self, task_id: str, events: list[Event]) -> None:
         """Append events whose sequences were assigned elsewhere (a shared backend's reader).
@@ -193,6 +210,8 @@ class MemoryEventBackend(EventBackend):
             schedule = not stream.wake_pending
             stream.wake_pending = True
         self._schedule_wake(stream, schedule)
+        if stream.closed:
+            self._hold_finished(stream)
 
     def restore(self, task_id: str, events: list[Event], closed: bool = True) -> None:
         if task_id in self._streams:
@@ -206,6 +225,42 @@ class MemoryEventBackend(EventBackend):
         if stream.log:
             stream.created_at = stream.log[0].ts
         self._streams[task_id] = stream
+        if closed:
+            self._hold_finished(stream)
+
+    # -- the memory bound -----------------------------------------------------------------------
+
+    def _hold_finished(self, stream: _TaskStream) -> None:
+        """Count a finished, durable log against STREAM_MEMORY_MB (once), and let go of the least
+        recently read ones while over it."""
+        size = sum(event.held_bytes() for event in stream.log)
+        with self._finished_lock:
+            if stream.task_id in self._finished or self._streams.get(stream.task_id) is not stream:
+                return
+            self._finished[stream.task_id] = size
+            self._finished_bytes += size
+            while self._memory_limit and self._finished_bytes > self._memory_limit and len(self._finished) > 1:
+                task_id, freed = self._finished.popitem(last=False)
+                self._finished_bytes -= freed
+                self._let_go(task_id)
+
+    def _let_go(self, task_id: str) -> None:
+        stream = self._streams.pop(task_id, None)
+        if stream is not None:
+            self._published_evicted += len(stream.log) - stream.not_published_here
+
+    def _read(self, stream: _TaskStream) -> _TaskStream:
+        """A viewer reads this log: a finished one becomes the last to be let go."""
+        if stream.closed:
+            with self._finished_lock:
+                if stream.task_id in self._finished:
+                    self._finished.move_to_end(stream.task_id)
+        return stream
+
+    @property
+    def finished_bytes(self) -> int:
+        """What the finished logs held here cost (estimated), which STREAM_MEMORY_MB bounds."""
+        return self._finished_bytes
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -213,10 +268,10 @@ class MemoryEventBackend(EventBackend):
         return task_id in self._streams
 
     def subscription(self, task_id: str, after: int = 0) -> Subscription:
-        return _MemorySubscription(self._get(task_id), max(after, 0))
+        return _MemorySubscription(self._read(self._get(task_id)), max(after, 0))
 
     def events(self, task_id: str) -> list[Event]:
-        return list(self._get(task_id).log)
+        return list(self._read(self._get(task_id)).log)
 
     def is_closed(self, task_id: str) -> bool:
         stream = self._streams.get(task_id)
@@ -235,10 +290,10 @@ class MemoryEventBackend(EventBackend):
             for tid, s in list(self._streams.items())
             if s.closed and s.closed_at is not None and s.closed_at < deadline
         ]
-        for task_id in expired:
-            stream = self._streams.pop(task_id, None)
-            if stream is not None:
-                self._published_evicted += len(stream.log) - stream.not_published_here
+        with self._finished_lock:
+            for task_id in expired:
+                self._finished_bytes -= self._finished.pop(task_id, 0)
+                self._let_go(task_id)
         return expired
 
     def published_count(self) -> int:

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -96,13 +97,14 @@ def _decode(task_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
 class RedisEventBackend(EventBackend):
     shared = True
 
-    def __init__(self, url: str, *, maxlen: int = 100_000, ttl_s: float = 3600.0) -> None:
+    def __init__(self, url: str, *, maxlen: int = 100_000, ttl_s: float = 3600.0, memory_limit_bytes: int = 0) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._append = self._redis.register_script(_APPEND)
         self._reseed = self._redis.register_script(_RESEED)
         self._maxlen = maxlen
         self._ttl_s = max(1, int(ttl_s))
-        self._mirror = MemoryEventBackend()
+        self._mirror = MemoryEventBackend(memory_limit_bytes=memory_limit_bytes)
+        self._stored_events: Callable[[str], list[Event]] | None = None
         self._outbox: deque[_Pending] = deque()
         self._outbox_ready = threading.Event()
         self._ended_here: set[str] = set()
@@ -213,9 +215,9 @@ class RedisEventBackend(EventBackend):
         entries = cast(_Entries, self._redis.xrange(_events_key(task_id)))
         if not entries and not self._redis.exists(_meta_key(task_id)):
             return False
-        events = [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
-        if events and events[0].sequence != 1:
-            log.warning("%s: Redis kept events from %d on (REDIS_STREAM_MAXLEN)", task_id, events[0].sequence)
+        events = self._with_stored_start(task_id, 0, [_decode(task_id, i, fields) for i, fields in entries])
+        if events is None:
+            return False  # the store is missing part of it too: the caller serves the store's log
         try:
             self._mirror.open(task_id)
         except ValueError:  # another viewer loaded it first
@@ -225,6 +227,29 @@ class RedisEventBackend(EventBackend):
             with self._tail_lock:
                 self._tailed[task_id] = events[-1].sequence if events else 0
         return True
+
+    def attach_store(self, stored_events: Callable[[str], list[Event]]) -> None:
+        self._stored_events = stored_events
+
+    def _with_stored_start(self, task_id: str, held: int, events: list[Event]) -> list[Event] | None:
+        """`events` read from Redis, preceded by the stored ones after `held` that Redis no longer
+        keeps (trimmed to REDIS_STREAM_MAXLEN); None when the store does not have them (yet)."""
+        if not events or events[0].sequence == held + 1:
+            return events
+        first = events[0].sequence
+        stored = self._stored_events(task_id) if self._stored_events is not None else []
+        earlier = [e for e in stored if held < e.sequence < first]
+        if [e.sequence for e in earlier] != list(range(held + 1, first)):
+            log.error(
+                "%s: Redis keeps its log from %d on, and the store has %d of the %d events after %d before it",
+                task_id,
+                first,
+                len(earlier),
+                first - held - 1,
+                held,
+            )
+            return None
+        return earlier + events
 
     def shared_events_after(self, task_id: str, sequence: int) -> list[Event]:
         entries = cast(_Entries, self._redis.xrange(_events_key(task_id), min=f"{sequence + 1}-0"))
@@ -246,7 +271,16 @@ class RedisEventBackend(EventBackend):
                 continue
             for key, entries in replies or []:
                 task_id = key.decode().split(":")[2]
-                events = [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
+                with self._tail_lock:
+                    held = self._tailed.get(task_id)
+                if held is None:
+                    continue
+                events = self._with_stored_start(
+                    task_id, held, [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
+                )
+                if events is None:  # fell behind the trimming; the archive will have them: retry
+                    time.sleep(READ_BLOCK_MS / 1000)
+                    continue
                 try:
                     self._mirror.replicate(task_id, events)
                 except TaskNotFoundError:  # evicted meanwhile
@@ -298,5 +332,6 @@ class RedisEventBackend(EventBackend):
 
     def evict_closed_before(self, deadline: float) -> list[str]:
         evicted = self._mirror.evict_closed_before(deadline)
-        self._ended_here.difference_update(evicted)
+        # Also forget the endings of logs the mirror let go of earlier (STREAM_MEMORY_MB).
+        self._ended_here = {task_id for task_id in self._ended_here if self._mirror.holds(task_id)}
         return evicted

@@ -21,7 +21,7 @@ from delivery.streaming.redis_backend import RedisEventBackend
 from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.store import SqlTaskStore
 from stream_manager import StreamManager
-from tests.support.real_services import ensure_redis
+from tests.support.real_services import ensure_redis, first_sequence_in_redis
 from tests.support.waiting import wait_for
 
 
@@ -401,4 +401,39 @@ def test_a_shared_log_whose_ending_died_with_its_process_is_repaired(tmp_path):
         producer.stop()
         repairer.close()
         viewer.close()
+        store.close()
+
+
+@pytest.mark.system
+def test_a_log_trimmed_in_redis_is_completed_from_the_store_while_running_and_after_the_end(tmp_path):
+    """REDIS_STREAM_MAXLEN keeps only the newest events in Redis: a process that loads the log
+    later gets the rest from the store, gap-free, live and finished alike."""
+    url = ensure_redis()
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    producer, live_reader, late_reader = (
+        StreamManager(RedisEventBackend(url, maxlen=1000, ttl_s=60), store) for _ in range(3)
+    )
+    task_id = str(uuid.uuid4())
+    client = redis.Redis.from_url(url)
+    try:
+        for manager in (producer, live_reader, late_reader):
+            manager.start()
+        store.save(TaskRecord(task_id=task_id, requirement="r", skip_confirmation=True, language="en"))
+        producer.open(task_id)
+        for i in range(3000):
+            producer.publish(task_id, "QAEngineer", "thought", f"token {i}")
+        wait_for(lambda: store.last_sequence(task_id) == 3000, timeout=30)
+        first_kept = first_sequence_in_redis(client, task_id)
+        assert first_kept is not None and first_kept > 1000  # Redis really trimmed the log
+        live_reader.make_available(task_id)  # while running: the store's start, Redis's rest, then live
+        producer.publish(task_id, "QAEngineer", "thought", "token 3000")
+        producer.publish_terminal(task_id, "System", "end", "done")
+        expected = [(n, f"token {n - 1}") for n in range(1, 3002)] + [(3002, "done")]
+        wait_for(lambda: live_reader.is_closed(task_id), timeout=30, message="the live reader to see the end")
+        assert [(e.sequence, e.content) for e in live_reader.events(task_id)] == expected
+        late_reader.make_available(task_id)  # after the end
+        assert [(e.sequence, e.content) for e in late_reader.events(task_id)] == expected
+    finally:
+        for manager in (producer, live_reader, late_reader):
+            manager.close()
         store.close()
