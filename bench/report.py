@@ -46,6 +46,25 @@ def main(path: str) -> None:
                     f"{section} {who}: every subscriber got every sequence exactly once: "
                     f"{r['all_exact']} (lost {r['lost_total']} across rounds)"
                 )
+    if "throughput_core_redis" in results:
+        memory, shared = results["throughput_core_redis"]["memory"], results["throughput_core_redis"]["redis"]
+        print(
+            f"Streaming core, EVENT_BACKEND=redis: {shared['events_per_s']:.0f} ev/s (p99 {shared['p99_ms']:.1f} ms) "
+            f"vs memory {memory['events_per_s']:.0f} ev/s (p99 {memory['p99_ms']:.1f} ms): "
+            f"{shared['events_per_s'] / memory['events_per_s']:.2f}x (target >= 0.5); every subscriber exact: "
+            f"{shared['all_exact'] and memory['all_exact']} (lost {shared['lost_total'] + memory['lost_total']})"
+        )
+    if "stream_memory" in results:
+        per, burst = results["stream_memory"]["per_event"], results["stream_memory"]["burst"]
+        print(
+            f"Held finished events: {per['measured_bytes_per_event']} B each (tracemalloc), counted as "
+            f"{per['counted_bytes_per_event']} B ({per['counted_over_measured']}x)"
+        )
+        print(
+            f"Burst of {burst['tasks']} finished tasks under STREAM_MEMORY_MB={burst['bound_mb']:g}: counted peak "
+            f"{burst['counted_peak_mb']} MB, traced peak {burst['traced_peak_mb']} MB, "
+            f"{burst['tasks_held']} held, {burst['tasks_let_go']} let go"
+        )
     draw(plot, Path(path).with_suffix(".png"))
 
 

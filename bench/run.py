@@ -23,8 +23,10 @@ import httpx
 
 from bench.naive_backend import NaiveEventBackend
 from bench.sse_load import Subscriber, hold_idle, subscribe
+from bench.stream_memory import stream_memory
 from delivery.streaming.memory import MemoryEventBackend
 from stream_manager import StreamManager
+from tests.support.real_services import ensure_redis
 from tests.support.server_process import Server
 
 BENCH = Path(__file__).resolve().parent
@@ -321,6 +323,14 @@ def main() -> None:
         ),
         ("throughput_crew", lambda: {"ours": throughput("ours", False), "naive": throughput("naive", False)}),
         ("throughput_core", lambda: {"ours": throughput("ours-core", True), "naive": throughput("naive-core", True)}),
+        # The same flood with EVENT_BACKEND=redis, against the memory backend in the same section
+        (
+            "throughput_core_redis",
+            lambda: {
+                "memory": throughput("ours-core", True),
+                "redis": throughput("ours-core", True, event_backend="redis", redis_url=ensure_redis()),
+            },
+        ),
         # 20 streams x 850 events/s = 17,000 published/s = 51,000 delivered/s to 3 viewers each
         (
             "latency_core_at_target",
@@ -340,6 +350,7 @@ def main() -> None:
         ("ttfe", lambda: {"ours": ttfe("ours"), "naive": ttfe("naive")}),
         ("idle", lambda: {"ours": idle("ours"), "naive": idle("naive")}),
         ("crew_local", lambda: {"ours": crew("ours"), "naive": crew("naive")}),
+        ("stream_memory", lambda: stream_memory(QUICK)),
     ]
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     out = ROOT / "docs" / ("benchmarks-quick.json" if QUICK or only else "benchmarks.json")

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import redis
@@ -29,19 +29,32 @@ from delivery.streaming.backend import EventBackend, StreamSnapshot, Subscriptio
 from delivery.streaming.memory import MemoryEventBackend
 
 log = logging.getLogger(__name__)
+_METADATA = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
-# KEYS: events stream, meta hash. ARGV: maxlen, ttl_s, then (terminal flag, payload) pairs.
-# Returns {first, last} sequence appended, {-1, -1} when the stream had already ended and
-# {-2, -2} when there is no such stream (never opened, or expired).
+# Each event is one stream entry whose fields are the event's own: a(gent), t(ype), c(ontent),
+# ts and, when there is metadata, m (JSON). No JSON around the text, so neither the writer nor
+# every reading process encodes or decodes it (the flood benchmark's largest cost after the
+# RESP parsing, which hiredis does in C).
+#
+# KEYS: events stream, meta hash. ARGV: maxlen, ttl_s, then per event six values: terminal flag,
+# agent, type, content, ts, metadata ('' for none). Returns {first, last} sequence appended,
+# {-1, -1} when the stream had already ended and {-2, -2} when there is no such stream (never
+# opened, or expired).
 _APPEND = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return {-2, -2} end
 if redis.call('HGET', KEYS[2], 'closed') == '1' then return {-1, -1} end
 local first = -1
 local seq = -1
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 6 do
   seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
   if first == -1 then first = seq end
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', ARGV[i + 1])
+  if ARGV[i + 5] == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0',
+      'a', ARGV[i + 1], 't', ARGV[i + 2], 'c', ARGV[i + 3], 'ts', ARGV[i + 4])
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0',
+      'a', ARGV[i + 1], 't', ARGV[i + 2], 'c', ARGV[i + 3], 'ts', ARGV[i + 4], 'm', ARGV[i + 5])
+  end
   if ARGV[i] == '1' then
     redis.call('HSET', KEYS[2], 'closed', '1')
     redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -52,13 +65,20 @@ end
 return {first, seq}
 """
 # Put back a log that vanished from Redis (lost with a Redis that kept no data), so the task can
-# go on: KEYS as above; ARGV: last sequence, maxlen, then (sequence, payload) pairs. 0 when the
-# log exists (another process put it back first), else 1.
+# go on: KEYS as above; ARGV: last sequence, maxlen, then per event six values: sequence, agent,
+# type, content, ts, metadata ('' for none). 0 when the log exists (another process put it back
+# first), else 1.
 _RESEED = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], 'seq', ARGV[1])
-for i = 3, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0', 'e', ARGV[i + 1])
+for i = 3, #ARGV, 6 do
+  if ARGV[i + 5] == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0',
+      'a', ARGV[i + 1], 't', ARGV[i + 2], 'c', ARGV[i + 3], 'ts', ARGV[i + 4])
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0',
+      'a', ARGV[i + 1], 't', ARGV[i + 2], 'c', ARGV[i + 3], 'ts', ARGV[i + 4], 'm', ARGV[i + 5])
+  end
 end
 return 1
 """
@@ -68,7 +88,8 @@ READ_BLOCK_MS = 100
 # What redis-py returns (bytes: the client does not decode): entries of one stream, and XREAD's
 # replies per stream key.
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
-_Replies = list[tuple[bytes, _Entries]] | None
+_FlatEntries = list[tuple[bytes, list[bytes]]]  # XREAD's entries, unparsed: fields and values alternating
+_Replies = Iterable[tuple[bytes, _FlatEntries]]
 
 # An event waiting in the outbox: (task_id, agent_name, event_type, content, ts, metadata).
 _Pending = tuple[str, str, str, str, float, dict[str, Any] | None]
@@ -82,16 +103,49 @@ def _meta_key(task_id: str) -> str:
     return f"mad:task:{task_id}:meta"
 
 
-def _encode(agent: str, event_type: str, content: str, ts: float, metadata: dict[str, Any] | None) -> str:
-    payload: dict[str, Any] = {"a": agent, "t": event_type, "c": content, "ts": ts}
-    if metadata:
-        payload["m"] = metadata
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+def _fields(agent: str, event_type: str, content: str, ts: float, metadata: dict[str, Any] | None) -> list[Any]:
+    """An event's agent, type, content, ts and metadata ('' for none) as the Lua scripts take them.
+    Content that is not text (a custom handler's) is stored as its JSON text."""
+    if not isinstance(content, str):
+        content = _METADATA.encode(content)
+    return [agent, event_type, content, repr(ts), _METADATA.encode(metadata) if metadata else ""]
+
+
+def _decode_flat(task_id: str, entry_id: bytes, flat: list[bytes]) -> Event:
+    """An entry as XREAD sends it, fields and values alternating: read by position when it is
+    in the order the Lua scripts write (the reader's hot path: no dict per entry)."""
+    if len(flat) >= 8 and flat[0] == b"a" and flat[2] == b"t" and flat[4] == b"c" and flat[6] == b"ts":
+        return Event(
+            task_id,
+            int(entry_id.split(b"-", 1)[0]),
+            flat[1].decode(),
+            flat[3].decode(),
+            flat[5].decode(),
+            float(flat[7]),
+            json.loads(flat[9]) if len(flat) == 10 else None,
+        )
+    return _decode(task_id, entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+def _as_is(response: Any, **_: Any) -> Any:
+    return response
 
 
 def _decode(task_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
-    d = json.loads(fields[b"e"])
-    return Event(task_id, int(entry_id.split(b"-", 1)[0]), d["a"], d["t"], d["c"], d["ts"], d.get("m"))
+    sequence = int(entry_id.split(b"-", 1)[0])
+    if b"e" in fields:  # written by an earlier version: the event as one JSON object
+        d = json.loads(fields[b"e"])
+        return Event(task_id, sequence, d["a"], d["t"], d["c"], d["ts"], d.get("m"))
+    metadata = fields.get(b"m")
+    return Event(
+        task_id,
+        sequence,
+        fields[b"a"].decode(),
+        fields[b"t"].decode(),
+        fields[b"c"].decode(),
+        float(fields[b"ts"]),
+        None if metadata is None else json.loads(metadata),
+    )
 
 
 class RedisEventBackend(EventBackend):
@@ -166,7 +220,10 @@ class RedisEventBackend(EventBackend):
         pending: list[_Pending] = []
         while self._running or self._outbox or pending:
             if not pending:
-                self._outbox_ready.wait(0.5)
+                # Wait only when there is nothing to write: publishers set the flag only when it
+                # is clear, so after a burst it stays clear while the outbox still holds batches.
+                if not self._outbox:
+                    self._outbox_ready.wait(0.5)
                 self._outbox_ready.clear()
                 while self._outbox and len(pending) < WRITE_BATCH:
                     pending.append(self._outbox.popleft())
@@ -190,7 +247,8 @@ class RedisEventBackend(EventBackend):
         for task_id, run in runs:
             args: list[Any] = [self._maxlen, self._ttl_s]
             for _, agent, etype, content, ts, meta in run:
-                args += ["1" if etype in TERMINAL_EVENT_TYPES else "0", _encode(agent, etype, content, ts, meta)]
+                args.append("1" if etype in TERMINAL_EVENT_TYPES else "0")
+                args += _fields(agent, etype, content, ts, meta)
             self._append(keys=[_events_key(task_id), _meta_key(task_id)], args=args, client=pipe)
         results = pipe.execute()
         archive = self.archive
@@ -257,6 +315,9 @@ class RedisEventBackend(EventBackend):
 
     def _read_loop(self) -> None:
         reader = redis.Redis(connection_pool=self._redis.connection_pool)
+        # XREAD's reply as the parser (hiredis) built it: redis-py's own callback makes a dict
+        # per entry in Python, the reader's largest cost after the network.
+        reader.set_response_callback("XREAD", _as_is)
         while self._running:
             with self._tail_lock:
                 streams = {_events_key(t): f"{seq}-0" for t, seq in self._tailed.items()}
@@ -264,19 +325,20 @@ class RedisEventBackend(EventBackend):
                 time.sleep(READ_BLOCK_MS / 1000)
                 continue
             try:
-                replies = cast(_Replies, reader.xread(cast(Any, streams), count=WRITE_BATCH, block=READ_BLOCK_MS))
+                replies = reader.xread(cast(Any, streams), count=WRITE_BATCH, block=READ_BLOCK_MS)
             except redis.RedisError as exc:
                 log.error("Redis read failed (%s); retrying in 1 s", exc)
                 time.sleep(1.0)
                 continue
-            for key, entries in replies or []:
+            # RESP3 (redis-py's default) sends {key: entries}, RESP2 [[key, entries], ...].
+            for key, entries in cast(_Replies, replies.items() if isinstance(replies, dict) else replies or []):
                 task_id = key.decode().split(":")[2]
                 with self._tail_lock:
                     held = self._tailed.get(task_id)
                 if held is None:
                     continue
                 events = self._with_stored_start(
-                    task_id, held, [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
+                    task_id, held, [_decode_flat(task_id, entry_id, flat) for entry_id, flat in entries]
                 )
                 if events is None:  # fell behind the trimming; the archive will have them: retry
                     time.sleep(READ_BLOCK_MS / 1000)
@@ -306,7 +368,8 @@ class RedisEventBackend(EventBackend):
         if not closed:
             args: list[Any] = [last, self._maxlen]
             for e in events:
-                args += [e.sequence, _encode(e.agent_name, e.event_type, e.content, e.ts, e.metadata)]
+                args.append(e.sequence)
+                args += _fields(e.agent_name, e.event_type, e.content, e.ts, e.metadata)
             if self._reseed(keys=[_events_key(task_id), _meta_key(task_id)], args=args):
                 log.warning("%s: its log had vanished from Redis; put back from the store (%d events)", task_id, last)
         self._mirror.restore(task_id, events, closed)

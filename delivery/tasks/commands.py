@@ -11,7 +11,7 @@ from delivery.crew.roster import ROSTER
 from delivery.errors import InvalidRequestError, StreamClosedError, TaskStateConflictError
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.providers import writing_language
-from delivery.llm.usage import task_budget
+from delivery.llm.usage import agent_usage, task_budget
 from delivery.observability import tracing
 from delivery.tasks.executors import Executor
 from delivery.tasks.records import Phase, TaskPriority, TaskRecord, TaskStatus
@@ -190,7 +190,12 @@ class TaskCommands:
                 spec.name,
                 EventType.step_end.value,
                 f"{spec.name} finished step {step}/{record.total_steps}",
-                {"completed_steps": step, "total_steps": record.total_steps, **restored},
+                {
+                    "completed_steps": step,
+                    "total_steps": record.total_steps,
+                    "usage": agent_usage(record, spec.name),
+                    **restored,
+                },
             )
 
     def _assign(self, record: TaskRecord) -> None:
