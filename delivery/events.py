@@ -36,6 +36,9 @@ _second_cache: tuple[int, str] = (-1, "")
 # An Event with its eight slots (96), its pointer in a log's list (8), its own float time (24)
 # and sequence number (28).
 _EVENT_BYTES = 156
+# An SSE frame's bytes object (33) and what it holds besides the content and metadata: the id,
+# event and data lines, the task id, field names, agent, type and timestamp (about 200).
+_SSE_FRAME_BYTES = 233
 _quote = encode_basestring  # a JSON string literal, non-ASCII kept (json's ensure_ascii=False)
 _METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -106,13 +109,17 @@ class Event:
 
     def held_bytes(self) -> int:
         """About what holding this event in memory costs: the object, its place in a log, its
-        content, metadata and SSE frame (bench "stream memory" compares it with tracemalloc)."""
+        content, metadata and SSE frame — counted as encoded even before a viewer has read it,
+        since replay encodes it then (bench "stream memory" compares it with tracemalloc)."""
         size = _EVENT_BYTES + sys.getsizeof(self.content)
+        meta = len(_METADATA_ENCODER.encode(self.metadata)) if self.metadata else 0
+        if meta:
+            size += sys.getsizeof(self.metadata) + 2 * meta
         if self._sse is not None:
-            size += sys.getsizeof(self._sse)
-        if self.metadata:
-            size += sys.getsizeof(self.metadata) + 2 * len(_METADATA_ENCODER.encode(self.metadata))
-        return size
+            return size + sys.getsizeof(self._sse)
+        content = self.content
+        text = len(content) if not isinstance(content, str) or content.isascii() else 3 * len(content)
+        return size + _SSE_FRAME_BYTES + text + meta
 
     @property
     def terminal(self) -> bool:
