@@ -54,6 +54,16 @@ def main(path: str) -> None:
             f"{shared['events_per_s'] / memory['events_per_s']:.2f}x (target >= 0.5); every subscriber exact: "
             f"{shared['all_exact'] and memory['all_exact']} (lost {shared['lost_total'] + memory['lost_total']})"
         )
+    if "replicas" in results:
+        rep = results["replicas"]
+        paced, first, idle = rep["paced_100tps"], rep["ttfe"], rep["idle_per_replica"]
+        print(
+            f"Two replicas + Nginx + two Celery workers, 20 tasks x 3 viewers at 100 tok/s: "
+            f"{paced['events_per_s']:.0f} ev/s, p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms "
+            f"(target <= 50), every subscriber exact: {paced['all_exact']} (lost {paced['lost_total']}); "
+            f"first event via Celery median {first['median_ms']:.1f} ms (target <= 100); "
+            f"idle viewer on a replica {idle['kb_per_connection']:.2f} KB"
+        )
     if "stream_memory" in results:
         per, burst = results["stream_memory"]["per_event"], results["stream_memory"]["burst"]
         print(

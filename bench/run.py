@@ -26,7 +26,9 @@ from bench.sse_load import Subscriber, hold_idle, subscribe
 from bench.stream_memory import stream_memory
 from delivery.streaming.memory import MemoryEventBackend
 from stream_manager import StreamManager
-from tests.support.real_services import ensure_redis
+from tests.support.celery_worker import Worker
+from tests.support.nginx_process import Nginx
+from tests.support.real_services import ensure_redis, fresh_postgres_database
 from tests.support.server_process import Server
 
 BENCH = Path(__file__).resolve().parent
@@ -79,7 +81,7 @@ def pct(values: list[float], q: float) -> float:
 # 1. Throughput and latency ---------------------------------------------------------------
 
 
-async def _round(server: Server, core: bool, rate: float = 0) -> dict:
+async def _round(server: Server | Nginx, core: bool, rate: float = 0) -> dict:
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         t0 = time.time()
         stop = asyncio.Event()
@@ -184,7 +186,7 @@ def publish_cost(manager: StreamManager, n: int) -> dict:
 # 3. Idle connections ----------------------------------------------------------------------
 
 
-async def _idle(server: Server) -> dict:
+async def _idle(server: Server, n: int = IDLE_N) -> dict:
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         r = await client.post(
             "/api/run_task", json={"user_requirement": "Build an idle app", "skip_confirmation": False}
@@ -209,12 +211,12 @@ async def _idle(server: Server) -> dict:
                 await connected.wait()
             return await task
 
-        holders = [asyncio.create_task(one()) for _ in range(IDLE_N)]
+        holders = [asyncio.create_task(one()) for _ in range(n)]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             streams = (await client.get("/api/streams")).json()["active"]
             subs = next(s["subscribers"] for s in streams if s["task_id"] == task_id)
-            if subs >= IDLE_N + 1:
+            if subs >= n + 1:
                 break
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)
@@ -222,11 +224,11 @@ async def _idle(server: Server) -> dict:
         release.set()
         ok = sum(await asyncio.gather(*holders)) + await first
     return {
-        "connections": IDLE_N,
+        "connections": n,
         "connected_ok": ok - 1,
         "rss_before_mb": before / 1024,
         "rss_after_mb": after / 1024,
-        "kb_per_connection": (after - before) / IDLE_N,
+        "kb_per_connection": (after - before) / n,
     }
 
 
@@ -242,7 +244,7 @@ def idle(kind: str) -> dict:
 # 4. Time to first event -------------------------------------------------------------------
 
 
-async def _ttfe(server: Server) -> list[float]:
+async def _ttfe(server: Server | Nginx) -> list[float]:
     out = []
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         for n in range(TTFE_N + 3):
@@ -286,6 +288,68 @@ def crew(kind: str) -> dict:
         return asyncio.run(_crew(server))
     finally:
         server.stop()
+
+
+# 6. Scaled out ----------------------------------------------------------------------------
+
+
+def replicas() -> dict:
+    """As docker-compose runs it: two API replicas behind the project's nginx.conf, two Celery
+    workers, real Redis and PostgreSQL. Crews run in the workers, so the replicas only stream."""
+    with fresh_postgres_database() as database_url:
+        folder = TMP / f"replicas-{time.monotonic_ns()}"
+        folder.mkdir()
+        env = {
+            "EVENT_BACKEND": "redis",
+            "REDIS_URL": ensure_redis(),
+            "DATABASE_URL": database_url,
+            "EXECUTOR": "celery",
+            "LLM_PROVIDER": "scripted",
+            "SCRIPTED_TOKEN_DELAY_MS": "10",  # a cloud model's pace: 100 tokens/s per agent
+            "LOG_LEVEL": "warning",
+            "RATE_LIMIT": "10000000/minute",
+            "RATE_LIMIT_RUN_TASK": "10000000/minute",
+        }
+        parts: list[Server | Worker | Nginx] = []
+        try:
+            servers = []
+            for name in ("a", "b"):  # one after the other: the first creates the schema
+                server = Server(
+                    {**env, "INSTANCE_ID": f"api-{name}", "DATA_DIR": str(folder / name)}, folder / f"{name}.log"
+                )
+                servers.append(server)
+                parts.append(server)
+            workers = []
+            for n in range(2):
+                # (its default log level: wait_ready() looks for its "ready" line)
+                worker_env = {
+                    **env,
+                    "INSTANCE_ID": f"worker-{n}",
+                    "DATA_DIR": str(folder / f"w{n}"),
+                    "LOG_LEVEL": "info",
+                }
+                worker = Worker(worker_env, folder / f"w{n}.log", pool=["-P", "threads", "-c", str(TASKS // 2)])
+                workers.append(worker)
+                parts.append(worker)
+            for worker in workers:
+                worker.wait_ready()
+            nginx = Nginx([s.port for s in servers], folder / "nginx")
+            parts.append(nginx)
+            asyncio.run(_round(nginx, False))  # warm-up: imports and first crews in both workers
+            rounds = [asyncio.run(_round(nginx, False)) for _ in range(ROUNDS)]
+            paced = sorted(rounds, key=lambda r: r["events_per_s"])[len(rounds) // 2]
+            paced["all_exact"] = all(r["subscribers_exact"] == r["subscribers"] for r in rounds)
+            paced["lost_total"] = sum(r["lost"] for r in rounds)
+            first = asyncio.run(_ttfe(nginx))
+            idle = asyncio.run(_idle(servers[0], IDLE_N // 5))
+        finally:
+            for part in reversed(parts):
+                part.stop()
+    return {
+        "paced_100tps": paced,
+        "ttfe": {"median_ms": statistics.median(first) * 1000, "p90_ms": pct(first, 0.9) * 1000, "n": len(first)},
+        "idle_per_replica": idle,
+    }
 
 
 # -------------------------------------------------------------------------------------------
@@ -351,6 +415,7 @@ def main() -> None:
         ("idle", lambda: {"ours": idle("ours"), "naive": idle("naive")}),
         ("crew_local", lambda: {"ours": crew("ours"), "naive": crew("naive")}),
         ("stream_memory", lambda: stream_memory(QUICK)),
+        ("replicas", replicas),
     ]
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     out = ROOT / "docs" / ("benchmarks-quick.json" if QUICK or only else "benchmarks.json")

@@ -1,6 +1,6 @@
 """Lean asyncio SSE clients for load measurements: raw sockets and minimal parsing, so the
 client is not the bottleneck. (uvicorn answers even HTTP/1.0 requests with chunked encoding,
-so the body is de-chunked here.)"""
+so the body is de-chunked here; Nginx sends it plain.)"""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ class Dechunker:
         return b"".join(out)
 
 
+class Passthrough:
+    """A body without chunked encoding (Nginx answers HTTP/1.0 with a plain body to the close)."""
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+
 @dataclass
 class Subscriber:
     task_id: str
@@ -62,7 +69,7 @@ async def subscribe(
     writer.write(f"GET /api/stream/{sub.task_id} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
     buffer = b""
     head = b""
-    body = None
+    body: Dechunker | Passthrough | None = None
     try:
         while True:
             read = asyncio.ensure_future(reader.read(262144))
@@ -83,9 +90,7 @@ async def subscribe(
                 if not sep:
                     continue
                 sub.status = int(headers.split(b" ", 2)[1])
-                body = Dechunker() if b"chunked" in headers.lower() else None
-                if body is None:
-                    raise RuntimeError("expected a chunked SSE response")
+                body = Dechunker() if b"chunked" in headers.lower() else Passthrough()
             buffer += body.feed(chunk).replace(b"\r\n", b"\n")
             *blocks, buffer = buffer.split(b"\n\n")
             for block in blocks:
