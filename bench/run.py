@@ -131,16 +131,39 @@ async def _round(server: Server | Nginx, core: bool, rate: float = 0) -> dict:
     last = max(s.last_event_at or t0 for s in subs)
     exact = sum(s.sequences == list(range(1, expected[s.task_id] + 1)) for s in subs)
     latencies = [x for s in subs for x in s.latencies]
+    windows = latency_windows(subs, t0)
     return {
         "delivered": delivered,
         "seconds": last - t0,
         "events_per_s": delivered / (last - t0),
         "p50_ms": pct(latencies, 0.5) * 1000,
         "p99_ms": pct(latencies, 0.99) * 1000,
+        "max_ms": max(latencies, default=float("nan")) * 1000,
+        # Per second of the round, so a stall (e.g. while crews start) is not averaged away.
+        "worst_window_p99_ms": max((w["p99_ms"] for w in windows), default=float("nan")),
+        "first_3s_p99_ms": pct(first_seconds(subs, t0, 3.0), 0.99) * 1000,
+        "windows": windows,
         "subscribers_exact": exact,
         "subscribers": len(subs),
         "lost": sum(expected[s.task_id] for s in subs) - delivered,
     }
+
+
+def first_seconds(subs: list[Subscriber], t0: float, seconds: float) -> list[float]:
+    """The latencies of the events received in the first `seconds` of a round."""
+    return [x for s in subs for x, at in zip(s.latencies, s.received, strict=True) if at - t0 < seconds]
+
+
+def latency_windows(subs: list[Subscriber], t0: float) -> list[dict]:
+    """p99 and max latency of the events received in each second of a round."""
+    by_second: dict[int, list[float]] = {}
+    for s in subs:
+        for latency, at in zip(s.latencies, s.received, strict=True):
+            by_second.setdefault(int(at - t0), []).append(latency)
+    return [
+        {"second": second, "n": len(values), "p99_ms": pct(values, 0.99) * 1000, "max_ms": max(values) * 1000}
+        for second, values in sorted(by_second.items())
+    ]
 
 
 def throughput(kind: str, core: bool, rate: float = 0, **env) -> dict:

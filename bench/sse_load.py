@@ -55,6 +55,7 @@ class Subscriber:
     task_id: str
     sequences: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    received: list[float] = field(default_factory=list)  # receipt time of each latency's event
     thoughts: int = 0
     first_event_at: float | None = None
     last_event_at: float | None = None
@@ -99,6 +100,7 @@ async def subscribe(
                 sub.sequences.append(int(block[4 : block.index(b"\n")]))
                 i = block.find(b'"timestamp":"')
                 sub.latencies.append(now - parse_ts(block[i + 13 : i + 37]))
+                sub.received.append(now)
                 if sub.first_event_at is None:
                     sub.first_event_at = now
                     if first_only:
