@@ -61,7 +61,12 @@ def test_prometheus_scrapes_the_api_and_a_worker_and_sees_the_run(tmp_path):
                 30,
                 message="the worker's token counts in Prometheus",
             )
-            assert prometheus.scalar('delivery_tasks_finished_total{job="worker",status="succeeded"}') == 1
+            # The worker counts the task finished after its last tokens: a scrape can fall between.
+            wait_for(
+                lambda: prometheus.scalar('delivery_tasks_finished_total{job="worker",status="succeeded"}') == 1,
+                30,
+                message="the worker's finished task in Prometheus",
+            )
             assert prometheus.scalar('delivery_tasks_started_total{job="worker"}') == 1
             assert prometheus.scalar('sum(delivery_events_published_total{job="worker"})') == len(events)
             agents = {s["metric"]["agent"] for s in prometheus.query('delivery_llm_tokens_total{job="worker"}')}
