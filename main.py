@@ -50,7 +50,7 @@ from delivery.events import EventType  # noqa: E402
 from delivery.observability import metrics  # noqa: E402
 from delivery.observability.logs import TaskLogContext, configure_logging  # noqa: E402
 from delivery.observability.metrics import HttpMetrics  # noqa: E402
-from delivery.runtime import Runtime  # noqa: E402
+from delivery.runtime import Runtime, freeze_startup_heap  # noqa: E402
 from delivery.security.auth import Auth  # noqa: E402
 from delivery.security.rate_limits import RateLimits  # noqa: E402
 from delivery.security.request_guard import RequestGuard, audit_logger  # noqa: E402
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         app.state.auth = Auth(settings)
         app.state.rate_limits = RateLimits(settings)
         runtime.start(asyncio.get_running_loop())
+        freeze_startup_heap()
         maintenance = asyncio.create_task(runtime.maintain())
         log.info("LLM: %s; up to %d concurrent tasks", runtime.model_label, settings.max_concurrent_tasks)
         yield
@@ -211,3 +212,4 @@ if __name__ == "__main__":
     s = get_settings()
     configure_logging(s.log_level, s.log_format)
     uvicorn.run("main:app", host=s.host, port=s.port, log_level=s.log_level, log_config=None)
+

@@ -49,7 +49,7 @@ def _worker_runtime() -> Runtime:
     with _runtime_lock:
         if _runtime is None:
             from delivery.observability.logs import configure_logging  # noqa: PLC0415 - after the fork
-            from delivery.runtime import Runtime  # noqa: PLC0415 - built after Celery forked the pool
+            from delivery.runtime import Runtime, freeze_startup_heap  # noqa: PLC0415 - after the fork
 
             settings = get_settings()
             configure_logging(settings.log_level, settings.log_format)
@@ -57,6 +57,7 @@ def _worker_runtime() -> Runtime:
             runtime = Runtime(settings, role="worker", name=name, celery_app=app)
             runtime.start()
             runtime.watch_in_thread()
+            freeze_startup_heap()
             log.info("worker %s ready (%s)", runtime.runs.instance_id, runtime.model_label)
             _runtime = runtime
         return _runtime

@@ -10,6 +10,7 @@ has no loop and runs it on a thread (`watch_in_thread()`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from typing import TYPE_CHECKING
@@ -146,3 +147,18 @@ class Runtime:
                     log.exception("watchdog pass failed")
 
         threading.Thread(target=watch, name="watchdog", daemon=True).start()
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive once a process has started (its imports: ~330,000 objects, mostly
+    CrewAI's and its dependencies') out of the cyclic garbage collector's sight.
+
+    CPython's full collections walk every tracked object while holding the GIL; with the import
+    heap in view each took 0.2 s and more, stopping every thread, the SSE loop included, so all
+    viewers stalled together (docs/benchmarks.md). Frozen objects are still freed when their last
+    reference goes; only a cycle among them would never be collected, and start-up objects live
+    as long as the process. Called by the processes' entry points (main.py, worker.py), not per
+    Runtime: tests build many."""
+    gc.collect()
+    gc.freeze()
+

@@ -51,6 +51,7 @@ from crewai.events.stream_context import _stream_sinks, add_stream_sink, reset_s
 from crewai.events.types.llm_events import LLMCallType, LLMStreamChunkEvent
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from crewai.llms.providers.openai.completion import OpenAICompletion
+from crewai.state.event_record import EventNode, EventRecord
 from crewai_core import lock_store
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "emit_call_started",
     "emit_chunk",
     "filtered_stream",
+    "forget_token_events",
     "installed_version",
     "model_call",
     "stream_sink",
@@ -141,6 +143,27 @@ def detach_console_token_listener() -> int:
             crewai_event_bus.off(LLMStreamChunkEvent, handler)
             removed += 1
     return removed
+
+
+_record_every_event = EventRecord.add
+
+
+def _record_all_but_tokens(record: EventRecord, event: Any) -> EventNode:
+    if event.type == CrewEvent.llm_stream_chunk.value:
+        return EventNode(event=event)  # a node nobody keeps: the token is not recorded
+    return _record_every_event(record, event)
+
+
+def forget_token_events() -> None:
+    """Keep CrewAI's per-run event record (its execution graph) free of token events.
+
+    CrewAI records every event a run emits, each token included, with its graph node and edges,
+    until the run ends: ~8 objects per token that the cyclic garbage collector walks on every
+    full collection. With 20 crews writing, that was most of the heap, and full collections
+    stopped every thread, the SSE loop included, for 0.2-0.7 s (docs/benchmarks.md). Nothing
+    reads token nodes back: the record's readers look for task and crew events, and tolerate
+    missing links (EventRecord.add checks each id)."""
+    EventRecord.add = _record_all_but_tokens  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -234,3 +257,4 @@ def emit_call_completed(
 
 
 detach_console_token_listener()
+forget_token_events()

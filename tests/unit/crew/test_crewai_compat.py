@@ -243,3 +243,28 @@ def test_crewais_storage_locks_are_local_even_with_redis_url_set(monkeypatch):
     with lock_store.lock("kickoff_task_outputs"):
         held = True
     assert held
+
+
+def test_the_runs_event_record_keeps_every_event_but_tokens():
+    """forget_token_events: CrewAI's per-run record (read through the bus's runtime state) holds
+    the run's other events while tokens still reach the stream sinks."""
+    from delivery.llm.scripted import ScriptedLLM
+
+    seen: list[str] = []
+    recorded: list[str] = []
+
+    def sink(source: Any, event: Any) -> None:
+        seen.append(event.type)
+        if event.type == compat.CrewEvent.task_completed.value:
+            state = compat.crewai_event_bus.runtime_state
+            assume(state is not None, "a kickoff's runtime state (its event record) is on the bus during the run")
+            recorded.extend(node.event.type for node in state.event_record.nodes.values())
+
+    llm = ScriptedLLM(model="scripted-test-double", agent_name="QAEngineer", requirement="Build a wiki")
+    agent = compat.Agent(role="QA Engineer", goal="g", backstory="b", llm=llm, max_iter=2, max_retry_limit=0)
+    task = compat.Task(description="Write a test plan", expected_output="a plan", agent=agent)
+    with compat.stream_sink(sink):
+        compat.Crew(agents=[agent], tasks=[task], verbose=False).kickoff()
+    assert seen.count(compat.CrewEvent.llm_stream_chunk.value) > 50
+    assume(compat.CrewEvent.task_started.value in recorded, "EventRecord.add records each event of a run")
+    assert compat.CrewEvent.llm_stream_chunk.value not in recorded
