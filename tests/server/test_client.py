@@ -161,7 +161,8 @@ def test_unknown_task_is_one_line_that_names_it(server: Server) -> None:
     with DeliveryClient(server.url) as client, pytest.raises(TaskNotFoundError) as caught:
         list(client.events("00000000-0000-4000-8000-000000000000"))
     message = str(caught.value)
-    assert "00000000-0000-4000-8000-000000000000" in message and "check the task id" in message
+    assert message.startswith("task 00000000-0000-4000-8000-000000000000 was not found on 127.0.0.1:")
+    assert "No task with id" in message
     assert "\n" not in message and caught.value.status_code == 404
 
 

@@ -96,3 +96,10 @@ def test_packages_hold_no_code_in_their_init():
             and not (isinstance(n, ast.Assign) and init.parent.name == "delivery")
         ]
         assert not code, f"{init.relative_to(ROOT)} should hold only its docstring"
+
+
+def test_the_client_and_the_cli_use_none_of_the_servers_modules():
+    """So `delivery.client` can be copied, or installed, next to code that has no CrewAI."""
+    own = {module_name(p) for p in python_files()}
+    assert _imports(ROOT / "delivery" / "client.py", own) == set()
+    assert _imports(ROOT / "delivery" / "cli.py", own) == {"delivery.client"}

@@ -258,6 +258,7 @@ def test_the_runs_event_record_keeps_every_event_but_tokens():
         if event.type == compat.CrewEvent.task_completed.value:
             state = compat.crewai_event_bus.runtime_state
             assume(state is not None, "a kickoff's runtime state (its event record) is on the bus during the run")
+            assert state is not None
             recorded.extend(node.event.type for node in state.event_record.nodes.values())
 
     llm = ScriptedLLM(model="scripted-test-double", agent_name="QAEngineer", requirement="Build a wiki")
