@@ -212,4 +212,3 @@ if __name__ == "__main__":
     s = get_settings()
     configure_logging(s.log_level, s.log_format)
     uvicorn.run("main:app", host=s.host, port=s.port, log_level=s.log_level, log_config=None)
-

@@ -161,4 +161,3 @@ def freeze_startup_heap() -> None:
     Runtime: tests build many."""
     gc.collect()
     gc.freeze()
-

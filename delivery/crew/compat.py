@@ -163,7 +163,7 @@ def forget_token_events() -> None:
     stopped every thread, the SSE loop included, for 0.2-0.7 s (docs/benchmarks.md). Nothing
     reads token nodes back: the record's readers look for task and crew events, and tolerate
     missing links (EventRecord.add checks each id)."""
-    EventRecord.add = _record_all_but_tokens  # type: ignore[method-assign]
+    EventRecord.add = _record_all_but_tokens  # type: ignore[method-assign, assignment]
 
 
 @contextlib.contextmanager
