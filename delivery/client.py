@@ -152,9 +152,7 @@ def _error_for(response: httpx.Response, what: str) -> DeliveryError:
     message = " ".join(str(detail or response.text or response.reason_phrase).split())
     code = response.status_code
     if code == 404:
-        return TaskNotFoundError(
-            f"{what}: not found on {response.request.url.host} ({message}); check the task id.", code
-        )
+        return TaskNotFoundError(f"{what} was not found on {response.request.url.netloc.decode()}: {message}", code)
     if code in (401, 403):
         return AuthenticationError(f"{message} (set DELIVERY_API_KEY or pass --api-key)", code)
     if code == 409:
