@@ -147,21 +147,28 @@ class Follower:
                 f"Waiting for an answer: delivery confirm {task_id} (or --changes 'what to change') from another shell."
             )
             return
+        rounds_left = int((event.metadata or {}).get("revision_rounds_left", 1))
+        choices = ["approve", "changes", "wait"] if rounds_left > 0 else ["approve", "wait"]
         answer = Prompt.ask(
-            "Approve it, request changes, or leave it waiting",
-            choices=["approve", "changes", "wait"],
+            "Approve it, request changes, or leave it waiting"
+            if rounds_left > 0
+            else "No revision rounds left: approve it, or leave it waiting",
+            choices=choices,
             default="approve",
             console=self.console,
         )
-        if answer == "approve":
-            self.client.confirm(task_id, approved=True)
-        elif answer == "changes":
-            feedback = ""
-            while not feedback.strip():
-                feedback = Prompt.ask("What should change", console=self.console)
-            self.client.confirm(task_id, approved=False, feedback=feedback)
-        else:
-            self.console.print(f"Still waiting; answer later with: delivery confirm {task_id}")
+        try:
+            if answer == "approve":
+                self.client.confirm(task_id, approved=True)
+            elif answer == "changes":
+                feedback = ""
+                while not feedback.strip():
+                    feedback = Prompt.ask("What should change", console=self.console)
+                self.client.confirm(task_id, approved=False, feedback=feedback)
+            else:
+                self.console.print(f"Still waiting; answer later with: delivery confirm {task_id}")
+        except DeliveryError as refused:  # e.g. it was cancelled or timed out meanwhile
+            self.console.print(Text(f"Not recorded: {refused}", "yellow"))
 
     def _ask_on_interrupt(self, task_id: str) -> str:
         if not self.interactive:

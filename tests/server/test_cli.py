@@ -38,6 +38,7 @@ def test_run_asks_to_confirm_takes_changes_then_approval_and_saves_the_deliverab
     child.sendline("approve")
     for agent in AGENTS[1:]:
         child.expect(f"{agent} is writing")
+    child.expect("4/4 steps")
     child.expect("Verdict: GO")
     child.expect(rf"Deliverables saved in delivery-{task_id[:8]}/")
     assert finish(child) == 0
@@ -47,6 +48,24 @@ def test_run_asks_to_confirm_takes_changes_then_approval_and_saves_the_deliverab
     assert status["status"] == "succeeded"
     result = httpx.get(f"{cli_server.url}/api/task/{task_id}/result").json()
     assert (folder / "REQUIREMENTS.md").read_text() == result["deliverables"]["requirements_analysis"]
+
+
+def test_without_revision_rounds_left_only_approve_or_wait_is_offered(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = start_server(max_revision_rounds=1)
+    child = terminal(server.url, "run", "Build a todo app", "--no-download", cwd=tmp_path)
+    child.expect(r"approve/changes/wait")
+    child.sendline("changes")
+    child.expect("What should change")
+    child.sendline("Add reminders")
+    child.expect("No revision rounds left: approve it, or leave it waiting")
+    child.expect(r"approve/wait")
+    child.sendline("changes")  # not a choice: asked again
+    child.expect("Please select one of the available options")
+    child.sendline("approve")
+    child.expect("Verdict: GO")
+    assert finish(child) == 0
 
 
 def test_ctrl_c_then_detach_leaves_the_task_running_and_follow_joins_it(cli_server: Server, tmp_path: Path) -> None:
