@@ -125,6 +125,35 @@ class Event:
     def terminal(self) -> bool:
         return self.event_type in TERMINAL_EVENT_TYPES
 
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The event as a plain tuple, which the cyclic garbage collector stops tracking (when its
+        metadata is None, as for tokens): how a finished log is held (memory.py, _FinishedLog)."""
+        return (
+            self.task_id,
+            self.sequence,
+            self.agent_name,
+            self.event_type,
+            self.content,
+            self.ts,
+            self.metadata,
+            self._sse,
+        )
+
+    @classmethod
+    def from_tuple(cls, fields: tuple[Any, ...]) -> Event:
+        event = cls.__new__(cls)
+        (
+            event.task_id,
+            event.sequence,
+            event.agent_name,
+            event.event_type,
+            event.content,
+            event.ts,
+            event.metadata,
+            event._sse,
+        ) = fields
+        return event
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "task_id": self.task_id,

@@ -93,3 +93,30 @@ def test_a_viewer_of_a_log_that_is_let_go_reads_on_and_the_next_replays_it_from_
     finally:
         manager.close()
         store.close()
+
+
+def test_a_held_finished_log_is_out_of_the_garbage_collectors_sight_and_replays_the_same():
+    """Held as plain tuples, which the collector stops tracking at its next pass (tokens have no
+    metadata); read back as equal events with the same SSE frames."""
+    import gc
+
+    backend = MemoryEventBackend()
+    backend.open("t")
+    for n in range(EVENTS):
+        backend.publish("t", "QAEngineer", "thought", f"{CONTENT}{n}", None)
+    running = backend.events("t")
+    frames = [event.sse for event in running[:5]]  # some encoded, as a viewer would have
+    backend.publish("t", "System", "end", "done", {"verdict": "GO"})
+    held = backend._streams["t"].log
+    rows = held._rows  # type: ignore[attr-defined]
+    gc.collect()
+    assert sum(gc.is_tracked(row) for row in rows) == 1  # the terminal event, with its metadata
+    replayed = asyncio.run(read_all(backend, "t", 0))
+    assert replayed == [*running, Event("t", EVENTS + 1, "System", "end", "done", replayed[-1].ts, {"verdict": "GO"})]
+    assert [event.sse for event in replayed[:5]] == frames
+    assert [event.sse for event in replayed] == [event.sse for event in backend.events("t")]
+    assert asyncio.run(read_all(backend, "t", EVENTS - 2)) == replayed[EVENTS - 2 :]
+
+
+async def read_all(backend: MemoryEventBackend, task_id: str, after: int) -> list[Event]:
+    return [event async for batch in iterate(backend.subscription(task_id, after)) for event in batch]
