@@ -214,7 +214,9 @@ class _Resume:
         return headers, params
 
     def accept(self, sse: ServerSentEvent) -> Event | None:
-        if sse.event == "" or not sse.data:  # a comment (ping) or a bare retry
+        if sse.event == "shutdown" or not sse.data:
+            # Not a task event: `shutdown` (the server is going away; the stream then closes and
+            # is resumed after the last event, as its `resume` field says), or an empty frame.
             return None
         event = Event.model_validate_json(sse.data)
         if event.sequence <= self.last:

@@ -4,6 +4,7 @@ confirm, cancel, result, download, API keys and stream tokens, and one-line erro
 from __future__ import annotations
 
 import asyncio
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -219,3 +220,39 @@ def test_a_stream_token_opens_the_stream_without_the_key(keyed_server: Server) -
         with pytest.raises(AuthenticationError):
             list(viewer.events(task.task_id, token=token[:-2] + "xx"))
     assert events[-1].event_type == "end" and [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+def test_events_go_on_across_a_server_restart(start_server: Callable[..., Server], tmp_path: Path) -> None:
+    """SIGTERM sends the waiting task's viewers a `shutdown` frame and closes; the client skips
+    it, reconnects until the restarted server answers, and goes on after the last event it had."""
+    data = tmp_path / "data"
+    server = start_server(data_dir=data)
+    events: list[Event] = []
+    failure: list[BaseException] = []
+    asked = threading.Event()
+
+    def follow(task_id: str) -> None:
+        try:
+            with DeliveryClient(server.url) as viewer:
+                for event in viewer.events(task_id):
+                    events.append(event)
+                    if event.event_type == "awaiting_confirmation":
+                        asked.set()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failure.append(exc)
+
+    with DeliveryClient(server.url) as client:
+        task = client.run("Build a diary")
+    viewer = threading.Thread(target=follow, args=(task.task_id,), daemon=True)
+    viewer.start()
+    assert asked.wait(60)
+    before = len(events)
+    server.proc.terminate()
+    server.proc.wait(timeout=15)
+    again = start_server(data_dir=data, port=server.port)
+    with DeliveryClient(again.url) as client:
+        client.confirm(task.task_id)
+    viewer.join(60)
+    assert not viewer.is_alive() and not failure, failure
+    assert before >= 2 and events[before].event_type == "confirmed"
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1)) and events[-1].event_type == "end"
