@@ -84,23 +84,7 @@ class Event:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        return (
-            self.task_id,
-            self.sequence,
-            self.agent_name,
-            self.event_type,
-            self.content,
-            self.ts,
-            self.metadata,
-        ) == (
-            other.task_id,
-            other.sequence,
-            other.agent_name,
-            other.event_type,
-            other.content,
-            other.ts,
-            other.metadata,
-        )
+        return self.as_tuple()[:7] == other.as_tuple()[:7]  # the fields; not the cached SSE frame
 
     __hash__ = None  # type: ignore[assignment]  # mutable metadata: not hashable
 
