@@ -66,6 +66,7 @@ class Subscriber:
 async def subscribe(
     host: str, port: int, sub: Subscriber, *, stop: asyncio.Event | None = None, first_only: bool = False
 ) -> Subscriber:
+    requested_at = time.time()
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(f"GET /api/stream/{sub.task_id} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
     buffer = b""
@@ -99,7 +100,9 @@ async def subscribe(
                     continue
                 sub.sequences.append(int(block[4 : block.index(b"\n")]))
                 i = block.find(b'"timestamp":"')
-                sub.latencies.append(now - parse_ts(block[i + 13 : i + 37]))
+                # An event published before this viewer asked for the stream waited for the viewer,
+                # not for the server: count from the request (from the publish otherwise).
+                sub.latencies.append(now - max(parse_ts(block[i + 13 : i + 37]), requested_at))
                 sub.received.append(now)
                 if sub.first_event_at is None:
                     sub.first_event_at = now
