@@ -13,10 +13,12 @@ mirror exactly as with the memory backend: one Redis connection per process, not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -164,6 +166,13 @@ class RedisEventBackend(EventBackend):
         self._ended_here: set[str] = set()
         self._tailed: dict[str, int] = {}  # task_id -> last sequence replicated
         self._tail_lock = threading.Lock()
+        # The reader blocks in XREAD on the logs it tails; a log tailed meanwhile (a new task, a
+        # viewer loading one) wakes it through an entry in this process's own wake stream, so its
+        # first events do not wait out the block (READ_BLOCK_MS).
+        self._wake_key = f"mad:reader:{uuid.uuid4().hex}"
+        self._wake_seen: bytes | str = "0-0"
+        self._reader_blocked = False
+        self._tail_added = threading.Event()
         self._running = False
         self._threads: list[threading.Thread] = []
         self._published = 0  # events this process's writer appended (only that thread changes it)
@@ -192,8 +201,11 @@ class RedisEventBackend(EventBackend):
             return
         self._running = False
         self._outbox_ready.set()
+        self._wake_reader()
         for thread in self._threads:
             thread.join(timeout=15)
+        with contextlib.suppress(redis.RedisError):
+            self._redis.delete(self._wake_key)
         self._redis.close()
 
     # -- writing ----------------------------------------------------------------------------
@@ -202,8 +214,7 @@ class RedisEventBackend(EventBackend):
         if not self._redis.hsetnx(_meta_key(task_id), "seq", 0):
             raise ValueError(f"stream {task_id} already exists")
         self._mirror.open(task_id)
-        with self._tail_lock:
-            self._tailed[task_id] = 0
+        self._tail(task_id, 0)
 
     def publish(
         self, task_id: str, agent_name: str, event_type: str, content: str, metadata: dict[str, Any] | None = None
@@ -282,8 +293,7 @@ class RedisEventBackend(EventBackend):
             return True
         self._mirror.replicate(task_id, events)
         if not (events and events[-1].event_type in TERMINAL_EVENT_TYPES):
-            with self._tail_lock:
-                self._tailed[task_id] = events[-1].sequence if events else 0
+            self._tail(task_id, events[-1].sequence if events else 0)
         return True
 
     def attach_store(self, stored_events: Callable[[str], list[Event]]) -> None:
@@ -313,25 +323,55 @@ class RedisEventBackend(EventBackend):
         entries = cast(_Entries, self._redis.xrange(_events_key(task_id), min=f"{sequence + 1}-0"))
         return [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
 
+    def _tail(self, task_id: str, sequence: int) -> None:
+        """Mirror the task's log from Redis after `sequence`, starting now."""
+        with self._tail_lock:
+            self._tailed[task_id] = sequence
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """End the reader's wait now, so it reads the logs it tails as they are now."""
+        self._tail_added.set()
+        with self._tail_lock:
+            if not self._reader_blocked:
+                return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1)
+            pipe.expire(self._wake_key, 3600)
+            pipe.execute()
+        except redis.RedisError as exc:  # it still looks again after READ_BLOCK_MS
+            log.warning("could not wake the Redis reader (%s)", exc)
+
     def _read_loop(self) -> None:
         reader = redis.Redis(connection_pool=self._redis.connection_pool)
         # XREAD's reply as the parser (hiredis) built it: redis-py's own callback makes a dict
         # per entry in Python, the reader's largest cost after the network.
         reader.set_response_callback("XREAD", _as_is)
+        wake_key = self._wake_key.encode()
         while self._running:
+            self._tail_added.clear()
             with self._tail_lock:
-                streams = {_events_key(t): f"{seq}-0" for t, seq in self._tailed.items()}
+                streams: dict[Any, Any] = {_events_key(t): f"{seq}-0" for t, seq in self._tailed.items()}
+                self._reader_blocked = bool(streams)
             if not streams:
-                time.sleep(READ_BLOCK_MS / 1000)
+                self._tail_added.wait(READ_BLOCK_MS / 1000)
                 continue
+            streams[self._wake_key] = self._wake_seen
             try:
-                replies = reader.xread(cast(Any, streams), count=WRITE_BATCH, block=READ_BLOCK_MS)
+                replies = reader.xread(streams, count=WRITE_BATCH, block=READ_BLOCK_MS)
             except redis.RedisError as exc:
                 log.error("Redis read failed (%s); retrying in 1 s", exc)
                 time.sleep(1.0)
                 continue
+            finally:
+                with self._tail_lock:
+                    self._reader_blocked = False
             # RESP3 (redis-py's default) sends {key: entries}, RESP2 [[key, entries], ...].
             for key, entries in cast(_Replies, replies.items() if isinstance(replies, dict) else replies or []):
+                if key == wake_key:
+                    self._wake_seen = entries[-1][0]
+                    continue
                 task_id = key.decode().split(":")[2]
                 with self._tail_lock:
                     held = self._tailed.get(task_id)
@@ -375,8 +415,7 @@ class RedisEventBackend(EventBackend):
         self._mirror.restore(task_id, events, closed)
         if not closed:
             self._ended_here.discard(task_id)
-            with self._tail_lock:
-                self._tailed[task_id] = last
+            self._tail(task_id, last)
 
     def is_closed(self, task_id: str) -> bool:
         return task_id in self._ended_here or self._mirror.is_closed(task_id)

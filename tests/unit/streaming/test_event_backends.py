@@ -233,3 +233,32 @@ def test_with_an_archive_viewers_see_only_what_it_has_committed():
         sub.close()
 
     run(scenario, backend)
+
+
+@pytest.mark.system
+def test_a_log_tailed_while_the_reader_waits_is_read_at_once(monkeypatch):
+    """The reader waits READ_BLOCK_MS for new entries of the logs it tails (here 30 s, so that a
+    reader left waiting would fail the test): a log tailed meanwhile wakes it, whether it waited
+    with nothing to tail or blocked in XREAD on other logs."""
+    from delivery.streaming import redis_backend
+
+    monkeypatch.setattr(redis_backend, "READ_BLOCK_MS", 30_000)
+    url = ensure_redis()
+    api, worker = RedisEventBackend(url, ttl_s=60), RedisEventBackend(url, ttl_s=60)
+    first, second = new_id(), new_id()
+
+    async def scenario(loop) -> None:
+        await asyncio.sleep(0.3)  # the API's reader is waiting, with nothing to tail
+        for task_id in (first, second):  # then blocked in XREAD on `first` when `second` comes
+            api.open(task_id)
+            assert await asyncio.to_thread(worker.load, task_id) is True
+            worker.publish(task_id, "ProductManager", "thought", f"the first token of {task_id}")
+            await until(lambda: len(api.events(task_id)) == 1, timeout=10)  # noqa: B023 - awaited here
+            assert api.events(task_id)[0].content == f"the first token of {task_id}"
+
+    try:
+        run(scenario, api, worker)
+    finally:
+        for backend in (api, worker):
+            backend.bind_loop(None)
+            backend.stop()  # wakes its reader too: it does not wait out the 30 s
