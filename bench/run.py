@@ -186,10 +186,18 @@ def throughput(kind: str, core: bool, rate: float = 0, **env) -> dict:
         rounds = [measured_round(server, core, rate) for _ in range(ROUNDS)]
     finally:
         server.stop()
-    best = sorted(rounds, key=lambda r: r["events_per_s"])[len(rounds) // 2]  # the median round
+    return median_round(rounds)
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The median round by delivered events/s, with what holds over all rounds: exactness, losses,
+    and the worst 1-s window of any round (a stall is a stall whichever round it falls in)."""
+    best = sorted(rounds, key=lambda r: r["events_per_s"])[len(rounds) // 2]
     best["rounds_events_per_s"] = [round(r["events_per_s"]) for r in rounds]
     best["all_exact"] = all(r["subscribers_exact"] == r["subscribers"] for r in rounds)
     best["lost_total"] = sum(r["lost"] for r in rounds)
+    best["rounds_worst_window_p99_ms"] = [round(r["worst_window_p99_ms"], 1) for r in rounds]
+    best["rounds_max_ms"] = [round(r["max_ms"], 1) for r in rounds]
     return best
 
 
@@ -373,9 +381,7 @@ def replicas() -> dict:
             parts.append(nginx)
             measured_round(nginx, False)  # warm-up: imports and first crews in both workers
             rounds = [measured_round(nginx, False) for _ in range(ROUNDS)]
-            paced = sorted(rounds, key=lambda r: r["events_per_s"])[len(rounds) // 2]
-            paced["all_exact"] = all(r["subscribers_exact"] == r["subscribers"] for r in rounds)
-            paced["lost_total"] = sum(r["lost"] for r in rounds)
+            paced = median_round(rounds)
             first = asyncio.run(_ttfe(nginx))
             idle = asyncio.run(_idle(servers[0], IDLE_N // 5))
         finally:
