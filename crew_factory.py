@@ -28,7 +28,7 @@ from typing import Any
 
 from agents_config import APPROVED_ANALYSIS, EARLIER_DELIVERABLE, LANGUAGE_INSTRUCTIONS, REVISION_REQUEST, AgentSpec
 from delivery.crew.checks import CheckResult, DocumentChecks
-from delivery.crew.compat import Agent, Crew, CrewEvent, CrewOutput, Process, Task, stream_sink
+from delivery.crew.compat import CPU_TURNS, Agent, Crew, CrewEvent, CrewOutput, Process, Task, stream_sink
 from delivery.crew.roster import ROSTER
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.providers import LLMFactory
@@ -231,7 +231,7 @@ def build_delivery_crew(record: TaskRecord, llm_factory: LLMFactory, checks: Doc
 
 
 def _kickoff(crew: Crew, handler: CrewEventsHandler) -> list[str]:
-    with stream_sink(handler):
+    with stream_sink(handler), CPU_TURNS.taken():
         output = crew.kickoff()
     assert isinstance(output, CrewOutput), "our crews do not use CrewAI's own streaming mode"
     return [task_output.raw for task_output in output.tasks_output]

@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
@@ -92,6 +93,7 @@ class CrewEvent(str, Enum):
     tool_usage_started = "tool_usage_started"  # .tool_name
     llm_stream_chunk = "llm_stream_chunk"  # .chunk
     llm_call_completed = "llm_call_completed"  # .usage (prompt_tokens, completion_tokens), .response
+    llm_call_failed = "llm_call_failed"
     task_completed = "task_completed"  # .task, .output.raw
 
 
@@ -179,6 +181,48 @@ def stream_sink(sink: Callable[[Any, Any], None]) -> Iterator[None]:
         yield
     finally:
         reset_stream_sinks(token)
+
+
+class CpuTurns:
+    """Lets one crew at a time run the stretches between its model calls (kickoff, an agent's
+    set-up, parsing and checking an answer); a crew waiting for its model runs freely.
+
+    Those stretches are pure Python (~60-85 ms per kickoff). When 20 crews start or hand over
+    together they all want the GIL at once, and the SSE loop and the archiver (viewers see an
+    event once it is stored) queue for it behind them. Taking turns costs no throughput, since
+    the GIL runs those stretches one at a time anyway, and it lowered the worst 1-s window of
+    viewers' latency (docs/benchmarks.md, "Stalls"). A crew holds at most one turn; an error
+    anywhere in the crew gives it back."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Semaphore(1)
+
+    @contextlib.contextmanager
+    def taken(self) -> Iterator[None]:
+        """Hold a turn in this context, except while a model call of it runs."""
+        held = True
+        self._turn.acquire()
+
+        def sink(_source: Any, event: Any) -> None:
+            nonlocal held
+            kind = getattr(event, "type", "")
+            if kind == CrewEvent.llm_call_started.value and held:
+                held = False
+                self._turn.release()
+            elif kind in _CALL_ENDED and not held:
+                self._turn.acquire()
+                held = True
+
+        try:
+            with stream_sink(sink):
+                yield
+        finally:
+            if held:
+                self._turn.release()
+
+
+_CALL_ENDED = frozenset({CrewEvent.llm_call_completed.value, CrewEvent.llm_call_failed.value})
+CPU_TURNS = CpuTurns()
 
 
 @contextlib.contextmanager

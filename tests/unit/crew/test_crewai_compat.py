@@ -53,7 +53,12 @@ def test_crewais_telemetry_is_off_by_its_own_switches():
 
 
 def test_event_types_are_the_names_the_handler_maps():
-    from crewai.events.types.llm_events import LLMCallStartedEvent, LLMStreamChunkEvent
+    from crewai.events.types.llm_events import (
+        LLMCallCompletedEvent,
+        LLMCallFailedEvent,
+        LLMCallStartedEvent,
+        LLMStreamChunkEvent,
+    )
     from crewai.events.types.task_events import TaskCompletedEvent, TaskStartedEvent
     from crewai.events.types.tool_usage_events import ToolUsageStartedEvent
 
@@ -61,6 +66,8 @@ def test_event_types_are_the_names_the_handler_maps():
         compat.CrewEvent.task_started: TaskStartedEvent,
         compat.CrewEvent.task_completed: TaskCompletedEvent,
         compat.CrewEvent.llm_call_started: LLMCallStartedEvent,
+        compat.CrewEvent.llm_call_completed: LLMCallCompletedEvent,
+        compat.CrewEvent.llm_call_failed: LLMCallFailedEvent,
         compat.CrewEvent.llm_stream_chunk: LLMStreamChunkEvent,
         compat.CrewEvent.tool_usage_started: ToolUsageStartedEvent,
     }
