@@ -203,10 +203,10 @@ class CpuTurns:
         held = True
         self._turn.acquire()
 
-        def sink(_source: Any, event: Any) -> None:
+        def sink(_source: Any, event: Any) -> None:  # called for every event, tokens too: kept cheap
             nonlocal held
             kind = getattr(event, "type", "")
-            if kind == CrewEvent.llm_call_started.value and held:
+            if kind == _CALL_STARTED and held:
                 held = False
                 self._turn.release()
             elif kind in _CALL_ENDED and not held:
@@ -221,6 +221,7 @@ class CpuTurns:
                 self._turn.release()
 
 
+_CALL_STARTED = CrewEvent.llm_call_started.value  # plain strings: no Enum lookup per token
 _CALL_ENDED = frozenset({CrewEvent.llm_call_completed.value, CrewEvent.llm_call_failed.value})
 CPU_TURNS = CpuTurns()
 
