@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from dotenv import load_dotenv
 
@@ -47,7 +48,7 @@ from delivery.errors import (  # noqa: E402
     TaskStateConflictError,
 )
 from delivery.events import EventType  # noqa: E402
-from delivery.observability import metrics  # noqa: E402
+from delivery.observability import health, metrics  # noqa: E402
 from delivery.observability.logs import TaskLogContext, configure_logging  # noqa: E402
 from delivery.observability.metrics import HttpMetrics  # noqa: E402
 from delivery.runtime import Runtime, freeze_startup_heap  # noqa: E402
@@ -68,6 +69,7 @@ TEST_UI_CSP = (
     "frame-ancestors 'none'; form-action 'self'"
 )
 
+READINESS_TIMEOUT_S = 5.0
 UNREADABLE_BODY = (
     "The body could not be read as JSON: send UTF-8 encoded JSON text, with numbers of at most "
     "4300 digits (the fields and their limits are in /docs)."
@@ -104,6 +106,8 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         log.info("LLM: %s; up to %d concurrent tasks", runtime.model_label, settings.max_concurrent_tasks)
         yield
         maintenance.cancel()
+        # Off the loop: the crews may take a moment to reach their next event (Runtime.hand_back).
+        await asyncio.to_thread(runtime.hand_back)
         runtime.stop()
 
     app = FastAPI(
@@ -174,6 +178,22 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
             busy_workers=runtime.phases.busy,
             auth_required=request.app.state.auth.enabled,
         )
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict[str, Any]:
+        """Liveness: the process answers (restart it when this fails). Open, like /healthz."""
+        return health.LIVE
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "a part is failing"}})
+    async def readyz(runtime: RuntimeDep) -> JSONResponse:
+        """Readiness: the database, the event path, the broker and every background thread work
+        (send no traffic here while this is 503; the body names the failing parts). Open."""
+        try:
+            parts = await asyncio.wait_for(asyncio.to_thread(runtime.readiness), READINESS_TIMEOUT_S)
+        except TimeoutError:
+            parts = {"probe": f"the checks took over {READINESS_TIMEOUT_S:g} s: a part hangs (see the log)"}
+        status, body = health.readiness_answer(parts)
+        return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:

@@ -132,6 +132,13 @@ class StreamManager:
             if StreamManager._instance is self:
                 StreamManager._instance = None
 
+    def problems(self) -> dict[str, str | None]:
+        """Readiness of the event path: {part: what is wrong, or None}."""
+        parts = {"events": self._backend.problem()}
+        if self._archiver is not None:
+            parts["archiver"] = self._archiver.problem()
+        return parts
+
     # -- writing ----------------------------------------------------------------------------------
 
     def open(self, task_id: str) -> None:

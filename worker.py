@@ -77,6 +77,16 @@ def _start_in_a_pool_child(**_: Any) -> None:
     _worker_runtime()
 
 
+@signals.worker_shutting_down.connect
+def _hand_back(**_: Any) -> None:
+    """A warm shutdown (SIGTERM) waits for running tasks: stop their crews at their next event
+    and hand their phases back (Runtime.hand_back), so they end in seconds and any process resumes
+    them, instead of the worker waiting out whole crews. Off the signal handler's thread."""
+    runtime = _runtime
+    if runtime is not None:
+        threading.Thread(target=runtime.hand_back, name="hand-back").start()
+
+
 @signals.worker_shutdown.connect
 @signals.worker_process_shutdown.connect
 def _stop(**_: Any) -> None:

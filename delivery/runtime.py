@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from crew_factory import CrewEventsHandler, load_events_handler
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("multi_agent")
 WATCHDOG_INTERVAL_S = 0.5
+# How long a stopping process waits for its crews to reach their next event (compose gives
+# api and worker containers 30 s between SIGTERM and SIGKILL; Kubernetes 30 s by default).
+HAND_BACK_GRACE_S = 10.0
+# A watchdog that has not finished a pass for this long is stuck or dead (a pass waits out a
+# database restart for up to 30 s).
+WATCHDOG_STALE_S = 60.0
 
 
 class Runtime:
@@ -72,6 +79,9 @@ class Runtime:
         # out) go on from their first unfinished agent (docs/architecture.md, "Recovery").
         self.watchdog = Watchdog(self.runs, self.commands.resume)
         self._stopping = threading.Event()
+        self._hand_back_lock = threading.Lock()
+        self._watchdog_ran_at = time.monotonic()  # its last pass, failed or not (readiness)
+        self._handed_back = False
         self._collector: metrics.RuntimeCollector | None = None
         self._metrics_server: metrics.MetricsServer | None = None
         self._webhook_sender: WebhookSender | None = None
@@ -90,7 +100,7 @@ class Runtime:
         if self.role == "worker" and self.settings.metrics_port:  # API processes serve GET /metrics
             try:
                 self._metrics_server = metrics.MetricsServer(
-                    self.settings.metrics_host, self.settings.metrics_port, Auth(self.settings)
+                    self.settings.metrics_host, self.settings.metrics_port, Auth(self.settings), self.readiness
                 )
             except OSError as exc:
                 log.warning(
@@ -104,7 +114,8 @@ class Runtime:
                 self._metrics_server.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Hand the tasks back (if not done yet), then write out what is buffered and close."""
+        self.hand_back()
         if self._webhook_sender is not None:
             self._webhook_sender.stop()
         if self._metrics_server is not None:
@@ -116,25 +127,60 @@ class Runtime:
         self.streams.close()
         self.store.close()
 
+    def hand_back(self, grace_s: float = HAND_BACK_GRACE_S) -> list[str]:
+        """A graceful stop (SIGTERM; a Celery worker's warm shutdown) that keeps every task
+        (PhaseRunner.hand_back). Returns the ids handed back (by the first call: later ones wait
+        for it and return [])."""
+        with self._hand_back_lock:
+            if self._handed_back:
+                return []
+            self._handed_back = True
+            return self._hand_back(grace_s)
+
+    def _hand_back(self, grace_s: float) -> list[str]:
+        self._stopping.set()  # a worker's watchdog thread stops: it must not resume them here
+        self.executor.shutdown()
+        return self.phases.hand_back(grace_s)
+
+    def readiness(self) -> dict[str, str | None]:
+        """Every part this process needs, and what is wrong with each (None: fine): the database,
+        the event path (Redis and its threads, the archiver), the broker, the webhook sender, the
+        watchdog. A stopping process is not ready, so balancers send it nothing new."""
+        if self._stopping.is_set():
+            return {"process": "stopping: it hands its tasks back to the other processes"}
+        parts: dict[str, str | None] = {"database": self._database_problem(), **self.streams.problems()}
+        parts["executor"] = self.executor.problem()
+        if self._webhook_sender is not None:
+            parts["webhooks"] = self._webhook_sender.problem()
+        silent = time.monotonic() - self._watchdog_ran_at
+        parts["watchdog"] = (
+            f"the watchdog has not run for {silent:.0f} s; restart this process (its log says why)"
+            if silent > WATCHDOG_STALE_S
+            else None
+        )
+        return parts
+
+    def _database_problem(self) -> str | None:
+        try:
+            self.store.ping()
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the database is not usable
+            log.warning("readiness: the database is unreachable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return f"the task database is unreachable ({type(exc).__name__}); check DATABASE_URL and the database"
+        return None
+
     async def maintain(self) -> None:
-        """The API process's watchdog loop; on shutdown it ends running tasks, then open streams."""
+        """The API process's watchdog loop; on shutdown it hands the tasks back, then ends open streams."""
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             if sse.server_exiting():
-                interrupted = await asyncio.to_thread(self._interrupt_all)
-                if interrupted:
-                    log.warning("shutting down: %d running tasks interrupted", len(interrupted))
-                sse.begin_shutdown()  # after the error events, which their viewers drain first
+                await asyncio.to_thread(self.hand_back)
+                sse.begin_shutdown()  # viewers get `shutdown` and reconnect to the next process
                 return
             try:
                 await asyncio.to_thread(self.watchdog.tick)
             except Exception:
                 log.exception("watchdog pass failed")
-
-    def _interrupt_all(self) -> list[str]:
-        interrupted = self.watchdog.interrupt_all()
-        self.streams.flush()  # their error events are shown once stored: store them now
-        return interrupted
+            self._watchdog_ran_at = time.monotonic()
 
     def watch_in_thread(self) -> None:
         """A worker's watchdog: renew leases, enforce deadlines, reap and expire, until stop()."""
@@ -145,6 +191,7 @@ class Runtime:
                     self.watchdog.tick()
                 except Exception:
                     log.exception("watchdog pass failed")
+                self._watchdog_ran_at = time.monotonic()
 
         threading.Thread(target=watch, name="watchdog", daemon=True).start()
 

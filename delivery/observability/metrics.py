@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delivery.errors import AuthenticationRequiredError, DomainError
+from delivery.observability import health
 from delivery.security.auth import Auth
 from delivery.tasks.records import TaskStatus
 
@@ -184,14 +185,25 @@ class MetricsServer:
     """A worker's metrics endpoint (it has no web server of its own): GET /metrics on
     METRICS_HOST:METRICS_PORT, behind the API keys when they are on."""
 
-    def __init__(self, host: str, port: int, auth: Auth) -> None:
+    def __init__(
+        self, host: str, port: int, auth: Auth, readiness: Callable[[], dict[str, str | None]] | None = None
+    ) -> None:
+        """`readiness`: the process's parts and their problems, served at /readyz (with /livez)."""
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404, "Not Found: metrics are at /metrics")
+                path = self.path.split("?")[0]
+                if path == "/livez":
+                    status, body, content_type = 200, json.dumps(health.LIVE).encode(), "application/json"
+                elif path == "/readyz" and readiness is not None:
+                    status, answer = health.readiness_answer(readiness())
+                    body, content_type = json.dumps(answer).encode(), "application/json"
+                elif path == "/metrics":
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    status, body, content_type = render(auth, headers)
+                else:
+                    self.send_error(404, "Not Found: metrics are at /metrics, health at /livez and /readyz")
                     return
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, body, content_type = render(auth, headers)
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))

@@ -103,6 +103,12 @@ class EventArchiver:
                     event.task_id,
                 )
 
+    def problem(self) -> str | None:
+        """Readiness: the thread that stores events died (viewers would see nothing new)."""
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stop.is_set():
+            return "the event archiver thread stopped; restart this process (its log says why)"
+        return None
+
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()

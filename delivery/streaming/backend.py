@@ -110,6 +110,10 @@ class EventBackend(ABC):
     def stop(self) -> None:
         """Finish background work: everything published so far is written."""
 
+    def problem(self) -> str | None:
+        """What keeps this backend from working now (readiness), or None."""
+        return None
+
     def attach_archive(self, archive: deque[Event] | None, wake: threading.Event | None = None) -> None:
         """Append every published event to `archive` and set `wake` (the archiver's) after it."""
         self.archive = archive

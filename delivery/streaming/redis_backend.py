@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -154,6 +155,7 @@ class RedisEventBackend(EventBackend):
     shared = True
 
     def __init__(self, url: str, *, maxlen: int = 100_000, ttl_s: float = 3600.0, memory_limit_bytes: int = 0) -> None:
+        self._url = url
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._append = self._redis.register_script(_APPEND)
         self._reseed = self._redis.register_script(_RESEED)
@@ -207,6 +209,22 @@ class RedisEventBackend(EventBackend):
         with contextlib.suppress(redis.RedisError):
             self._redis.delete(self._wake_key)
         self._redis.close()
+
+    def problem(self) -> str | None:
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if self._running and dead:
+            return f"the {' and '.join(dead)} thread stopped; restart this process (its log says why)"
+        try:
+            self._probe.ping()
+        except redis.RedisError as exc:
+            log.warning("readiness: Redis unreachable: %s", exc)
+            return f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL and that Redis runs"
+        return None
+
+    @functools.cached_property
+    def _probe(self) -> redis.Redis:
+        """A client of its own for readiness probes: a short timeout, no queueing behind the writer."""
+        return redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
 
     # -- writing ----------------------------------------------------------------------------
 

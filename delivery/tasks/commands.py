@@ -16,6 +16,7 @@ from delivery.observability import tracing
 from delivery.tasks.executors import Executor
 from delivery.tasks.records import Phase, TaskPriority, TaskRecord, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs
+from delivery.tasks.store import HANDED_BACK_AT
 from delivery.webhooks.addresses import AddressNotAllowedError, check_url
 
 
@@ -113,12 +114,14 @@ class TaskCommands:
         return r
 
     def resume(self, record: TaskRecord, lost: str) -> bool:
-        """Go on with a task whose phase was lost with its process (`lost` names it): from the
-        first agent that had not finished, on this process's executor, after a `resumed` event.
-        False when MAX_PHASE_ATTEMPTS are used up (the caller fails the task); True also when
-        another watchdog took the task over first."""
+        """Go on with a task whose phase was lost with its process, or handed back by it as it
+        stopped (`lost` says which): from the first agent that had not finished, on this process's
+        executor, after a `resumed` event. False when MAX_PHASE_ATTEMPTS are used up (the caller
+        fails the task); a hand-back does not count against them, as restarts are no fault of the
+        task's. True also when another watchdog took the task over first."""
         runs, settings = self._runs, self._runs.settings
-        if record.attempts >= settings.max_phase_attempts:
+        handed_back = record.heartbeat_at == HANDED_BACK_AT
+        if record.attempts >= settings.max_phase_attempts and not handed_back:
             return False
         previous_owner, previous_heartbeat = record.owner, record.heartbeat_at
         phase = record.phase or Phase.analysis
@@ -143,9 +146,17 @@ class TaskCommands:
             record.task_id,
             SYSTEM_AGENT,
             EventType.resumed.value,
-            f"{lost} was lost while running this task; {agent} starts again "
+            f"{lost}; {agent} starts again (attempt {record.attempts}). Finished work is kept."
+            if handed_back
+            else f"{lost} was lost while running this task; {agent} starts again "
             f"(attempt {record.attempts} of {settings.max_phase_attempts}). Finished work is kept.",
-            {"lost": lost, "agent": agent, "attempt": record.attempts, "max_attempts": settings.max_phase_attempts},
+            {
+                "lost": lost,
+                "agent": agent,
+                "attempt": record.attempts,
+                "max_attempts": settings.max_phase_attempts,
+                "handed_back": handed_back,
+            },
         )
         self._hold(record)
         self._executor.dispatch(record.task_id, phase, record.attempts, record.priority)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 # run_phase(task_id, phase, attempt): the attempt lets a worker drop a message that is stale (its
 # phase was taken over and resumed since) or a redelivered duplicate.
 RunPhase = Callable[[str, Phase, int], None]
+log = logging.getLogger(__name__)
 RUN_PHASE = "worker.run_phase"  # the Celery task's name (worker.py): run_phase(task_id, phase, attempt)
 
 
@@ -35,6 +37,10 @@ class Executor(ABC):
 
     def shutdown(self) -> None:
         pass
+
+    def problem(self) -> str | None:
+        """What keeps phases from being dispatched now (readiness), or None."""
+        return None
 
 
 class ThreadExecutor(Executor):
@@ -52,11 +58,14 @@ class ThreadExecutor(Executor):
         self._waiting: list[tuple[int, int, str, Phase, int]] = []  # (rank, arrival, task_id, phase, attempt)
         self._arrivals = itertools.count()
         self._lock = threading.Lock()
+        self._shut_down = False
 
     def dispatch(self, task_id: str, phase: Phase, attempt: int, priority: TaskPriority) -> None:
         with self._lock:
             heapq.heappush(self._waiting, (priority.rank, next(self._arrivals), task_id, phase, attempt))
-        self._pool.submit(self._run_next)
+            if self._shut_down:  # the process is stopping: the task stays queued, to be handed back
+                return
+            self._pool.submit(self._run_next)
 
     def _run_next(self) -> None:
         with self._lock:
@@ -64,6 +73,9 @@ class ThreadExecutor(Executor):
         self._run_phase(task_id, phase, attempt)
 
     def shutdown(self) -> None:
+        """Start no more phases; those waiting stay queued (in the store) for the next process."""
+        with self._lock:
+            self._shut_down = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -77,6 +89,15 @@ class CeleryExecutor(Executor):
 
         self._app = app
         self._priorities = {p: broker_priority(app, p) for p in TaskPriority}
+
+    def problem(self) -> str | None:
+        try:
+            with self._app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+        except Exception as exc:  # noqa: BLE001 - each transport raises its own errors
+            log.warning("readiness: the Celery broker is unreachable: %s", exc)
+            return f"the Celery broker is unreachable ({type(exc).__name__}); check CELERY_BROKER_URL or REDIS_URL"
+        return None
 
     def dispatch(self, task_id: str, phase: Phase, attempt: int, priority: TaskPriority) -> None:
         self._app.send_task(RUN_PHASE, args=[task_id, phase.value, attempt], priority=self._priorities[priority])

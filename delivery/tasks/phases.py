@@ -37,6 +37,10 @@ class PhaseNotStartedError(Exception):
     """A phase could not be taken up (the store or Redis unreachable) before anything ran."""
 
 
+class ProcessStoppingError(Exception):
+    """A phase arrived after this process began to stop (Runtime.hand_back)."""
+
+
 class PhaseRunner:
     def __init__(
         self,
@@ -55,6 +59,34 @@ class PhaseRunner:
         self._busy_lock = threading.Lock()
         self._take_up_lock = threading.Lock()
         self._executor_local = True  # set by the Runtime: False when phases come from Celery
+
+    def hand_back(self, grace_s: float) -> list[str]:
+        """Stop this process's work so that no task is lost (its process is stopping): no phase
+        starts here any more, running crews stop at their next event, and every queued or running
+        phase this process owns is marked handed back in the store. The next process (this one
+        restarted, or any other replica or worker) resumes each from its first unfinished agent
+        at once, as after a crash but without waiting out the lease or using up an attempt;
+        viewers see `resumed` and the sequence goes on. Returns the ids handed back."""
+        runs = self._runs
+        with self._take_up_lock:  # a phase being taken up now is held once we have the lock
+            runs.stopping = True
+        for run in runs.all():
+            run.aborted.set()
+        deadline = time.monotonic() + grace_s
+        while any(run.phase_started for run in runs.all()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        still = [run.record.task_id for run in runs.all() if run.phase_started]
+        if still:  # a model call that streams nothing: its next event stops it (rule 4 in runs.py)
+            log.warning("stopping: %d crews did not stop within %g s: %s", len(still), grace_s, still)
+        runs.streams.flush()  # what viewers saw is stored before another process resumes
+        try:
+            handed = runs.store.hand_back(runs.instance_id)
+        except Exception:
+            log.exception("stopping: the tasks could not be handed back; they resume once their lease runs out")
+            return []
+        if handed:
+            log.warning("stopping: %d tasks handed back for the next process to resume: %s", len(handed), handed)
+        return handed
 
     @property
     def busy(self) -> int:
@@ -92,6 +124,8 @@ class PhaseRunner:
         duplicate of a phase running here."""
         runs = self._runs
         with self._take_up_lock:  # two deliveries of one message at once: one takes it up
+            if runs.stopping:  # the message goes back to the broker; a local phase is handed back
+                raise ProcessStoppingError("this process is stopping")
             run = runs.get(task_id)
             if run is not None and run.phase_started:
                 r = run.record
@@ -180,7 +214,7 @@ class PhaseRunner:
     def _begin(self, run: Run) -> None:
         with run.lock:
             r = run.record
-            if r.status.finished:
+            if r.status.finished or run.aborted.is_set():
                 raise TaskAborted()
             first = r.started_at is None
             r.status = TaskStatus.running

@@ -117,6 +117,8 @@ class Runs:
         self._runs: dict[str, Run] = {}
         # Until when this process may be sure no other one has taken its runs over (rule 5).
         self.lease_until = math.inf
+        # Set as the process stops (Runtime.hand_back): no phase starts here any more.
+        self.stopping = False
 
     def renewed_lease(self, renewed_at: float) -> None:
         """The store renewed this process's leases as of `renewed_at` (the watchdog's heartbeat).

@@ -109,6 +109,15 @@ class TaskStore(ABC):
         those another process took over (their attempt moved on, or another owner has them)."""
 
     @abstractmethod
+    def hand_back(self, owner: str) -> list[str]:
+        """Mark the queued or running phases `owner` still owns as handed back (their heartbeat
+        HANDED_BACK_AT): any process may resume them at once. Returns the ids marked."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """One round trip to the database, at most `PING_TIMEOUT_S`, never retried (readiness)."""
+
+    @abstractmethod
     def finished_without_ending(self, since: float, until: float) -> list[TaskRecord]:
         """Tasks that finished between `since` and `until` but whose stored log has no terminal
         event: the process that ended them died before its event was stored."""
@@ -320,6 +329,10 @@ log = logging.getLogger(__name__)
 # How long a store call waits for an unreachable database (restarting, failing over) before it
 # gives up: long enough for a restart, short enough that nothing hangs.
 UNREACHABLE_WAIT_S = 30.0
+PING_TIMEOUT_S = 2.0
+# The heartbeat of a phase its process handed back as it stopped (SIGTERM): a lease already run
+# out, so the next process resumes it at once (Watchdog), and the hand-back is told from a loss.
+HANDED_BACK_AT = 0.0
 EVENTS_PER_INSERT = 500  # 3,500 parameters: within every driver's limit (SQLite's is 32,766)
 
 
@@ -356,7 +369,9 @@ class SqlTaskStore(TaskStore):
             # SQLite's busy loop keeps concurrent submits from ever seeing "database is locked".
             self._write_lock = threading.Lock()
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            # A database host that does not answer fails a connection in seconds, not minutes.
+            connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+            self.engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
         metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
         # sqlite3 uses ?, psycopg %s: the drivers we support for the raw event insert.
@@ -516,6 +531,21 @@ class SqlTaskStore(TaskStore):
                 for row in conn.execute(now_stored)
                 if row.attempts != held[row.task_id] or row.owner not in (None, owner)
             ]
+
+    def hand_back(self, owner: str) -> list[str]:
+        t = tasks_table
+        mine = and_(t.c.owner == owner, t.c.status.in_([TaskStatus.queued.value, TaskStatus.running.value]))
+        with self._write_lock, self.engine.begin() as conn:
+            ids = [row.task_id for row in conn.execute(select(t.c.task_id).where(mine))]
+            if ids:
+                conn.execute(update(t).where(mine, t.c.task_id.in_(ids)).values(heartbeat_at=HANDED_BACK_AT))
+        return ids
+
+    def ping(self) -> None:
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # LOCAL: the pooled connection keeps no limit
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(PING_TIMEOUT_S * 1000)}")
+            conn.exec_driver_sql("SELECT 1")
 
     def finished_without_ending(self, since: float, until: float) -> list[TaskRecord]:
         t, e = tasks_table, events_table
@@ -697,5 +727,5 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 # Every call of the store waits out a database restart (the pool's pre-ping replaces the
 # connections it broke); writes are single transactions, so a retry repeats all or nothing.
 for _name, _method in list(vars(SqlTaskStore).items()):
-    if callable(_method) and not _name.startswith("_") and _name != "close":
+    if callable(_method) and not _name.startswith("_") and _name not in ("close", "ping"):
         setattr(SqlTaskStore, _name, _until_reachable(_method))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from delivery.settings import EventBackendKind
 from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.runs import Ending, Runs
+from delivery.tasks.store import HANDED_BACK_AT
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,9 @@ GAVE_UP = (
     "as many as MAX_PHASE_ATTEMPTS={max_attempts} allows, so the task is given up. Submit it again."
 )
 ENDING_GRACE_S = 30.0
-SHUT_DOWN = "Interrupted: the server was shut down while the task ran. Submit it again."
 UNCLAIMED = "The message of its phase (no worker took it up within TASK_TIMEOUT_S={timeout:g} s)"
 LOST_OWNER = "The worker {owner} (no heartbeat for over {lease:g} s: killed, crashed or cut off)"
+HANDED_BACK = "{owner} stopped (a restart or deploy) and handed this task back"
 
 
 class Watchdog:
@@ -108,14 +109,17 @@ class Watchdog:
         """Resume (or, past MAX_PHASE_ATTEMPTS, fail) queued or running phases of other processes
         whose lease ran out; any process may do it, the store lets exactly one succeed. The lost
         owner, if it still lives, is fenced off: its attempt is over, so the store refuses its
-        writes and it stopped its crew before its lease ran out (Runs.lease_held)."""
+        writes and it stopped its crew before its lease ran out (Runs.lease_until). Phases handed
+        back by a process that stopped gracefully are resumed at once."""
         runs, lease, timeout = self._runs, self._runs.settings.task_lease_s, self._runs.settings.task_timeout_s
         lost: list[str] = []
         for r in runs.store.unfinished():
             if r.status is TaskStatus.awaiting_confirmation or runs.get(r.task_id) is not None:
                 continue
-            since = r.heartbeat_at or r.created_at
-            if r.owner is not None and since < now - lease:
+            since = r.created_at if r.heartbeat_at is None else r.heartbeat_at
+            if r.heartbeat_at == HANDED_BACK_AT:
+                how = HANDED_BACK.format(owner=r.owner or "its process")
+            elif r.owner is not None and since < now - lease:
                 how = LOST_OWNER.format(owner=r.owner, lease=lease)
             elif r.owner is None and since < now - timeout:  # dispatched, never claimed: the message is gone
                 how = UNCLAIMED.format(timeout=timeout)
@@ -150,7 +154,10 @@ class Watchdog:
                 if single_process:
                     runs.streams.make_available(record.task_id, live=True)
             elif self._left_by_earlier_run(record, single_process) and self._recover(
-                record, f"The process running it ({record.owner or 'this server'}, before its restart)"
+                record,
+                HANDED_BACK.format(owner=record.owner or "this server")
+                if record.heartbeat_at == HANDED_BACK_AT
+                else f"The process running it ({record.owner or 'this server'}, before its restart)",
             ):
                 failed.append(record.task_id)
         if failed:
@@ -159,13 +166,3 @@ class Watchdog:
 
     def _left_by_earlier_run(self, record: TaskRecord, single_process: bool) -> bool:
         return (record.owner == self._runs.instance_id or single_process) and self._runs.get(record.task_id) is None
-
-    def interrupt_all(self) -> list[str]:
-        """On shutdown: end this process's queued and running phases with an `error` event, so
-        their viewers learn it now (tasks awaiting confirmation are not running anywhere)."""
-        runs, ended = self._runs, []
-        for run in runs.all():
-            with run.lock:
-                if not run.record.status.finished and runs.end_run(run, Ending.failed(SHUT_DOWN)):
-                    ended.append(run.record.task_id)
-        return ended

@@ -105,6 +105,11 @@ class WebhookSender:
     def start(self) -> None:
         self._thread.start()
 
+    def problem(self) -> str | None:
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stopping.is_set():
+            return "the webhook sender thread stopped; restart this process (its log says why)"
+        return None
+
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=5)

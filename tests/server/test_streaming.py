@@ -204,14 +204,21 @@ def _rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def test_sigterm_ends_every_stream_with_a_final_event_and_interrupts_running_tasks(start_server, tmp_path):
+def test_sigterm_closes_every_stream_and_the_restarted_server_resumes_running_and_queued_tasks(start_server, tmp_path):
+    """A deploy (SIGTERM, then the same server again on the same data) keeps every task: the running
+    crew stops at its next event, the queued task stays queued, and the next process resumes both
+    from their first unfinished agent; viewers get `shutdown`, never an `error`, and each sequence
+    goes on exactly once. MAX_PHASE_ATTEMPTS=1: a hand-back uses up no attempt (a crash would)."""
     data = tmp_path / "data"
-    server = start_server(data_dir=data, scripted_token_delay_ms=20)
+    settings = {"data_dir": data, "scripted_token_delay_ms": 20, "max_concurrent_tasks": 1, "max_phase_attempts": 1}
+    server = start_server(**settings)
     with httpx.Client(base_url=server.url, timeout=30) as c:
         waiting = run_task(c, "Build a diary", skip_confirmation=False)
         read_stream(server.url, waiting, until_type="awaiting_confirmation")
         running = run_task(c, "Build a payroll system")
         read_stream(server.url, running, max_messages=20)
+        queued = run_task(c, "Build a library catalogue")
+        assert c.get(f"/api/task/{queued}/status").json()["status"] == "queued"
     results: dict = {}
 
     def view(name: str, task_id: str) -> None:
@@ -219,14 +226,14 @@ def test_sigterm_ends_every_stream_with_a_final_event_and_interrupts_running_tas
 
     viewers = [
         threading.Thread(target=view, args=(name, task_id), daemon=True)
-        for name, task_id in (("waiting-1", waiting), ("waiting-2", waiting), ("running", running))
+        for name, task_id in (("waiting-1", waiting), ("waiting-2", waiting), ("running", running), ("queued", queued))
     ]
     for v in viewers:
         v.start()
     with httpx.Client(base_url=server.url, timeout=30) as c:
         wait_for(
-            lambda: subscribers(c, waiting) == 2 and subscribers(c, running) == 1,
-            message="all three viewers to subscribe",
+            lambda: subscribers(c, waiting) == 2 and subscribers(c, running) == 1 and subscribers(c, queued) == 1,
+            message="all four viewers to subscribe",
         )
     started = time.monotonic()
     server.proc.terminate()
@@ -235,18 +242,31 @@ def test_sigterm_ends_every_stream_with_a_final_event_and_interrupts_running_tas
     for v in viewers:
         v.join(5)
         assert not v.is_alive(), "a viewer's stream was left hanging after shutdown"
-    last = results["running"].events[-1]
-    assert last["event_type"] == "error" and last["content"].startswith("Interrupted: the server was shut down")
-    for name in ("waiting-1", "waiting-2"):
-        final = results[name].messages[-1]
-        assert final.event == "shutdown" and final.id is None and "Last-Event-ID" in final.json["resume"]
-        assert results[name].closed_by_server
+    for name, result in results.items():
+        final = result.messages[-1]
+        assert final.event == "shutdown" and final.id is None and "Last-Event-ID" in final.json["resume"], name
+        assert result.closed_by_server and "error" not in [m.event for m in result.messages], name
+    assert "stopping: 2 tasks handed back" in server.log_text()
 
-    again = start_server(data_dir=data)
+    # The same data and port (viewers reconnect to the same address); a faster model, to finish.
+    again = start_server(port=server.port, **{**settings, "scripted_token_delay_ms": 1})
     with httpx.Client(base_url=again.url, timeout=30) as c:
         assert c.get(f"/api/task/{waiting}/status").json()["status"] == "awaiting_confirmation"
-        status = c.get(f"/api/task/{running}/status").json()
-        assert status["status"] == "failed" and status["error"] == last["content"]
+        for task_id in (running, queued):
+            assert wait_finished(c, task_id, timeout=120)["status"] == "succeeded", task_id
+    for name, task_id in (("running", running), ("queued", queued)):
+        before = [m.json for m in results[name].messages if m.event != "shutdown"]
+        seen = before[-1]["sequence"] if before else 0
+        rest = read_stream(again.url, task_id, headers={"Last-Event-ID": str(seen)})
+        assert rest.sequences == list(range(seen + 1, seen + 1 + len(rest.sequences))), name
+        types = [m.event for m in rest.messages]
+        assert types.count("resumed") == 1 and types[-1] == "end" and "error" not in types, (name, types)
+        resumed = rest.events[types.index("resumed")]
+        assert resumed["metadata"]["handed_back"] is True and resumed["metadata"]["attempt"] == 2
+        assert "stopped (a restart or deploy) and handed this task back" in resumed["content"]
+        replay = read_stream(again.url, task_id)
+        assert replay.sequences == list(range(1, len(replay.sequences) + 1))
+        assert replay.events == before + rest.events
 
 
 def test_fifty_viewers_of_one_task_each_receive_the_whole_log_once(slow_server):

@@ -23,6 +23,7 @@ class Worker:
 
     def __init__(self, env: dict[str, str], log_path: Path, pool: list[str] | None = None) -> None:
         self.log_path = log_path
+        self.env = env
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         pool = ["-P", "threads", "-c", "1"] if pool is None else pool
         self.proc = subprocess.Popen(

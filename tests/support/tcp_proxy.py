@@ -23,6 +23,7 @@ class CuttableProxy:
         self.sse_ids: list[list[int]] = []  # per connection that carried SSE events, in order
         self.resumed_after: list[int] = []  # per such connection: the id its request resumed after (0: none)
         self._writers: set[asyncio.StreamWriter] = set()
+        self.refusing = False
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -36,6 +37,9 @@ class CuttableProxy:
         self._loop.run_forever()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:  # the service behind is "down": every connection ends at once
+            writer.transport.abort()
+            return
         self.connections += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.update((writer, up_writer))
@@ -80,6 +84,14 @@ class CuttableProxy:
             return len(writers)
 
         return asyncio.run_coroutine_threadsafe(abort(), self._loop).result(10)
+
+    def down(self) -> None:
+        """The service behind goes away: open connections are cut, new ones are dropped."""
+        self.refusing = True
+        self.cut()
+
+    def up(self) -> None:
+        self.refusing = False
 
     def close(self) -> None:
         async def shut() -> None:

@@ -4,6 +4,7 @@ final status."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from delivery.errors import TaskStateConflictError
+from delivery.tasks.phases import PhaseNotStartedError
 from delivery.tasks.records import Phase, TaskPriority, TaskStatus
-from delivery.tasks.watchdog import LOST_OWNER
+from delivery.tasks.store import HANDED_BACK_AT
+from delivery.tasks.watchdog import HANDED_BACK, LOST_OWNER
 from tests.support.lifecycle import Lifecycle, handler_stepping_in
+from tests.support.waiting import wait_for
 
 LATER = 10**6  # seconds: "now" for a watchdog pass long after every deadline and lease
 
@@ -162,6 +166,7 @@ def test_a_reaper_taking_over_a_live_owner_fences_it_off_and_resumes_once(made, 
         "agent": "SoftwareDeveloper",
         "attempt": 2,
         "max_attempts": 3,
+        "handed_back": False,
     }
 
 
@@ -313,6 +318,94 @@ def test_a_process_does_not_reap_the_runs_it_holds(made, tmp_path):
     assert lc.watchdog.reap_lost(time.time() + LATER) == []
     lc.run_next()
     assert_one_ending(lc, task_id, "end", TaskStatus.succeeded)
+
+
+# -- a graceful stop (hand-back) vs the crew ---------------------------------------------------------
+
+
+def test_a_stopping_process_stops_its_crew_between_agents_and_another_resumes_it_at_once(made, tmp_path):
+    """SIGTERM while the QAEngineer has just finished: the crew stops at its next event, the task
+    stays running (no terminal event), and another process resumes it at its very next lease pass
+    (no lease to wait out) from the SoftwareDeveloper, with no attempt used up: MAX_PHASE_ATTEMPTS=1."""
+    handed: list[str] = []
+    holder: list[Lifecycle] = []
+    stopping: list[threading.Thread] = []
+
+    def stop_the_process() -> None:  # on the crew's thread, as SIGTERM arrives
+        owner = holder[0]
+        stopping.append(threading.Thread(target=lambda: handed.extend(owner.phases.hand_back(grace_s=10))))
+        stopping[0].start()
+        run = owner.runs.get(task_id)
+        assert run is not None
+        wait_for(run.aborted.is_set, 5, message="the hand-back to abort the crew")
+
+    owner = lifecycle(
+        made,
+        tmp_path,
+        name="owner",
+        max_phase_attempts=1,
+        handler_class=handler_stepping_in("QAEngineer", stop_the_process),
+    )
+    holder.append(owner)
+    nxt = lifecycle(made, tmp_path, name="next", shared_with=owner, max_phase_attempts=1)
+    task_id = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    owner.run_next()  # returns once the crew stopped at its first event after the step_end
+    stopping[0].join(10)
+    assert handed == [task_id]
+    types = owner.types(task_id)
+    assert types[-1] == "step_end" and not owner.terminal_events(task_id)
+    stored = owner.store.get(task_id)
+    assert (stored.status, stored.owner, stored.attempts, stored.completed_steps) == (TaskStatus.running, "owner", 1, 2)
+    assert stored.heartbeat_at == HANDED_BACK_AT
+    assert owner.runs.get(task_id) is None
+
+    assert nxt.watchdog.reap_lost(time.time()) == [task_id]  # now, not a lease later
+    assert nxt.run_next() is Phase.delivery
+    assert_one_ending(nxt, task_id, "end", TaskStatus.succeeded)
+    starts = [e.agent_name for e in nxt.log(task_id) if e.event_type == "agent_start"]
+    assert starts == ["ProductManager", "QAEngineer", "SoftwareDeveloper", "Coordinator"]
+    resumed = next(e for e in nxt.log(task_id) if e.event_type == "resumed")
+    assert resumed.metadata == {
+        "lost": HANDED_BACK.format(owner="owner"),
+        "agent": "SoftwareDeveloper",
+        "attempt": 2,
+        "max_attempts": 1,
+        "handed_back": True,
+    }
+    assert resumed.content.startswith(f"{HANDED_BACK.format(owner='owner')}; SoftwareDeveloper starts again")
+
+
+def test_a_stopping_process_starts_no_queued_phase_and_its_restart_resumes_them(made, tmp_path):
+    """Queued phases stay queued: none starts once the process stops (a Celery message goes back
+    to the broker), and the same instance, restarted, takes each up again."""
+    owner = lifecycle(made, tmp_path, name="owner")
+    first = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    second = owner.commands.submit("Build a diary", skip_confirmation=True).task_id
+    assert sorted(owner.phases.hand_back(grace_s=1)) == sorted([first, second])
+    task_id, phase, attempt = owner.executor.queue.pop(0)
+    with pytest.raises(PhaseNotStartedError, match="this process is stopping"):
+        owner.phases.run(task_id, phase, attempt)
+    assert owner.types(first) == [] and owner.store.get(first).status is TaskStatus.queued
+
+    restarted = lifecycle(made, tmp_path, name="owner", shared_with=owner)
+    assert sorted(restarted.watchdog.recover_at_start()) == sorted([first, second])
+    for _ in range(2):
+        restarted.run_next()
+    for task_id in (first, second):
+        assert_one_ending(restarted, task_id, "end", TaskStatus.succeeded)
+        assert restarted.types(task_id)[:2] == ["resumed", "start"]
+
+
+def test_a_hand_back_leaves_tasks_of_other_processes_and_finished_ones_alone(made, tmp_path):
+    owner = lifecycle(made, tmp_path, name="owner")
+    other = lifecycle(made, tmp_path, name="other", shared_with=owner)
+    mine = owner.commands.submit("Build a parking app", skip_confirmation=True).task_id
+    theirs = other.commands.submit("Build a diary", skip_confirmation=True).task_id
+    done = owner.commands.submit("Build a wiki", skip_confirmation=True).task_id
+    owner.commands.cancel(done)
+    assert owner.phases.hand_back(grace_s=1) == [mine]
+    assert other.store.get(theirs).heartbeat_at != HANDED_BACK_AT
+    assert other.store.get(done).status is TaskStatus.cancelled
 
 
 # -- cancel vs start -------------------------------------------------------------------------------
