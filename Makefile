@@ -12,11 +12,11 @@ LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 WHEEL_CACHE ?= $(HOME)/.cache/multi-agent-delivery/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-avx2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install run test lint bench eval clean browser system-packages
+.PHONY: install run test compose-test lint bench eval clean browser system-packages
 TEST_STAMP := $(VENV)/.test-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-core.txt requirements-local-model.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@ls $(WHEEL_CACHE)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
@@ -64,7 +64,14 @@ lint: install $(TEST_STAMP)
 
 test: install $(TEST_STAMP) system-packages lint
 	$(BIN)/python test_import.py
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not compose"
+	$(MAKE) compose-test
+
+# docker-compose.yml for real (tests/compose): every service of every profile on podman through
+# Docker Compose v2; deploy/compose/engine.sh installs and builds what it needs (README "Deployment").
+# ~10 min the first time on 2 cores, ~4 min once its images are built.
+compose-test: install $(TEST_STAMP)
+	$(BIN)/python -m pytest tests/compose
 
 # Benchmarks (not tests): ~15 min; results in docs/benchmarks.json/.png, method in docs/benchmarks.md.
 # BENCH_QUICK=1 for a smoke run, BENCH_ONLY=publish,ttfe,... for some sections.

@@ -19,7 +19,7 @@ os.environ["LLM_PROVIDER"] = "scripted"
 os.environ.pop("DASHSCOPE_API_KEY", None)
 
 TESTS = Path(__file__).resolve().parent
-FOLDER_MARKERS = {"unit", "server", "system"}
+FOLDER_MARKERS = {"unit", "server", "system", "compose"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

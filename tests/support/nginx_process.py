@@ -15,11 +15,16 @@ NGINX = "/usr/sbin/nginx"
 
 
 def render_config(upstream_ports: list[int], listen_port: int, workdir: Path) -> Path:
-    """nginx.conf with its upstream pointed at loopback ports and its files kept in workdir."""
+    """nginx.conf with its upstream pointed at loopback ports and its files kept in workdir: the
+    compose DNS name (`set $api_upstream api:8000;`, found through the resolver that
+    docker-compose.yml writes into resolver.conf) becomes an upstream group of these ports."""
     text = (ROOT / "nginx.conf").read_text()
-    servers = "".join(f"server 127.0.0.1:{p};\n        " for p in upstream_ports)
-    text, n = re.subn(r"server api:8000;\n\s*", servers, text)
-    assert n == 1, "nginx.conf must name its upstream `server api:8000;`"
+    servers = "".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in upstream_ports)
+    upstream = f"    upstream loopback_api {{\n{servers}        keepalive 64;\n    }}\n"
+    text, n = re.subn(r"    include /etc/nginx/resolver.conf;\n", upstream, text)
+    assert n == 1, "nginx.conf must `include /etc/nginx/resolver.conf;`"
+    text, n = re.subn(r"set \$api_upstream api:8000;", "set $api_upstream loopback_api;", text)
+    assert n == 1, "nginx.conf must name its upstream `set $api_upstream api:8000;`"
     text, n = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen_port};", text)
     assert n == 1, "nginx.conf must `listen 80;`"
     temp = "".join(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import threading
@@ -59,6 +60,45 @@ def test_compose_runs_the_scaled_out_topology_with_health_checks_and_volumes():
     assert f"{ROOT / 'nginx.conf'}:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
     for dep in ("redis", "postgres"):
         assert api["depends_on"][dep]["condition"] == "service_healthy"
+    # users get the official images; tests/compose chooses stand-ins through these variables
+    assert {name: s["image"] for name, s in services.items()} == {
+        "redis": "redis:7-alpine",
+        "postgres": "postgres:15-alpine",
+        "api": "multi-agent-delivery:latest",
+        "worker": "multi-agent-delivery:latest",
+        "nginx": "nginx:1.27-alpine",
+        "prometheus": "prom/prometheus:v2.53.0",
+    }
+    for name in ("api", "worker"):
+        assert services[name]["build"]["args"] == {"BASE_IMAGE": "python:3.11-slim", "LOCAL_MODEL": "true"}, name
+        # a graceful stop has time to hand running tasks back
+        assert services[name]["stop_grace_period"] == "30s", name
+    assert api["ports"] == [{"published": "8000-8009", "target": 8000}]
+    assert services["nginx"]["ports"] == [{"published": 80, "target": 80}]
+    # health: readiness of each API replica and worker, and through Nginx to a replica
+    assert "http://127.0.0.1:8000/readyz" in " ".join(api["healthcheck"]["test"])
+    assert "http://127.0.0.1:9100/readyz" in " ".join(worker["healthcheck"]["test"])
+    assert "http://127.0.0.1/readyz" in services["nginx"]["healthcheck"]["test"]
+    # Nginx re-resolves the replicas through the container's DNS server (nginx.conf includes it)
+    assert "/etc/nginx/resolver.conf" in services["nginx"]["command"][-1]
+    assert "include /etc/nginx/resolver.conf;" in (ROOT / "nginx.conf").read_text()
+
+
+def test_the_dockerfile_builds_llama_cpp_with_the_makefiles_version_and_flags():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    version = re.search(r"^LLAMA_CPP_VERSION := (\S+)$", makefile, re.M)
+    flags = re.search(r"^LLAMA_CMAKE_ARGS  := (.+)$", makefile, re.M)
+    assert version and flags
+    assert f"ARG LLAMA_CPP_VERSION={version.group(1)}\n" in dockerfile
+    assert f'ARG LLAMA_CMAKE_ARGS="{" ".join(flags.group(1).split())}"\n' in dockerfile
+    assert f"llama-cpp-python=={version.group(1)}\n" in (ROOT / "requirements-local-model.txt").read_text()
+    # requirements.txt is both halves; an image for remote models installs the core only
+    assert (ROOT / "requirements.txt").read_text().splitlines()[-2:] == [
+        "-r requirements-core.txt",
+        "-r requirements-local-model.txt",
+    ]
+    assert "llama" not in (ROOT / "requirements-core.txt").read_text()
 
 
 def test_the_observability_profile_adds_a_prometheus_whose_config_promtool_accepts():

@@ -30,9 +30,9 @@ def parameters(function: Any) -> set[str]:
 
 
 def test_the_installed_crewai_is_the_pinned_one():
-    pinned = re.search(r"^crewai==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    pinned = re.search(r"^crewai==(\S+)$", (ROOT / "requirements-core.txt").read_text(), re.M)
     assert pinned and pinned.group(1) == compat.PINNED_VERSION, (
-        "requirements.txt and compat.PINNED_VERSION must name the same CrewAI version"
+        "requirements-core.txt (in requirements.txt) and compat.PINNED_VERSION must name the same CrewAI version"
     )
     assert compat.installed_version() == compat.PINNED_VERSION, compat.version_warning()
     assert compat.version_warning() is None
