@@ -84,6 +84,7 @@ def test_a_crash_resumes_running_tasks_from_the_first_unfinished_agent(start_ser
             "agent": "QAEngineer",
             "attempt": 2,
             "max_attempts": 3,
+            "handed_back": False,  # a crash, not a graceful stop
         }
         assert "QAEngineer starts again (attempt 2 of 3)" in resumed["content"]
         rest = kinds[resumed["sequence"] :]
