@@ -17,6 +17,7 @@ from delivery.llm.prices import PriceTable, parse_prices
 from delivery.llm.remote import RetryingOpenAICompletion
 from delivery.llm.scripted import ScriptedLLM
 from delivery.llm.usage import UsagePolicy
+from delivery.security.redaction import redacted_url
 from delivery.settings import LLMProvider, Settings
 from delivery.tasks.records import TaskRecord
 
@@ -39,7 +40,9 @@ def describe_model(settings: Settings) -> str:
     if provider is LLMProvider.dashscope:
         return f"dashscope:{settings.llm_model or QWEN_MODEL_CONFIG['model']}"
     if provider is LLMProvider.openai:
-        return f"openai:{settings.llm_model or 'gpt-4o-mini'}@{settings.openai_base_url or 'api.openai.com'}"
+        # The label is shown (/healthz, logs, events, traces): never the credentials in the URL.
+        where = redacted_url(settings.openai_base_url) if settings.openai_base_url else "api.openai.com"
+        return f"openai:{settings.llm_model or 'gpt-4o-mini'}@{where}"
     if provider is LLMProvider.local:
         return "local:SmolLM2-135M-Instruct"
     return "scripted:test-double"

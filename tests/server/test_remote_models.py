@@ -15,9 +15,11 @@ from tests.support.waiting import wait_for
 
 
 def test_an_unreachable_endpoint_fails_the_task_with_an_actionable_error(start_server):
-    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here
+    dead = f"http://user:hunter2@127.0.0.1:{free_port()}/v1"  # nothing listens here
     server = start_server(llm_provider="openai", openai_base_url=dead, llm_model="m", llm_timeout_s=5)
     with httpx.Client(base_url=server.url, timeout=30) as c:
+        # The password written into OPENAI_BASE_URL shows nowhere: /healthz is open by design.
+        assert c.get("/healthz").json()["provider"] == f"openai:m@http://***@127.0.0.1:{dead.split(':')[-1]}"
         task_id = run_task(c)
         result = read_stream(server.url, task_id, timeout=90)
         assert result.closed_by_server
@@ -29,6 +31,7 @@ def test_an_unreachable_endpoint_fails_the_task_with_an_actionable_error(start_s
         status = c.get(f"/api/task/{task_id}/status").json()
         assert status["status"] == "failed" and status["error"] == events[-1]["content"]
         assert c.get(f"/api/task/{task_id}/result").json()["status"] == "failed"
+    assert "hunter2" not in str(result.events) and "hunter2" not in server.log_text()
 
 
 def test_transient_model_failures_are_retried_then_the_task_succeeds(start_server):

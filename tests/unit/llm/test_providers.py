@@ -43,3 +43,20 @@ def test_misconfigured_providers_say_what_to_set(values, fragment):
 def test_unknown_provider_name_is_rejected():
     with pytest.raises(ValueError):
         settings(llm_provider="gpt-nine")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:hunter2@h:8080/v1", "http://***@h:8080/v1"),
+        ("https://hunter2@h/v1", "https://***@h/v1"),
+        ("http://h/v1?api_key=hunter2&model=x", "http://h/v1?api_key=***&model=x"),
+        ("http://h/v1?x=1&access_token=hunter2", "http://h/v1?x=1&access_token=***"),
+        ("http://[::1]:9/v1", "http://[::1]:9/v1"),
+        ("http://u:hunter2@[::1]:9/v1", "http://***@[::1]:9/v1"),
+        ("http://u:hunter2@h:99999999/v1", "***"),  # unreadable: nothing of it is shown
+    ],
+)
+def test_the_model_label_never_shows_credentials_written_into_the_base_url(url, shown):
+    label = describe_model(settings(llm_provider="openai", openai_base_url=url, llm_model="m"))
+    assert label == f"openai:m@{shown}" and "hunter2" not in label
