@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
             expose_headers=["Retry-After"],
             max_age=600,
         )

@@ -134,8 +134,15 @@ def test_cross_origin_pages_are_refused_unless_listed(server, start_server):
     r = httpx.options(server.url + "/api/run_task", headers=preflight)
     assert "access-control-allow-origin" not in r.headers  # same origin only by default
     allowed = start_server(cors_origins="https://team.example")
-    ok = httpx.options(allowed.url + "/api/run_task", headers={**preflight, "Origin": "https://team.example"})
-    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://team.example"
+    # A listed page may send every header the API reads, Idempotency-Key included.
+    asks = "authorization, content-type, idempotency-key, last-event-id, x-api-key"
+    ok = httpx.options(
+        allowed.url + "/api/run_task",
+        headers={**preflight, "Origin": "https://team.example", "Access-Control-Request-Headers": asks},
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["access-control-allow-origin"] == "https://team.example"
+    assert "Idempotency-Key" in ok.headers["access-control-allow-headers"]
     evil = httpx.options(allowed.url + "/api/run_task", headers=preflight)
     assert "access-control-allow-origin" not in evil.headers
 
