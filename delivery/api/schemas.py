@@ -5,20 +5,38 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from delivery.api.inputs import storable_text
 from delivery.crew.roster import ROSTER
+from delivery.errors import shown
 from delivery.events import EventType
 from delivery.tasks.records import TaskPriority, TaskStatus
 
 MAX_REQUIREMENT_CHARS = 20_000
 
 
-class TaskBudget(BaseModel):
-    """Limits lower than the server's (MAX_TOKENS_PER_TASK, MAX_COST_PER_TASK) for one task."""
+class StrictBody(BaseModel):
+    """A request body that refuses fields it does not know: a misspelt option (`skipConfirmation`)
+    would otherwise be dropped without a word, and the task run as the client did not ask."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [name for name in data if name not in cls.model_fields]
+            if unknown:
+                names = ", ".join(shown(str(name), 60) for name in unknown[:5])
+                raise ValueError(
+                    f"unknown field(s) {names}; this body takes only: {', '.join(cls.model_fields)} (see /docs)"
+                )
+        return data
+
+
+class TaskBudget(StrictBody):
+    """Limits lower than the server's (MAX_TOKENS_PER_TASK, MAX_COST_PER_TASK) for one task."""
 
     max_tokens: int | None = Field(
         None,
@@ -35,7 +53,7 @@ class TaskBudget(BaseModel):
     )
 
 
-class RunTaskRequest(BaseModel):
+class RunTaskRequest(StrictBody):
     user_requirement: str = Field(
         description="What to build, in any language (1-20,000 characters after trimming).",
         examples=["开发一个简单的待办事项应用"],
@@ -226,7 +244,7 @@ class TaskResultResponse(BaseModel):
     usage: UsageWithCalls
 
 
-class ConfirmRequest(BaseModel):
+class ConfirmRequest(StrictBody):
     approved: bool
     feedback: str | None = Field(None, max_length=5000, description="Required when approved is false: what to change.")
 

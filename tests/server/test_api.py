@@ -56,6 +56,41 @@ def test_bad_requirements_get_422_with_a_message(client, payload, fragment):
     assert fragment in r.text
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "unknown", "allowed"),
+    [
+        (
+            "/api/run_task",
+            {"user_requirement": "A diary", "skipConfirmation": True},
+            "'skipConfirmation'",
+            "user_requirement, skip_confirmation, budget, webhook_url, webhook_steps, priority",
+        ),
+        (
+            "/api/run_task",
+            {"user_requirement": "A diary", "budget": {"max_tokens": 9, "maxCost": 1}},
+            "'maxCost'",
+            "max_tokens, max_cost",
+        ),
+        ("/api/task/{id}/confirm", {"approved": True, "comment": "ok"}, "'comment'", "approved, feedback"),
+    ],
+    ids=["run_task", "budget", "confirm"],
+)
+def test_an_unknown_field_is_refused_naming_it_and_the_fields_allowed(client, path, body, unknown, allowed):
+    """A misspelt option must not be dropped in silence (the task would then wait for a
+    confirmation its client thinks it skipped): 422, and nothing is created or changed."""
+    before = len(client.get("/api/tasks").json()["tasks"])
+    waiting = run_task(client, skip_confirmation=False) if "{id}" in path else ""
+    if waiting:
+        wait_status(client, waiting, "awaiting_confirmation")
+    r = client.post(path.format(id=waiting), json=body)
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert f"unknown field(s) {unknown}; this body takes only: {allowed}" in error["msg"]
+    assert len(client.get("/api/tasks").json()["tasks"]) == before + (1 if waiting else 0)
+    if waiting:
+        assert client.get(f"/api/task/{waiting}/status").json()["status"] == "awaiting_confirmation"
+
+
 def test_requirement_of_exactly_the_limit_is_accepted(client):
     assert client.post("/api/run_task", json={"user_requirement": "y" * 20_000}).status_code == 202
 
