@@ -30,7 +30,7 @@ from agents_config import APPROVED_ANALYSIS, EARLIER_DELIVERABLE, LANGUAGE_INSTR
 from delivery.crew.checks import CheckResult, DocumentChecks
 from delivery.crew.compat import CPU_TURNS, Agent, Crew, CrewEvent, CrewOutput, Process, Task, stream_sink
 from delivery.crew.roster import ROSTER
-from delivery.events import SYSTEM_AGENT, EventType
+from delivery.events import SYSTEM_AGENT, EventType, carriable
 from delivery.llm.providers import LLMFactory
 from delivery.llm.usage import agent_usage
 from delivery.tasks.records import TaskRecord
@@ -89,7 +89,7 @@ class CrewEventsHandler:
 
     def _task_completed(self, event: Any) -> None:
         agent = self._agent_of(event.task)
-        output = event.output.raw if event.output is not None else ""
+        output = carriable(event.output.raw) if event.output is not None else ""
         spec = ROSTER.by_name(agent)
         if spec is not None:
             self.record.deliverables[spec.deliverable] = output
@@ -234,7 +234,7 @@ def _kickoff(crew: Crew, handler: CrewEventsHandler) -> list[str]:
     with stream_sink(handler), CPU_TURNS.taken():
         output = crew.kickoff()
     assert isinstance(output, CrewOutput), "our crews do not use CrewAI's own streaming mode"
-    return [task_output.raw for task_output in output.tasks_output]
+    return [carriable(task_output.raw) for task_output in output.tasks_output]
 
 
 def run_analysis(

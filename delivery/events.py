@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from enum import Enum
@@ -41,6 +42,37 @@ _EVENT_BYTES = 156
 _SSE_FRAME_BYTES = 233
 _quote = encode_basestring  # a JSON string literal, non-ASCII kept (json's ensure_ascii=False)
 _METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+# Model text is input too (docs/architecture.md, "Model text"): the one rule for what a model
+# sends. Every character that some part cannot carry becomes U+FFFD, so nothing is dropped and
+# nothing breaks a stream, the archive or a replay: NUL (PostgreSQL refuses it) and surrogate code
+# points (an unpaired "\ud800" in a JSON stream decodes to one; no encoding can write it, so the
+# SSE encoder, Redis and the database would all raise). Everything else is kept as sent.
+REPLACEMENT_CHARACTER = "\ufffd"
+_UNCARRIABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def carriable(text: str) -> str:
+    """`text` as every part can carry it (the rule above); the same object when it needs nothing."""
+    if text.isascii():  # the common case, ~50 ns: only NUL can be wrong
+        return text.replace("\x00", REPLACEMENT_CHARACTER) if "\x00" in text else text
+    return _UNCARRIABLE.sub(REPLACEMENT_CHARACTER, text)
+
+
+def carriable_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata with every string in it (keys, values, nested) made carriable."""
+    return {carriable(str(k)): _carriable_value(v) for k, v in metadata.items()}
+
+
+def _carriable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return carriable(value)
+    if isinstance(value, dict):
+        return carriable_metadata(value)
+    if isinstance(value, list | tuple):
+        return [_carriable_value(v) for v in value]
+    return value
 
 
 def format_timestamp(ts: float) -> str:

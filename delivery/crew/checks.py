@@ -18,6 +18,7 @@ from agents_config import AgentSpec
 from delivery.crew.compat import Guardrail, as_guardrail
 from delivery.documents.structure import ANALYSIS, REVIEW, check, requirement_ids
 from delivery.documents.traceability import DOCUMENT_NAMES
+from delivery.events import carriable
 from delivery.tasks.records import DocumentVersion, TaskRecord
 
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ class DocumentChecks:
 
     def guardrail(self, spec: AgentSpec) -> Guardrail:
         def check_document(output: Any) -> tuple[bool, Any]:
-            return self._check(spec, output.raw)
+            # Model text is stored as a version and replaces the task's output: made carriable first.
+            return self._check(spec, carriable(output.raw))
 
         return as_guardrail(check_document)
 

@@ -16,7 +16,7 @@ from delivery.crew.roster import ROSTER
 from delivery.documents.structure import REVIEW
 from delivery.documents.traceability import review_with_matrix, trace
 from delivery.errors import StreamClosedError
-from delivery.events import SYSTEM_AGENT, EventType, format_timestamp
+from delivery.events import SYSTEM_AGENT, EventType, carriable, carriable_metadata, format_timestamp
 from delivery.llm.failures import describe_failure
 from delivery.llm.providers import LLMFactory
 from delivery.llm.usage import BudgetExceeded, UsageMeter, UsagePolicy
@@ -192,6 +192,10 @@ class PhaseRunner:
         def publish_event(agent: str, event_type: str, content: str, metadata: dict[str, Any] | None) -> None:
             if aborted.is_set() or is_closed(task_id):
                 raise TaskAborted()
+            # What a crew publishes carries model text: the one rule, once (delivery/events.py).
+            content = carriable(content)
+            if metadata:
+                metadata = carriable_metadata(metadata)
             if time.time() > runs.lease_until:  # rule 5: another process may be taking this run over
                 log.warning("task %s: this process's lease ran out; its crew stops here", task_id)
                 aborted.set()

@@ -3,23 +3,29 @@ against a real server and a fake endpoint that fails on purpose."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import httpx
+import pytest
 
 from tests.support.api import run_task
 from tests.support.fake_openai import ANSWER, FakeOpenAI
+from tests.support.real_services import fresh_postgres_database
 from tests.support.server_process import free_port
 from tests.support.sse_client import read_stream
 from tests.support.waiting import wait_for
 
 
 def test_an_unreachable_endpoint_fails_the_task_with_an_actionable_error(start_server):
-    dead = f"http://user:hunter2@127.0.0.1:{free_port()}/v1"  # nothing listens here
+    port = free_port()
+    dead = f"http://user:hunter2@127.0.0.1:{port}/v1"  # nothing listens here
     server = start_server(llm_provider="openai", openai_base_url=dead, llm_model="m", llm_timeout_s=5)
     with httpx.Client(base_url=server.url, timeout=30) as c:
         # The password written into OPENAI_BASE_URL shows nowhere: /healthz is open by design.
-        assert c.get("/healthz").json()["provider"] == f"openai:m@http://***@127.0.0.1:{dead.split(':')[-1]}"
+        assert (
+            c.get("/healthz").json()["provider"] == f"openai:m@http://***@127.0.0.1:{dead.rsplit(':', maxsplit=1)[-1]}"
+        )
         task_id = run_task(c)
         result = read_stream(server.url, task_id, timeout=90)
         assert result.closed_by_server
@@ -202,3 +208,40 @@ def test_two_tasks_stream_from_the_model_at_once_and_cancel_stops_a_stream(start
             assert fake.answers == answers  # no new call after the cancel
     finally:
         fake.stop()
+
+
+HOSTILE = "\x00 nul \ud800 lone \udc00 low \u202e bidi \x07 bell \U0001f600 emoji"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_model_text_no_part_can_carry_is_shown_as_replacement_characters_and_nothing_is_lost(
+    start_server, tmp_path, store
+):
+    """A model streams NUL and unpaired surrogates (JSON escapes in an OpenAI-compatible stream):
+    the stream, the archive and the replay all carry them as U+FFFD, every other character as sent,
+    and the task ends `end` with its documents stored (PostgreSQL refuses NUL; no encoder can write
+    a lone surrogate)."""
+    fake = FakeOpenAI(answer=ANSWER + HOSTILE)
+    shown = "\ufffd nul \ufffd lone \ufffd low \u202e bidi \x07 bell \U0001f600 emoji"
+    with contextlib.ExitStack() as stack:
+        stack.callback(fake.stop)
+        env = {"llm_provider": "openai", "openai_base_url": fake.url, "llm_model": "fake", "max_fix_rounds": 0}
+        if store == "postgresql":
+            env["database_url"] = stack.enter_context(fresh_postgres_database())
+        server = start_server(structured_output=False, **env)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            task_id = run_task(c)
+            live = read_stream(server.url, task_id, timeout=120)
+            assert live.events[-1]["event_type"] == "end", live.events[-3:]
+            assert c.get(f"/api/task/{task_id}/status").json()["status"] == "succeeded"
+            documents = c.get(f"/api/task/{task_id}/result").json()["deliverables"]
+        assert live.sequences == list(range(1, len(live.sequences) + 1))
+        outputs = [e["content"] for e in live.events if e["event_type"] == "output"]
+        assert len(outputs) == 4 and all(shown in text for text in outputs)
+        thoughts = "".join(e["content"] for e in live.events if e["event_type"] == "thought")
+        assert shown in thoughts and "\x00" not in thoughts
+        assert all(shown in text for text in documents.values())
+        # After a restart the archive replays exactly what the live viewers saw.
+        server.stop()
+        again = start_server(port=server.port, data_dir=server.env["DATA_DIR"], structured_output=False, **env)
+        assert read_stream(again.url, task_id).events == live.events

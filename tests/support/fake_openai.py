@@ -46,10 +46,13 @@ class FakeOpenAI:
         stall_first: int = 0,
         stall_s: float = 0.0,
         chunk_delay_s: float = 0.0,
+        answer: str = ANSWER,
     ) -> None:
+        """`answer`: the text streamed (word by word) when no form is filled."""
         self.fail_first, self.status, self.reports_usage, self.forms = fail_first, status, reports_usage, forms
         self.cut_first, self.cut_after, self.stall_first, self.stall_s = cut_first, cut_after, stall_first, stall_s
         self.chunk_delay_s = chunk_delay_s
+        self.answer = answer
         self.answers = 0  # streamed answers started
         self.active = self.most_active = 0
         self.requests = 0
@@ -88,7 +91,7 @@ class FakeOpenAI:
             text = json.dumps(filled(form["schema"]), ensure_ascii=False)
             pieces = [text[i : i + 8] for i in range(0, len(text), 8)]
         else:
-            pieces = [word + " " for word in ANSWER.split(" ")]
+            pieces = [word + " " for word in self.answer.split(" ")]
 
         self.answers += 1
         cut = self.answers <= self.cut_first
