@@ -19,6 +19,7 @@ or a shared backend); running logs are never let go, and neither is the most rec
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any, overload
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
-from delivery.events import TERMINAL_EVENT_TYPES, Event
+from delivery.events import SYSTEM_AGENT, TERMINAL_EVENT_TYPES, Event, EventType
 from delivery.streaming.backend import MAX_BATCH, EventBackend, StreamSnapshot, Subscription
 
 
@@ -98,6 +99,39 @@ class _FinishedLog:
 
     def __iter__(self) -> Iterator[Event]:
         return (Event.from_tuple(row) for row in self._rows)
+
+
+logger = logging.getLogger(__name__)
+MISSING = "Event {sequence} of this task is missing from its archive (a defect: the server log says more)."
+
+
+def by_sequence(task_id: str, events: list[Event]) -> list[Event]:
+    """A stored log as the log held here must be: event n at index n-1, so that a viewer resuming
+    after any sequence gets exactly what follows it. A sequence missing from the store (it refused
+    an event) is a defect: it is logged as an error and held by a marker event in its place (a
+    `System` action whose metadata says `missing`), never by shifting the later events."""
+    log: list[Event] = []
+    for event in events:
+        if event.sequence <= len(log):
+            continue  # stored twice: the first is the one viewers saw
+        while len(log) + 1 < event.sequence:
+            sequence = len(log) + 1
+            log.append(
+                Event(
+                    task_id,
+                    sequence,
+                    SYSTEM_AGENT,
+                    EventType.action.value,
+                    MISSING.format(sequence=sequence),
+                    event.ts,
+                    {"missing": True},
+                )
+            )
+        log.append(event)
+    if len(log) > len(events):
+        missing = [e.sequence for e in log if e.metadata is not None and e.metadata.get("missing") is True]
+        logger.error("task %s: events %s are missing from the stored log; replayed as markers", task_id, missing)
+    return log
 
 
 def _wake_all(streams: list[_TaskStream]) -> None:
@@ -249,7 +283,7 @@ class MemoryEventBackend(EventBackend):
         if task_id in self._streams:
             return
         stream = _TaskStream(task_id)
-        stream.log = list(events)
+        stream.log = by_sequence(task_id, events)
         stream.durable = len(stream.log)
         stream.not_published_here = len(stream.log)
         if closed:

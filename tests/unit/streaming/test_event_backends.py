@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
+from delivery.events import Event
 from delivery.streaming.backend import EventBackend, iterate
 from delivery.streaming.memory import MemoryEventBackend
 from delivery.streaming.redis_backend import RedisEventBackend
@@ -262,3 +263,17 @@ def test_a_log_tailed_while_the_reader_waits_is_read_at_once(monkeypatch):
         for backend in (api, worker):
             backend.bind_loop(None)
             backend.stop()  # wakes its reader too: it does not wait out the 30 s
+
+
+def test_a_stored_log_with_a_gap_is_indexed_by_sequence_and_the_gap_marked(caplog):
+    """Event 3 never reached the store: a viewer resuming after 3 gets 4 and on, not 5 and on
+    (the log is indexed by sequence, not by position), and the gap is reported, not hidden."""
+    stored = [Event("t", n, "A", "thought", f"token {n}", 1.0) for n in (1, 2, 4, 5)]
+    backend = MemoryEventBackend()
+    backend.restore("t", stored)
+    assert [e.sequence for e in backend.subscription("t", after=3).take()] == [4, 5]
+    log = backend.subscription("t", after=0).take()
+    assert [e.sequence for e in log] == [1, 2, 3, 4, 5]
+    assert [log[i] for i in (0, 1, 3, 4)] == stored
+    assert (log[2].agent_name, log[2].event_type, log[2].metadata) == ("System", "action", {"missing": True})
+    assert "events [3] are missing from the stored log" in caplog.text
