@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -61,7 +62,8 @@ def carriable(text: str) -> str:
 
 
 def carriable_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The metadata with every string in it (keys, values, nested) made carriable."""
+    """The metadata with every string in it (keys, values, nested) made carriable, and every
+    value JSON cannot carry replaced by its text."""
     return {carriable(str(k)): _carriable_value(v) for k, v in metadata.items()}
 
 
@@ -72,7 +74,11 @@ def _carriable_value(value: Any) -> Any:
         return carriable_metadata(value)
     if isinstance(value, list | tuple):
         return [_carriable_value(v) for v in value]
-    return value
+    if value is None or isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    # What JSON cannot say (an object a handler put there, NaN): its text, so that the archive,
+    # Redis and every viewer's JSON.parse can carry it.
+    return carriable(str(value))
 
 
 def format_timestamp(ts: float) -> str:

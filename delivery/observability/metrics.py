@@ -48,6 +48,11 @@ LLM_CALL_SECONDS = Histogram(
     ["model"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+BACKGROUND_ERRORS = Counter(
+    "delivery_background_errors",
+    "Items a background loop set aside, or passes of it that failed, by loop (the log says which task)",
+    ["loop"],
+)
 LLM_CALL_ERRORS = Counter("delivery_llm_call_errors", "Failed model call attempts, by exception", ["model", "error"])
 EVENT_DELIVERY_SECONDS = Histogram(
     "delivery_event_delivery_seconds",

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from delivery.events import Event
+from delivery.observability import metrics
 from delivery.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,12 @@ class EventArchiver:
                 continue
             else:
                 self._stop.wait(self._interval_s)  # let a burst gather: one commit for all of it
-            self.flush()
+            try:
+                self.flush()
+            except Exception:
+                metrics.BACKGROUND_ERRORS.labels("archiver").inc()
+                log.exception("an archiver pass failed; it goes on with the next events")
+                self._stop.wait(RETRY_S)
 
     def flush(self) -> bool:
         """Write everything queued so far (also called at shutdown and before reading back).

@@ -105,17 +105,22 @@ logger = logging.getLogger(__name__)
 MISSING = "Event {sequence} of this task is missing from its archive (a defect: the server log says more)."
 
 
-def by_sequence(task_id: str, events: list[Event]) -> list[Event]:
+def by_sequence(task_id: str, events: list[Event], after: int = 0) -> list[Event]:
     """A stored log as the log held here must be: event n at index n-1, so that a viewer resuming
     after any sequence gets exactly what follows it. A sequence missing from the store (it refused
     an event) is a defect: it is logged as an error and held by a marker event in its place (a
-    `System` action whose metadata says `missing`), never by shifting the later events."""
+    `System` action whose metadata says `missing`), never by shifting the later events.
+    `after`: the events continue a log of that many (a shared backend's reader)."""
+    if not events or (events[0].sequence == after + 1 and events[-1].sequence == after + len(events)):
+        return events  # in order, nothing missing: the reader's every batch, at no cost
     log: list[Event] = []
+    missing: list[int] = []
     for event in events:
-        if event.sequence <= len(log):
-            continue  # stored twice: the first is the one viewers saw
-        while len(log) + 1 < event.sequence:
-            sequence = len(log) + 1
+        if event.sequence <= after + len(log):
+            continue  # held already, or stored twice: the first is the one viewers saw
+        while after + len(log) + 1 < event.sequence:
+            sequence = after + len(log) + 1
+            missing.append(sequence)
             log.append(
                 Event(
                     task_id,
@@ -128,8 +133,7 @@ def by_sequence(task_id: str, events: list[Event]) -> list[Event]:
                 )
             )
         log.append(event)
-    if len(log) > len(events):
-        missing = [e.sequence for e in log if e.metadata is not None and e.metadata.get("missing") is True]
+    if missing:
         logger.error("task %s: events %s are missing from the stored log; replayed as markers", task_id, missing)
     return log
 
@@ -263,11 +267,9 @@ class MemoryEventBackend(EventBackend):
         Ones already held are skipped, so overlapping reads never duplicate an event."""
         stream = self._get(task_id)
         with stream.lock:
-            for event in events:
+            for event in by_sequence(task_id, events, after=len(stream.log)):
                 if stream.closed or event.sequence <= len(stream.log):
                     continue
-                if event.sequence != len(stream.log) + 1:
-                    raise ValueError(f"{task_id}: sequence {event.sequence} after {len(stream.log)}")
                 stream.log.append(event)
                 stream.durable = event.sequence  # durable where it came from (Redis, the store)
                 stream.not_published_here += 1
@@ -283,7 +285,7 @@ class MemoryEventBackend(EventBackend):
         if task_id in self._streams:
             return
         stream = _TaskStream(task_id)
-        stream.log = by_sequence(task_id, events)
+        stream.log = list(by_sequence(task_id, events))
         stream.durable = len(stream.log)
         stream.not_published_here = len(stream.log)
         if closed:

@@ -28,6 +28,7 @@ import redis
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import TERMINAL_EVENT_TYPES, Event
+from delivery.observability import metrics
 from delivery.streaming.backend import EventBackend, StreamSnapshot, Subscription
 from delivery.streaming.memory import MemoryEventBackend
 
@@ -264,6 +265,22 @@ class RedisEventBackend(EventBackend):
             except redis.RedisError as exc:  # keep the batch and retry: nothing is dropped
                 log.error("Redis write failed (%s); retrying in 1 s. Check REDIS_URL and that Redis is up.", exc)
                 time.sleep(1.0)
+            except Exception:  # noqa: BLE001 - an item Redis cannot take: the others must not wait on it
+                pending = self._set_aside_unwritable(pending)
+
+    def _set_aside_unwritable(self, items: list[_Pending]) -> list[_Pending]:
+        """Write the items one by one; an event that cannot be written at all (not a Redis
+        outage: that is retried) is set aside, logged with its task and counted. Returns what is
+        left to retry (the items from a Redis error on)."""
+        for n, item in enumerate(items):
+            try:
+                self._write([item])
+            except redis.RedisError:
+                return items[n:]
+            except Exception:
+                metrics.BACKGROUND_ERRORS.labels("redis-writer").inc()
+                log.exception("task %s: an event (%s) could not be written to Redis; set aside", item[0], item[2])
+        return []
 
     def _write(self, items: list[_Pending]) -> None:
         runs: list[tuple[str, list[_Pending]]] = []  # consecutive events of one task, in publish order

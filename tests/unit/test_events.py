@@ -22,3 +22,16 @@ def test_metadata_is_cleaned_in_keys_values_and_nested_containers():
         "n": 3,
         "nested": {"list": ["x\ufffd", 1, ["\ufffd"]], "none": None},
     }
+
+
+def test_metadata_values_json_cannot_carry_become_their_text():
+    """A handler's own object or a NaN in metadata would kill the archiver or a viewer's
+    JSON.parse: the crew's publish turns them into text (JSON numbers and booleans stay)."""
+
+    class Handle:
+        def __str__(self) -> str:
+            return "handle\x00"
+
+    cleaned = carriable_metadata({"h": Handle(), "nan": float("nan"), "x": 1.5, "ok": True})
+    assert cleaned == {"h": "handle\ufffd", "nan": "nan", "x": 1.5, "ok": True}
+    assert json.loads(json.dumps(cleaned, allow_nan=False)) == cleaned

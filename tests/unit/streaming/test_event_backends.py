@@ -12,10 +12,14 @@ import pytest
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import Event
+from delivery.observability import metrics
+from delivery.streaming.archive import EventArchiver
 from delivery.streaming.backend import EventBackend, iterate
-from delivery.streaming.memory import MemoryEventBackend
+from delivery.streaming.memory import MISSING, MemoryEventBackend
 from delivery.streaming.redis_backend import RedisEventBackend
+from delivery.tasks.store import SqlTaskStore
 from tests.support.real_services import ensure_redis
+from tests.support.waiting import wait_for
 
 Factory = Callable[[], EventBackend]
 
@@ -277,3 +281,78 @@ def test_a_stored_log_with_a_gap_is_indexed_by_sequence_and_the_gap_marked(caplo
     assert [log[i] for i in (0, 1, 3, 4)] == stored
     assert (log[2].agent_name, log[2].event_type, log[2].metadata) == ("System", "action", {"missing": True})
     assert "events [3] are missing from the stored log" in caplog.text
+
+
+def _background_errors(loop: str) -> float:
+    return metrics.BACKGROUND_ERRORS.labels(loop)._value.get()
+
+
+@pytest.mark.system
+def test_an_event_redis_cannot_take_is_set_aside_and_every_other_one_goes_on(caplog):
+    """Metadata no encoder takes (crews' events are cleaned at publish; code of one's own may
+    publish directly): the Redis writer sets that event aside, logged with its task and counted,
+    and writes the events after it; the writer thread lives on (it used to die, its outbox
+    growing without bound)."""
+    backend = RedisEventBackend(ensure_redis(), maxlen=1000, ttl_s=60)
+    archive: deque = deque()
+    backend.attach_archive(archive)
+    task_id = new_id()
+    before = _background_errors("redis-writer")
+
+    async def scenario(loop) -> None:
+        backend.open(task_id)
+        backend.publish(task_id, "A", "thought", "before")
+        backend.publish(task_id, "A", "action", "odd", {"handle": object()})
+        backend.publish(task_id, "System", "end", "done")
+        await until(lambda: len(archive) == 2)
+
+    run(scenario, backend)
+    assert [e.content for e in archive] == ["before", "done"]
+    assert _background_errors("redis-writer") == before + 1
+    assert f"task {task_id}: an event (action) could not be written to Redis; set aside" in caplog.text
+
+
+def test_the_archiver_outlives_a_pass_that_fails(tmp_path, caplog):
+    """A pass of the archiver that raises (here: showing a committed batch fails once) is logged
+    and counted, and the thread goes on archiving; readiness sees it alive."""
+    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    shown: list[int] = []
+
+    def on_durable(batch: list[Event]) -> None:
+        if not shown:
+            shown.append(0)
+            raise RuntimeError("a viewer's wake-up failed")
+        shown.extend(e.sequence for e in batch)
+
+    archiver = EventArchiver(store, on_durable)
+    before = _background_errors("archiver")
+    archiver.start()
+    try:
+        archiver.queue.append(Event("t", 1, "A", "thought", "one", 1.0))
+        archiver.wake.set()
+        wait_for(lambda: _background_errors("archiver") == before + 1, 10, message="the failed pass")
+        archiver.queue.append(Event("t", 2, "A", "thought", "two", 1.0))
+        archiver.wake.set()
+        wait_for(lambda: 2 in shown, 10, message="the next event archived")
+        assert archiver.problem() is None
+        assert [e.sequence for e in store.load_events("t")] == [1, 2]
+        assert "an archiver pass failed; it goes on with the next events" in caplog.text
+    finally:
+        archiver.stop()
+        store.close()
+
+
+def test_a_replicated_batch_with_a_gap_is_held_by_sequence_not_refused(caplog):
+    """The Redis reader hands the mirror a batch that skips a sequence (a defect upstream): the
+    mirror marks the gap and keeps every event at its own sequence instead of raising (which
+    killed the reader thread)."""
+    backend = MemoryEventBackend()
+    backend.restore("t", [], closed=False)  # a log the reader mirrors
+    backend.replicate("t", [Event("t", n, "A", "thought", str(n), 1.0) for n in (1, 2)])
+    backend.replicate("t", [Event("t", n, "A", "thought", str(n), 1.0) for n in (2, 3, 5)])
+    assert [(e.sequence, e.content) for e in backend.events("t")][-3:] == [
+        (3, "3"),
+        (4, MISSING.format(sequence=4)),
+        (5, "5"),
+    ]
+    assert "events [4] are missing" in caplog.text
