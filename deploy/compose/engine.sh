@@ -156,7 +156,7 @@ stop_service() {
 # One hash over everything that defines the images (the functions below that build them, their
 # Dockerfiles, the host's extra CA files): change one, get new tags; change nothing, build nothing.
 images_hash() {
-  { declare -f build_base build_image build_images
+  { declare -f build_base build_image
     (cd "$HERE" && cat $(find images -type f | LC_ALL=C sort))
     cat /usr/local/share/ca-certificates/*.crt 2>/dev/null || true
   } | sha256sum | cut -c1-12
@@ -212,6 +212,12 @@ build_images() {
   build_image services
   local name
   for name in redis postgres nginx prometheus; do build_image "$name" services; done
+  # stand-ins of earlier definitions go (their layers are not shared with the new ones)
+  local old
+  for old in $(pm images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/multi-agent-delivery-standin/' \
+                 | grep -v ":$(images_hash)\$" || true); do
+    pm rmi "$old" >/dev/null 2>&1 || true
+  done
 }
 
 case "${1:-}" in

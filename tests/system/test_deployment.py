@@ -60,6 +60,8 @@ def test_compose_runs_the_scaled_out_topology_with_health_checks_and_volumes():
     assert f"{ROOT / 'nginx.conf'}:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
     for dep in ("redis", "postgres"):
         assert api["depends_on"][dep]["condition"] == "service_healthy"
+    # workers start once an API replica is ready: the database schema exists by then
+    assert worker["depends_on"]["api"]["condition"] == "service_healthy"
     # users get the official images; tests/compose chooses stand-ins through these variables
     assert {name: s["image"] for name, s in services.items()} == {
         "redis": "redis:7-alpine",
