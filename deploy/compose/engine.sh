@@ -25,7 +25,8 @@ COMPOSE_PLUGIN="$DOCKER_CONFIG_DIR/cli-plugins/docker-compose"
 COMPOSE_SUITE=trixie   # Compose v2 (2.26) is packaged in trixie; bookworm has only v1
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
-# Debian packages: binary that proves each is installed.
+# Debian packages: binary that proves each is installed. (docker.io only for its CLI where no docker
+# is on PATH; bookworm packages the CLI with the daemon, which is never started or used here.)
 PACKAGES="podman:/usr/bin/podman buildah:/usr/bin/buildah runc:/usr/sbin/runc \
 netavark:/usr/lib/podman/netavark aardvark-dns:/usr/lib/podman/aardvark-dns \
 slirp4netns:/usr/bin/slirp4netns passt:/usr/bin/passt fuse-overlayfs:/usr/bin/fuse-overlayfs \
