@@ -372,8 +372,7 @@ class SqlTaskStore(TaskStore):
             # A database host that does not answer fails a connection in seconds, not minutes.
             connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
             self.engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        _create_schema(self.engine)
         # sqlite3 uses ?, psycopg %s: the drivers we support for the raw event insert.
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
         self._event_values = f"({', '.join([mark] * 7)})"
@@ -706,14 +705,31 @@ def _version(row: Any, with_content: bool = True) -> DocumentVersion:
     )
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Additive schema changes for databases made by earlier versions (nullable columns only)."""
-    present = {c["name"] for c in inspect(engine).get_columns("tasks")}
+# Any constant: the PostgreSQL advisory lock that processes creating the schema take in turn.
+SCHEMA_LOCK = 0x6D61645F736368  # "mad_sch"
+
+
+def _create_schema(engine: Engine) -> None:
+    """Create the tables (and add the columns earlier versions lacked) once, whoever comes first.
+
+    API replicas and workers of a new deployment start together; on PostgreSQL two concurrent
+    CREATE TABLEs collide (UniqueViolation on pg_type), which ended one process at start-up (a
+    Celery worker then stayed up, never ready). Under a transaction-scoped advisory lock the
+    others wait, then find the schema made. SQLite serialises writers itself."""
     with engine.begin() as conn:
-        for column in tasks_table.columns:
-            if column.name not in present:
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {column.name} {kind}")
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        metadata.create_all(conn)
+        _add_missing_columns(conn)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Additive schema changes for databases made by earlier versions (nullable columns only)."""
+    present = {c["name"] for c in inspect(conn).get_columns("tasks")}
+    for column in tasks_table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {column.name} {kind}")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:

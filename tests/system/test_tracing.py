@@ -25,6 +25,8 @@ def test_the_trace_begun_by_the_api_is_continued_by_the_worker(tmp_path):
             "EXECUTOR": "celery",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            # wait_finished polls every 20 ms: on a busy machine a run outlasts the default limit
+            "RATE_LIMIT": "100000/minute",
         }
         api = Server({**env, "DATA_DIR": str(tmp_path / "api")}, tmp_path / "api.log")
         worker = Worker(env, tmp_path / "worker.log")

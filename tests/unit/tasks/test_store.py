@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -194,3 +196,25 @@ def test_finished_tasks_without_a_stored_ending_are_found_in_their_window(store)
             store.append_events([Event(name, 2, "System", ending, "done", 2.0)])
     store.save(record("t-end-running", status=TaskStatus.running))
     assert [r.task_id for r in store.finished_without_ending(100.0, 1000.0)] == ["t-end-lost"]
+
+
+@pytest.mark.system
+def test_processes_starting_together_on_a_fresh_postgresql_all_get_the_schema():
+    """A new deployment starts its API replicas and workers at once: each creates the schema if
+    it is missing. Concurrent CREATE TABLEs collided (UniqueViolation on pg_type) and a process
+    died at start-up; now they take turns and every one starts."""
+    with fresh_postgres_database() as url:
+        barrier = threading.Barrier(6)
+
+        def start() -> SqlTaskStore:
+            barrier.wait()
+            return SqlTaskStore(url)
+
+        with ThreadPoolExecutor(6) as pool:
+            stores = list(pool.map(lambda _: start(), range(6)))
+        try:
+            stores[0].save(record("t-1"))
+            assert all(s.get("t-1").task_id == "t-1" for s in stores)
+        finally:
+            for s in stores:
+                s.close()
