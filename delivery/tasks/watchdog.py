@@ -113,7 +113,13 @@ class Watchdog:
         back by a process that stopped gracefully are resumed at once."""
         runs, lease, timeout = self._runs, self._runs.settings.task_lease_s, self._runs.settings.task_timeout_s
         lost: list[str] = []
+        beat = time.monotonic()
         for r in runs.store.unfinished():
+            # Resuming takes a few writes per task; after a process handed back many, a pass can
+            # outlast this process's own lease (renewed between passes): keep renewing it.
+            if time.monotonic() - beat > lease / 3:
+                self.heartbeat(time.time())
+                beat = time.monotonic()
             if r.status is TaskStatus.awaiting_confirmation or runs.get(r.task_id) is not None:
                 continue
             since = r.created_at if r.heartbeat_at is None else r.heartbeat_at

@@ -408,6 +408,21 @@ def test_a_hand_back_leaves_tasks_of_other_processes_and_finished_ones_alone(mad
     assert other.store.get(done).status is TaskStatus.cancelled
 
 
+def test_a_long_reaping_pass_keeps_renewing_this_processs_own_lease(made, tmp_path, monkeypatch):
+    """Resuming many handed-back tasks takes a few writes each: a pass that outlasts a third of
+    the lease renews this process's own lease on the way, so its own crews are not stopped as if
+    it had been cut off (seen in the compose rolling restart with a short TASK_LEASE_S)."""
+    owner = lifecycle(made, tmp_path, name="owner", event_backend="redis", task_lease_s=3)
+    reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner, event_backend="redis", task_lease_s=3)
+    lost = [owner.commands.submit(f"Build app {i}", skip_confirmation=True).task_id for i in range(3)]
+    assert sorted(owner.phases.hand_back(grace_s=1)) == sorted(lost)
+    clock = iter(range(0, 1000, 2))  # each look at the clock: 2 s later, past lease/3
+    monkeypatch.setattr("delivery.tasks.watchdog.time.monotonic", lambda: float(next(clock)))
+    reaper.runs.lease_until = 0.0  # its lease as if it ran out during the pass
+    assert sorted(reaper.watchdog.reap_lost(time.time())) == sorted(lost)
+    assert reaper.runs.lease_until > time.time()  # renewed during the pass
+
+
 # -- cancel vs start -------------------------------------------------------------------------------
 
 
