@@ -15,7 +15,7 @@ from delivery.crew.compat import stream_sink
 from delivery.crew.roster import ROSTER
 from delivery.documents.structure import REVIEW
 from delivery.documents.traceability import review_with_matrix, trace
-from delivery.errors import StreamClosedError
+from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import SYSTEM_AGENT, EventType, carriable, carriable_metadata, format_timestamp
 from delivery.llm.failures import describe_failure
 from delivery.llm.providers import LLMFactory
@@ -135,7 +135,11 @@ class PhaseRunner:
                 runs.release(run)
                 run = None
             if run is None:  # a Celery worker, or a task confirmed by another process
-                record = runs.store.get(task_id)
+                try:
+                    record = runs.store.get(task_id)
+                except TaskNotFoundError:  # purged, or from another deployment's store: it never will be
+                    log.warning("task %s: dropped a message for a task the store does not have", task_id)
+                    return None
                 stale = attempt is not None and (record.phase, record.attempts) != (phase, attempt)
                 if record.status.finished or record.status is TaskStatus.awaiting_confirmation or stale:
                     log.info("task %s: dropped a stale message (%s phase, attempt %s)", task_id, phase.value, attempt)

@@ -272,6 +272,15 @@ def test_a_stale_or_duplicate_celery_message_runs_nothing(made, tmp_path):
     assert_one_ending(other, task_id, "end", TaskStatus.succeeded)
 
 
+def test_a_message_for_a_task_the_store_does_not_have_is_dropped_not_requeued(made, tmp_path, caplog):
+    """A broker shared with another deployment, or a task purged since: such a message can never
+    run. It is dropped (the worker acknowledges it) instead of going back to the queue forever,
+    which kept a one-thread worker cycling it while real tasks waited."""
+    worker = lifecycle(made, tmp_path, name="worker", local_executor=False)
+    worker.phases.run("0f6c1c56-0000-4000-8000-000000000000", Phase.analysis, 1)  # returns: nothing raised
+    assert "dropped a message for a task the store does not have" in caplog.text
+
+
 def test_a_reaper_after_the_owner_finished_finds_nothing_to_reap(made, tmp_path):
     owner = lifecycle(made, tmp_path, name="owner")
     reaper = lifecycle(made, tmp_path, name="reaper", shared_with=owner)
