@@ -141,7 +141,6 @@ def test_a_rolling_restart_of_every_process_keeps_every_task_and_every_sequence(
     for v in viewers:
         v.start()
     with httpx.Client(base_url=url, timeout=30) as c:
-
         states: list[dict] = []
 
         def all_running() -> bool:
