@@ -31,14 +31,21 @@ class Deployment:
         self.api_ports = [free_port(), free_port()]
         self.apis: list[Server] = []
         self.workers: list[Worker] = []
+        self.nginx: Nginx | None = None
         self.restarts = 0
-        for i, port in enumerate(self.api_ports):  # one after the other: the first creates the schema
-            self.apis.append(self._api(i, port))
-        for i in range(2):
-            self.workers.append(self._worker(i))
-        for worker in self.workers:
-            self.assert_ready(worker)
-        self.nginx = Nginx(self.api_ports, folder / "nginx")
+        try:
+            for i, port in enumerate(self.api_ports):
+                self.apis.append(self._api(i, port))
+            for i in range(2):
+                self.workers.append(self._worker(i))
+            for worker in self.workers:
+                self.assert_ready(worker)
+            self.nginx = Nginx(self.api_ports, folder / "nginx")
+        except BaseException:
+            # Nothing of a half-started deployment may outlive the test: its workers would take
+            # other tests' tasks from the shared broker.
+            self.stop()
+            raise
 
     def _api(self, i: int, port: int) -> Server:
         name = f"api-{i}-{self.restarts}"
@@ -83,7 +90,8 @@ class Deployment:
         return old
 
     def stop(self) -> None:
-        self.nginx.stop()
+        if self.nginx is not None:
+            self.nginx.stop()
         for worker in self.workers:
             worker.stop()
         for api in self.apis:
@@ -129,6 +137,7 @@ def follow(base_url: str, task_id: str, received: list[dict], deadline_s: float 
 
 
 def test_a_rolling_restart_of_every_process_keeps_every_task_and_every_sequence(deployment):
+    assert deployment.nginx is not None
     url = deployment.nginx.url
     with httpx.Client(base_url=url, timeout=30) as c:
         task_ids = []
