@@ -84,7 +84,7 @@ def limited(start_server):
         ({"max_tokens": "lots"}, "valid integer"),
         ({"max_cost": 0}, "greater than 0"),
         ({"max_cost": "NaN"}, "finite number"),
-        ({"max_tokens": 10, "unit": "words"}, "Extra inputs are not permitted"),
+        ({"max_tokens": 10, "unit": "words"}, "unknown field(s) 'unit'; this body takes only: max_tokens, max_cost"),
         ({"max_tokens": 10**10}, "less than or equal to 1000000000"),
         ({"max_tokens": 5001}, "above this server's MAX_TOKENS_PER_TASK=5000"),
     ],
