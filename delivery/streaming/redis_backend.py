@@ -210,6 +210,8 @@ class RedisEventBackend(EventBackend):
         with contextlib.suppress(redis.RedisError):
             self._redis.delete(self._wake_key)
         self._redis.close()
+        if "_probe" in self.__dict__:  # made by a readiness probe
+            self._probe.close()
 
     def problem(self) -> str | None:
         dead = [t.name for t in self._threads if not t.is_alive()]
