@@ -206,9 +206,16 @@ class PhaseRunner:
                 raise TaskAborted()
             if event_type in _PROGRESS_EVENTS:
                 # A checkpoint: also of the running time, so TASK_TIMEOUT_S counts the work a
-                # lost process did (up to here) once the task is resumed elsewhere.
-                record.run_seconds = run.active_seconds(time.time())
-                if not store.save_unless_finished(record) or time.time() > runs.lease_until:
+                # lost process did (up to here) once the task is resumed elsewhere. Under the
+                # run's lock (rule 3): `end_run` changes this same record and saves it under it,
+                # and a save of ours that copied its ending would land first and make its own
+                # conditional save fail, leaving the task ended without its terminal event.
+                with run.lock:
+                    if record.status.finished:
+                        raise TaskAborted()  # ended here while this event was on its way
+                    record.run_seconds = run.active_seconds(time.time())
+                    saved = store.save_unless_finished(record)
+                if not saved or time.time() > runs.lease_until:
                     raise TaskAborted()  # ended, taken over, or the save outlasted the lease
             try:
                 publish(task_id, agent, event_type, content, metadata)

@@ -18,8 +18,10 @@ The race rules, written once:
    stopped at its next event) or `Runs.end_idle_task` (a task no phase of which runs here:
    awaiting confirmation, queued in Celery, or lost with its owner). Both publish the terminal
    event only after winning `save_unless_finished`.
-3. **Within this process**, a run's transitions also happen under its `lock`, so the watchdog, a
-   command and the phase itself never interleave their read-modify-write of the record.
+3. **One run, one writer.** Within this process every change and save of a held run's record
+   happens under its `lock` (the crew's own checkpoints too), so the watchdog, a command and the
+   phase itself never interleave their read-modify-write: a save that copied another's half-made
+   ending and landed first would leave the task ended without its terminal event.
 4. **A crew learns it was ended** at its next event: the run's `aborted` flag (ended here) or its
    closed stream (ended by another process) makes the publish raise TaskAborted, a BaseException
    so that CrewAI's `except Exception` retry paths do not swallow it.

@@ -432,6 +432,50 @@ def test_a_long_reaping_pass_keeps_renewing_this_processs_own_lease(made, tmp_pa
     assert reaper.runs.lease_until > time.time()  # renewed during the pass
 
 
+# -- cancel vs the crew's own checkpoint -------------------------------------------------------------
+
+
+def test_a_cancel_while_the_crew_saves_its_progress_still_ends_the_task_with_its_event(made, tmp_path):
+    """One run, one writer (rule 3): the crew's thread is saving its checkpoint (the
+    ProductManager's agent_start) when a cancel ends the run on another thread. Forced here in
+    that order: the crew's save waits until the cancel has changed the record and reached its own
+    save. Without the run's lock around the checkpoint, the crew's save copied the ending and
+    landed first, the cancel's conditional save then found the task ended and published nothing:
+    the cancel answered, the task was `cancelled`, and its viewers waited for an end that never
+    came. With the lock the cancel waits for the checkpoint, then wins with its event."""
+    lc = lifecycle(made, tmp_path)
+    task_id = lc.commands.submit("Build a quiz app", skip_confirmation=True).task_id
+    crew = threading.Thread(target=lc.run_next, name="crew")
+    canceller = threading.Thread(target=lambda: lc.commands.cancel(task_id), name="cancel")
+    cancel_saving, crew_saved = threading.Event(), threading.Event()
+    checkpoint_to_interleave = [True]
+    save = lc.store.save_unless_finished
+
+    def interleaving_save(record):
+        me = threading.current_thread()
+        if me is crew and checkpoint_to_interleave and checkpoint_to_interleave.pop():
+            canceller.start()
+            # The cancel reaches its own save at once, unless it waits for the run's lock: then
+            # this wait runs out (the one second the fixed code spends here).
+            cancel_saving.wait(1.0)
+            try:
+                return save(record)
+            finally:
+                crew_saved.set()
+        if me is canceller:
+            cancel_saving.set()
+            crew_saved.wait(5)
+        return save(record)
+
+    lc.store.save_unless_finished = interleaving_save  # type: ignore[method-assign]
+    crew.start()
+    crew.join(10)
+    canceller.join(10)
+    assert not crew.is_alive() and not canceller.is_alive()
+    assert not checkpoint_to_interleave  # the crew did reach its checkpoint
+    assert_one_ending(lc, task_id, "cancelled", TaskStatus.cancelled)
+
+
 # -- cancel vs start -------------------------------------------------------------------------------
 
 
