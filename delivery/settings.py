@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     # Execution and task lifecycle. executor=celery: crews run in `celery -A worker worker`.
     executor: ExecutorKind = ExecutorKind.thread
     celery_broker_url: str | None = None  # default: redis_url
+    # The broker queue phases go through: deployments (or tests) sharing one broker keep apart with it
+    celery_queue: str = Field("crew-phases", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
     max_concurrent_tasks: int = Field(4, ge=1, le=256)
     task_timeout_s: float = Field(1800.0, gt=0)
     confirmation_timeout_s: float = Field(1800.0, gt=0)

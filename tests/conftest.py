@@ -5,6 +5,7 @@ follow the folders: tests/unit -> unit, tests/server -> server, tests/system -> 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from tests.support.server_process import Server
 # In-process imports of our modules (unit tests) must never pick up a developer's key or .env choice.
 os.environ["LLM_PROVIDER"] = "scripted"
 os.environ.pop("DASHSCOPE_API_KEY", None)
+# This run's own Celery queue on the machine's shared Redis (servers and workers inherit it): a worker
+# left behind by an earlier or concurrent run cannot take this run's phases, nor this run's workers theirs.
+os.environ.setdefault("CELERY_QUEUE", f"test-phases-{uuid.uuid4().hex[:12]}")
 
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = {"unit", "server", "system", "compose"}

@@ -26,7 +26,7 @@ def broker_priority(app: Celery, priority: TaskPriority) -> int:
 def make_celery(settings: Settings) -> Celery:
     app = Celery("worker", broker=settings.celery_broker_url or settings.redis_url)
     app.conf.update(
-        task_default_queue="crew-phases",
+        task_default_queue=settings.celery_queue,
         task_queue_max_priority=max(_AMQP_PRIORITY.values()),  # RabbitMQ only; Redis ignores it
         # A message is acknowledged when its phase ends, and a worker reserves no more messages
         # than it has threads: so a worker killed with phases waiting for a thread loses none of

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -336,12 +337,18 @@ def test_a_killed_worker_loses_neither_its_running_phase_nor_the_one_waiting_for
 
 
 def test_a_worker_with_celerys_default_process_pool_runs_phases(cluster, tmp_path):
-    """After the kill above (and its replacement's stop), this worker is the only one: the task
-    must run in its pool."""
-    worker = Worker(cluster.env, tmp_path / "prefork.log", pool=["-c", "1"])
+    """On a queue of its own, served by a replica of its own, the prefork worker is the only one that
+    can take the task: it ends only if a phase runs in the pool's child process."""
+    queue = {"CELERY_QUEUE": f"prefork-{uuid.uuid4().hex[:8]}"}
+    replica = cluster.replica("prefork", **queue)
+    worker = Worker({**cluster.env, **queue}, tmp_path / "prefork.log", pool=["-c", "1"])
     try:
-        task_id = submit(cluster.nginx.url, "A flashcard app for language learners")
-        events = read_stream(cluster.a.url, task_id, timeout=120).events
+        worker.wait_ready()
+        task_id = submit(replica.url, "A flashcard app for language learners")
+        events = read_stream(replica.url, task_id, timeout=120).events
         assert events[-1]["event_type"] == "end", worker.log_text()[-2000:]
+        children = Path(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children").read_text().split()
+        assert len(children) == 1, f"not a prefork pool of one child: {children}"
     finally:
         worker.stop()
+        replica.stop()
