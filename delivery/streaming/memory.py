@@ -105,6 +105,19 @@ logger = logging.getLogger(__name__)
 MISSING = "Event {sequence} of this task is missing from its archive (a defect: the server log says more)."
 
 
+def missing_marker(task_id: str, sequence: int, ts: float) -> Event:
+    """What stands in a log for an event that was lost or cannot be read (a defect)."""
+    return Event(
+        task_id,
+        sequence,
+        SYSTEM_AGENT,
+        EventType.action.value,
+        MISSING.format(sequence=sequence),
+        ts,
+        {"missing": True},
+    )
+
+
 def by_sequence(task_id: str, events: list[Event], after: int = 0) -> list[Event]:
     """A stored log as the log held here must be: event n at index n-1, so that a viewer resuming
     after any sequence gets exactly what follows it. A sequence missing from the store (it refused
@@ -121,17 +134,7 @@ def by_sequence(task_id: str, events: list[Event], after: int = 0) -> list[Event
         while after + len(log) + 1 < event.sequence:
             sequence = after + len(log) + 1
             missing.append(sequence)
-            log.append(
-                Event(
-                    task_id,
-                    sequence,
-                    SYSTEM_AGENT,
-                    EventType.action.value,
-                    MISSING.format(sequence=sequence),
-                    event.ts,
-                    {"missing": True},
-                )
-            )
+            log.append(missing_marker(task_id, sequence, event.ts))
         log.append(event)
     if missing:
         logger.error("task %s: events %s are missing from the stored log; replayed as markers", task_id, missing)

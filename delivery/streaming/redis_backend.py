@@ -30,7 +30,7 @@ from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import TERMINAL_EVENT_TYPES, Event
 from delivery.observability import metrics
 from delivery.streaming.backend import EventBackend, StreamSnapshot, Subscription
-from delivery.streaming.memory import MemoryEventBackend
+from delivery.streaming.memory import MemoryEventBackend, missing_marker
 
 log = logging.getLogger(__name__)
 _METADATA = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -87,6 +87,9 @@ end
 return 1
 """
 WRITE_BATCH = 2000
+# Events the outbox holds before crew threads wait for the writer (Redis down): memory stays bounded
+# (about this many events, a few hundred bytes each) and crews pause instead of piling up.
+OUTBOX_LIMIT = 50_000
 READ_BLOCK_MS = 100
 
 # What redis-py returns (bytes: the client does not decode): entries of one stream, and XREAD's
@@ -131,6 +134,25 @@ def _decode_flat(task_id: str, entry_id: bytes, flat: list[bytes]) -> Event:
     return _decode(task_id, entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
+def _decodable(
+    task_id: str, entries: Iterable[tuple[bytes, Any]], decode: Callable[[str, bytes, Any], Event]
+) -> list[Event]:
+    """Each entry as an event; one that cannot be read (written by something other than this
+    code) is logged with its task, counted, and held by the marker of a missing event, so the
+    sequences after it keep their meaning and the reader goes on."""
+    events = []
+    for entry_id, fields in entries:
+        try:
+            events.append(decode(task_id, entry_id, fields))
+        except Exception:  # one entry of its own kind: the others are read
+            metrics.BACKGROUND_ERRORS.labels("redis-reader").inc()
+            log.exception(
+                "task %s: Redis entry %r cannot be read as an event; a marker holds its place", task_id, entry_id
+            )
+            events.append(missing_marker(task_id, int(entry_id.split(b"-", 1)[0]), time.time()))
+    return events
+
+
 def _as_is(response: Any, **_: Any) -> Any:
     return response
 
@@ -155,8 +177,17 @@ def _decode(task_id: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
 class RedisEventBackend(EventBackend):
     shared = True
 
-    def __init__(self, url: str, *, maxlen: int = 100_000, ttl_s: float = 3600.0, memory_limit_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        maxlen: int = 100_000,
+        ttl_s: float = 3600.0,
+        memory_limit_bytes: int = 0,
+        outbox_limit: int = OUTBOX_LIMIT,
+    ) -> None:
         self._url = url
+        self._outbox_limit = outbox_limit
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._append = self._redis.register_script(_APPEND)
         self._reseed = self._redis.register_script(_RESEED)
@@ -244,9 +275,24 @@ class RedisEventBackend(EventBackend):
             raise StreamClosedError(f"stream {task_id} already ended")
         if event_type in TERMINAL_EVENT_TYPES:
             self._ended_here.add(task_id)
+        if len(self._outbox) >= self._outbox_limit:
+            self._wait_for_room(task_id)
         self._outbox.append((task_id, agent_name, event_type, content, time.time(), metadata))
         if not self._outbox_ready.is_set():
             self._outbox_ready.set()
+
+    def _wait_for_room(self, task_id: str) -> None:
+        """A full outbox (Redis unreachable for a while): a crew's thread waits here until the
+        writer has room again, so the crew pauses rather than filling memory. The event loop's own
+        few events (cancel, confirmation) are taken at once: the loop never waits on Redis."""
+        try:
+            asyncio.get_running_loop()
+            return
+        except RuntimeError:
+            pass
+        log.warning("task %s: %d events wait for Redis; the crew pauses until it is back", task_id, len(self._outbox))
+        while self._running and len(self._outbox) >= self._outbox_limit:
+            time.sleep(0.05)
 
     def _write_loop(self) -> None:
         pending: list[_Pending] = []
@@ -321,7 +367,7 @@ class RedisEventBackend(EventBackend):
         entries = cast(_Entries, self._redis.xrange(_events_key(task_id)))
         if not entries and not self._redis.exists(_meta_key(task_id)):
             return False
-        events = self._with_stored_start(task_id, 0, [_decode(task_id, i, fields) for i, fields in entries])
+        events = self._with_stored_start(task_id, 0, _decodable(task_id, entries, _decode))
         if events is None:
             return False  # the store is missing part of it too: the caller serves the store's log
         try:
@@ -358,7 +404,7 @@ class RedisEventBackend(EventBackend):
 
     def shared_events_after(self, task_id: str, sequence: int) -> list[Event]:
         entries = cast(_Entries, self._redis.xrange(_events_key(task_id), min=f"{sequence + 1}-0"))
-        return [_decode(task_id, entry_id, fields) for entry_id, fields in entries]
+        return _decodable(task_id, entries, _decode)
 
     def _tail(self, task_id: str, sequence: int) -> None:
         """Mirror the task's log from Redis after `sequence`, starting now."""
@@ -409,26 +455,36 @@ class RedisEventBackend(EventBackend):
                 if key == wake_key:
                     self._wake_seen = entries[-1][0]
                     continue
-                task_id = key.decode().split(":")[2]
-                with self._tail_lock:
-                    held = self._tailed.get(task_id)
-                if held is None:
-                    continue
-                events = self._with_stored_start(
-                    task_id, held, [_decode_flat(task_id, entry_id, flat) for entry_id, flat in entries]
-                )
-                if events is None:  # fell behind the trimming; the archive will have them: retry
-                    time.sleep(READ_BLOCK_MS / 1000)
-                    continue
                 try:
-                    self._mirror.replicate(task_id, events)
-                except TaskNotFoundError:  # evicted meanwhile
-                    pass
-                with self._tail_lock:
-                    if events[-1].event_type in TERMINAL_EVENT_TYPES:
-                        self._tailed.pop(task_id, None)
-                    elif task_id in self._tailed:
-                        self._tailed[task_id] = events[-1].sequence
+                    self._take(key.decode().split(":")[2], entries)
+                except Exception:  # the reader serves every task's viewers: it goes on
+                    metrics.BACKGROUND_ERRORS.labels("redis-reader").inc()
+                    log.exception("reading %r from Redis failed; retrying in 1 s", key)
+                    time.sleep(1.0)
+
+    def _take(self, task_id: str, entries: list[tuple[bytes, list[bytes]]]) -> None:
+        """Replicate what the reader read of one task's log into the mirror."""
+        with self._tail_lock:
+            held = self._tailed.get(task_id)
+        if held is None:
+            return
+        try:
+            decoded = [_decode_flat(task_id, entry_id, flat) for entry_id, flat in entries]
+        except Exception:  # noqa: BLE001 - one bad entry must not stop the task's viewers
+            decoded = _decodable(task_id, entries, _decode_flat)
+        events = self._with_stored_start(task_id, held, decoded)
+        if events is None:  # fell behind the trimming; the archive will have them: retry
+            time.sleep(READ_BLOCK_MS / 1000)
+            return
+        if not events:
+            return
+        with contextlib.suppress(TaskNotFoundError):  # evicted meanwhile
+            self._mirror.replicate(task_id, events)
+        with self._tail_lock:
+            if events[-1].event_type in TERMINAL_EVENT_TYPES:
+                self._tailed.pop(task_id, None)
+            elif task_id in self._tailed:
+                self._tailed[task_id] = events[-1].sequence
 
     # -- the local mirror ---------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+import redis
 
 from delivery.errors import StreamClosedError, TaskNotFoundError
 from delivery.events import Event
@@ -356,3 +357,49 @@ def test_a_replicated_batch_with_a_gap_is_held_by_sequence_not_refused(caplog):
         (5, "5"),
     ]
     assert "events [4] are missing" in caplog.text
+
+
+@pytest.mark.system
+def test_while_redis_is_unreachable_a_crew_pauses_at_the_outbox_bound_and_loses_nothing():
+    """Redis (behind a proxy) goes down mid-task: the crew's thread waits once the outbox holds
+    `outbox_limit` events (memory stays bounded), the event loop's own publish is never held, and
+    when Redis is back every event is written, in order, once."""
+    from tests.support.tcp_proxy import CuttableProxy
+
+    proxy = CuttableProxy(6379)
+    ensure_redis()
+    backend = RedisEventBackend(f"redis://127.0.0.1:{proxy.port}/0", ttl_s=60, outbox_limit=50)
+    task_id = new_id()
+    published = threading.Event()
+    try:
+        backend.start()
+        backend.open(task_id)
+        proxy.down()
+        proxy.cut()
+
+        def crew() -> None:
+            for n in range(200):
+                backend.publish(task_id, "A", "thought", str(n))
+            published.set()
+
+        thread = threading.Thread(target=crew, daemon=True)
+        thread.start()
+        wait_for(lambda: len(backend._outbox) >= 50, timeout=10, message="the outbox to fill")
+        assert not published.wait(1.5), "the crew went on publishing past the bound"
+        assert len(backend._outbox) <= 51  # the writer's batch in hand aside
+
+        async def from_the_loop() -> None:  # e.g. a cancel: taken at once, never waits on Redis
+            backend.publish(task_id, "System", "action", "from the loop")
+
+        asyncio.run(asyncio.wait_for(from_the_loop(), 1))
+        proxy.up()
+        assert published.wait(30), "the crew did not go on once Redis was back"
+        backend.publish(task_id, "System", "end", "done")
+        client = redis.Redis.from_url(ensure_redis())
+        wait_for(lambda: client.xlen(f"mad:task:{task_id}:events") == 202, timeout=30, message="every event")
+        contents = [e.content for e in backend.shared_events_after(task_id, 0)]
+        crew_part = [c for c in contents if c.isdigit()]
+        assert crew_part == [str(n) for n in range(200)] and "from the loop" in contents and contents[-1] == "done"
+    finally:
+        backend.stop()
+        proxy.close()

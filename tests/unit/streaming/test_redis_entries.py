@@ -67,3 +67,36 @@ def test_an_entry_written_by_an_earlier_version_is_still_read():
         1700000000.25,
         {"step": 4},
     )
+
+
+def test_an_entry_that_cannot_be_read_is_held_by_a_marker_and_the_reader_goes_on():
+    """Something other than this code wrote an entry into a task's log: live and late readers hold
+    a marker at its sequence, every other event keeps its own, and the task's end still arrives."""
+    url = ensure_redis()
+    client = redis.Redis.from_url(url)
+    writer, reader, late = (RedisEventBackend(url, ttl_s=60) for _ in range(3))
+    task_id = str(uuid.uuid4())
+    try:
+        for backend in (writer, reader, late):
+            backend.start()
+        writer.open(task_id)
+        assert reader.load(task_id)
+        writer.publish(task_id, "ProductManager", "thought", "first")
+        wait_for(lambda: len(reader.events(task_id)) == 1, timeout=10, message="the first event")
+        # the next sequence, as the append script would take it, but with fields no version writes
+        client.hincrby(f"mad:task:{task_id}:meta", "seq", 1)
+        client.xadd(f"mad:task:{task_id}:events", {"x": "not an event"}, id="2-0")
+        writer.publish(task_id, "System", "end", "done")
+        wait_for(lambda: reader.is_closed(task_id), timeout=10, message="the live reader to get the end")
+        assert late.load(task_id)
+        for backend in (reader, late):
+            events = backend.events(task_id)
+            assert [(e.sequence, e.agent_name, e.event_type) for e in events] == [
+                (1, "ProductManager", "thought"),
+                (2, "System", "action"),
+                (3, "System", "end"),
+            ]
+            assert events[1].metadata == {"missing": True}
+    finally:
+        for backend in (writer, reader, late):
+            backend.stop()
