@@ -14,11 +14,12 @@ from tests.support.server_process import ROOT, free_port, terminate
 NGINX = "/usr/sbin/nginx"
 
 
-def render_config(upstream_ports: list[int], listen_port: int, workdir: Path) -> Path:
+def render_config(upstream_ports: list[int], listen_port: int, workdir: Path, source: str | None = None) -> Path:
     """nginx.conf with its upstream pointed at loopback ports and its files kept in workdir: the
     compose DNS name (`set $api_upstream api:8000;`, found through the resolver that
-    docker-compose.yml writes into resolver.conf) becomes an upstream group of these ports."""
-    text = (ROOT / "nginx.conf").read_text()
+    docker-compose.yml writes into resolver.conf) becomes an upstream group of these ports.
+    `source`: a variant of nginx.conf's text to render instead (the tracked file is never written)."""
+    text = (ROOT / "nginx.conf").read_text() if source is None else source
     servers = "".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in upstream_ports)
     upstream = f"    upstream loopback_api {{\n{servers}        keepalive 64;\n    }}\n"
     text, n = re.subn(r"    include /etc/nginx/resolver.conf;\n", upstream, text)
@@ -43,10 +44,10 @@ def check_config(conf: Path) -> subprocess.CompletedProcess:
 
 
 class Nginx:
-    def __init__(self, upstream_ports: list[int], workdir: Path) -> None:
+    def __init__(self, upstream_ports: list[int], workdir: Path, source: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.conf = render_config(upstream_ports, self.port, workdir)
+        self.conf = render_config(upstream_ports, self.port, workdir, source)
         checked = check_config(self.conf)
         if checked.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{checked.stderr}")

@@ -179,17 +179,14 @@ def test_nginx_conf_keeps_a_silent_stream_open_past_nginxs_default_read_timeout(
     """The same silent stream through nginx.conf and through a copy without its read timeout
     (the control, which nginx cuts after 60 s): the test fails if nginx.conf loses the setting."""
     upstream = IdleUpstream()
-    conf = ROOT / "nginx.conf"
-    original = conf.read_text()
+    original = (ROOT / "nginx.conf").read_text()
     assert original.count("proxy_read_timeout 3600s;") == 1
     proxies = {}
     try:
         proxies["nginx.conf"] = Nginx([upstream.port], tmp_path / "ours")
-        conf.write_text(original.replace("proxy_read_timeout 3600s;", ""))
-        proxies["control"] = Nginx([upstream.port], tmp_path / "control")
-    finally:
-        conf.write_text(original)
-    try:
+        proxies["control"] = Nginx(
+            [upstream.port], tmp_path / "control", source=original.replace("proxy_read_timeout 3600s;", "")
+        )
         with ThreadPoolExecutor(2) as pool:  # both wait out the same minute
             received = dict(zip(proxies, pool.map(events_through, [p.url for p in proxies.values()]), strict=True))
         assert received == {"nginx.conf": ["id: 1", "id: 2"], "control": ["id: 1"]}
