@@ -359,6 +359,9 @@ class VersionList(BaseModel):
 class Health(BaseModel):
     status: str
     provider: str
-    active_tasks: int
-    busy_workers: int = Field(description="Worker threads currently running a crew.")
+    active_tasks: int = Field(
+        description="Tasks this process holds, running or waiting here. Under EXECUTOR=celery crews run in the "
+        "workers, so an API process holds none: the deployment's figures are the workers' `/metrics`."
+    )
+    busy_workers: int = Field(description="Threads of this process currently running a crew (0 under EXECUTOR=celery).")
     auth_required: bool = Field(False, description="Whether /api routes need an API key (API_KEYS).")
