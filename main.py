@@ -43,6 +43,7 @@ from delivery.errors import (  # noqa: E402
     InvalidResumePointError,
     RateLimitedError,
     RequestInProgressError,
+    ServiceUnavailableError,
     TaskNotFinishedError,
     TaskNotFoundError,
     TaskStateConflictError,
@@ -86,6 +87,7 @@ HTTP_STATUS: dict[type[DomainError], int] = {
     AuthenticationRequiredError: 401,
     ForbiddenError: 403,
     RateLimitedError: 429,
+    ServiceUnavailableError: 503,
 }
 
 
@@ -149,8 +151,9 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         headers = {}
         if isinstance(exc, AuthenticationRequiredError):
             headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(exc, RateLimitedError):
-            headers["Retry-After"] = str(exc.retry_after_s)
+        retry_after = getattr(exc, "retry_after_s", None)  # 429, 503, and 409 for a request in progress
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
         return JSONResponse({"detail": str(exc)}, status_code=HTTP_STATUS.get(type(exc), 400), headers=headers)
 
     app.add_middleware(

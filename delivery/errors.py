@@ -41,7 +41,18 @@ class TaskStateConflictError(DomainError):
 
 
 class RequestInProgressError(DomainError):
-    """The same Idempotency-Key is still being worked on (HTTP 409)."""
+    """The same Idempotency-Key is still being worked on (HTTP 409, with Retry-After)."""
+
+    retry_after_s = 2  # a request's work takes a second or two, or waits out a failing part
+
+
+class ServiceUnavailableError(DomainError):
+    """A part the request needs (Redis, the Celery broker) failed half-way and what was begun was
+    undone (HTTP 503); `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidRequestError(DomainError):

@@ -8,7 +8,9 @@ any replica (the keys live in the task store). The rules, after Stripe's and the
 - the same key with a different request (route, task or body) is refused (422);
 - while the first request is still being worked on, a second one gets 409 with Retry-After;
 - only accepted answers (2xx) are remembered: after a refusal (429 at capacity, 409 in the wrong
-  state, ...) a retry with the same key is tried afresh;
+  state, ...) a retry with the same key is tried afresh. So is one after a 503 (Redis or the
+  broker failed half-way): the work undoes what it had begun before answering (TaskCommands), so
+  the retry does it once;
 - answers are kept for IDEMPOTENCY_TTL_S (default 24 h), then the key may be used again.
 """
 

@@ -66,7 +66,14 @@ IDEMPOTENT: dict[int | str, dict[str, Any]] = {
     409: {
         "model": ErrorResponse,
         "description": "Not possible in the task's current state, or a request with the same "
-        "Idempotency-Key is still being worked on",
+        "Idempotency-Key is still being worked on (see Retry-After)",
+    },
+}
+HALF_DONE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorResponse,
+        "description": "Redis or the Celery broker failed half-way and what was begun was undone "
+        "(a new task is recorded as failed, an answer is asked again); retry after Retry-After",
     },
 }
 IdempotencyKey = Annotated[
@@ -103,7 +110,7 @@ def _stream_info(s: StreamSnapshot) -> StreamInfo:
     )
 
 
-@router.post("/run_task", status_code=202, response_model=RunTaskResponse, responses=IDEMPOTENT)
+@router.post("/run_task", status_code=202, response_model=RunTaskResponse, responses={**IDEMPOTENT, **HALF_DONE})
 def run_task(
     body: RunTaskRequest, runtime: RuntimeDep, request: Request, caller: Caller, _key: IdempotencyKey = None
 ) -> RunTaskResponse | JSONResponse:
@@ -206,6 +213,7 @@ def _finished(record: TaskRecord) -> TaskRecord:
     responses={
         **NOT_FOUND,
         **IDEMPOTENT,
+        **HALF_DONE,
         422: {"model": ErrorResponse, "description": "Changes requested without feedback"},
     },
 )

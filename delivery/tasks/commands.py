@@ -3,21 +3,28 @@ threads, in any process; the race rules are in runs.py."""
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
 import uuid
+from typing import NamedTuple
 
 from agents_config import detect_language
 from delivery.crew.roster import ROSTER
-from delivery.errors import InvalidRequestError, StreamClosedError, TaskStateConflictError
+from delivery.errors import InvalidRequestError, ServiceUnavailableError, StreamClosedError, TaskStateConflictError
 from delivery.events import SYSTEM_AGENT, EventType
 from delivery.llm.providers import writing_language
 from delivery.llm.usage import agent_usage, task_budget
 from delivery.observability import tracing
+from delivery.settings import EventBackendKind
 from delivery.tasks.executors import Executor
+from delivery.tasks.phases import confirmation_prompt
 from delivery.tasks.records import Phase, TaskPriority, TaskRecord, TaskStatus
 from delivery.tasks.runs import Ending, Run, Runs
 from delivery.tasks.store import HANDED_BACK_AT
 from delivery.webhooks.addresses import AddressNotAllowedError, check_url
+
+log = logging.getLogger(__name__)
 
 
 class TaskCommands:
@@ -55,10 +62,43 @@ class TaskCommands:
         tracing.start_task(record)
         self._assign(record)
         self._runs.store.save(record)
-        self._runs.streams.open(record.task_id)
-        self._hold(record)
-        self._executor.dispatch(record.task_id, Phase.analysis, record.attempts, record.priority)
+        # From here on a failure must leave nothing that runs later (the client is told 503 and
+        # retries): the saved task is ended, as not started, before the answer goes out.
+        try:
+            self._runs.streams.open(record.task_id)
+        except Exception as exc:  # whatever the backend raises, the task cannot start
+            raise self._not_started(record, self._events_part(), exc) from exc
+        run = self._hold(record)
+        try:
+            self._executor.dispatch(record.task_id, Phase.analysis, record.attempts, record.priority)
+        except Exception as exc:  # each broker transport raises its own errors
+            if run is not None:
+                self._runs.release(run)
+            raise self._not_started(record, self._executor_part(), exc) from exc
         return record
+
+    def _not_started(self, record: TaskRecord, part: _Part, exc: Exception) -> ServiceUnavailableError:
+        """End a submission that failed half-way; the 503 that says so."""
+        log.error("task %s could not be started: %s failed", record.task_id, part.name, exc_info=exc)
+        failure = f"{part.name} failed ({type(exc).__name__})"
+        self._runs.end_unstarted(
+            record, f"Not started: {failure} as it was submitted; the request was answered 503. Submit it again."
+        )
+        return ServiceUnavailableError(
+            f"The task could not be started: {failure}. Nothing will run (task {record.task_id} is "
+            "recorded as failed). Retry in a few seconds, with the same Idempotency-Key if you sent "
+            f"one; operators: check {part.settings} and GET /readyz."
+        )
+
+    def _events_part(self) -> _Part:
+        if self._runs.settings.event_backend is EventBackendKind.redis:
+            return _Part("the event log (Redis)", "REDIS_URL and that Redis is up")
+        return _Part("the event log", "the server log")
+
+    def _executor_part(self) -> _Part:
+        if self._executor.local:
+            return _Part("this server's crew pool (the server is stopping)", "that the server is up")
+        return _Part("the task queue (the Celery broker)", "CELERY_BROKER_URL (or REDIS_URL) and that the broker is up")
 
     def _check_webhook_url(self, url: str) -> None:
         if not self._runs.webhooks.enabled:
@@ -76,6 +116,7 @@ class TaskCommands:
         r = runs.store.get(task_id)
         if r.status is not TaskStatus.awaiting_confirmation:
             raise _not_waiting(r)
+        waiting = copy.deepcopy(r)  # to put back should the answer's phase not be dispatched
         if not approved and not feedback:
             raise InvalidRequestError(
                 "To request changes, say what to change in `feedback`; to stop the task, "
@@ -110,8 +151,43 @@ class TaskCommands:
             if run is not None:
                 runs.release(run)
             raise _not_waiting(runs.store.get(task_id)) from None
-        self._executor.dispatch(task_id, r.phase, r.attempts, r.priority)
+        try:
+            self._executor.dispatch(task_id, r.phase, r.attempts, r.priority)
+        except Exception as exc:  # noqa: BLE001 - each broker transport raises its own errors
+            if run is not None:
+                runs.release(run)
+            self._undo_confirmation(waiting, r, exc)
         return r
+
+    def _undo_confirmation(self, waiting: TaskRecord, confirmed: TaskRecord, exc: Exception) -> None:
+        """The answer's phase could not be dispatched: put the task back to awaiting confirmation
+        (as it was, with the same deadline) and ask again, so the client's retry answers afresh
+        (ServiceUnavailableError). Returns when a worker took the phase up after all (the
+        message had reached the broker): the answer stands."""
+        runs, task_id, part = self._runs, confirmed.task_id, self._executor_part()
+        log.error("task %s: the confirmed %s phase could not be dispatched", task_id, confirmed.phase, exc_info=exc)
+        failure = f"{part.name} failed ({type(exc).__name__})"
+        assert confirmed.phase is not None
+        if not runs.store.revert_confirmation(waiting, confirmed.phase, confirmed.owner):
+            now = runs.store.get(task_id)
+            if now.status.finished:
+                raise _not_waiting(now) from exc  # cancelled or timed out meanwhile
+            return  # taken up: it runs
+        # Viewers saw `confirmed`: the question is asked again, as it was, saying why.
+        undone = {"not_applied": f"The answer was undone: {failure}."}
+        asked = next((e for e in reversed(runs.streams.events(task_id)) if e.event_type == _ASKED), None)
+        if asked is not None:
+            runs.streams.publish(task_id, asked.agent_name, _ASKED, asked.content, {**(asked.metadata or {}), **undone})
+        else:  # its log does not have it (not yet archived): ask from the record
+            rounds_left = runs.settings.max_revision_rounds - len(waiting.feedback)
+            analysis = waiting.deliverables.get(ROSTER.analyst.deliverable, "")
+            prompt = confirmation_prompt(task_id, analysis, rounds_left)
+            runs.streams.publish(task_id, ROSTER.analyst.name, _ASKED, prompt, undone)
+        raise ServiceUnavailableError(
+            f"Your answer could not be carried out: {failure}. It was undone: the task awaits your "
+            "confirmation again. Answer again in a few seconds, with the same Idempotency-Key if you "
+            f"sent one; operators: check {part.settings} and GET /readyz."
+        ) from exc
 
     def resume(self, record: TaskRecord, lost: str) -> bool:
         """Go on with a task whose phase was lost with its process, or handed back by it as it
@@ -220,6 +296,16 @@ class TaskCommands:
     def _hold(self, record: TaskRecord) -> Run | None:
         """Local executors hold queued tasks as runs here, so cancelling one needs no worker."""
         return self._runs.hold(record) if self._executor.local else None
+
+
+_ASKED = EventType.awaiting_confirmation.value
+
+
+class _Part(NamedTuple):
+    """A part a request needs, as an error names it: what it is, and what operators check."""
+
+    name: str
+    settings: str
 
 
 def _not_waiting(r: TaskRecord) -> TaskStateConflictError:

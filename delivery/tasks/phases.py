@@ -294,7 +294,7 @@ class PhaseRunner:
                 r.task_id,
                 ROSTER.analyst.name,
                 EventType.awaiting_confirmation.value,
-                _confirmation_prompt(r.task_id, analysis, rounds_left),
+                confirmation_prompt(r.task_id, analysis, rounds_left),
                 {
                     "confirm_url": f"/api/task/{r.task_id}/confirm",
                     "revision_rounds_left": rounds_left,
@@ -348,7 +348,8 @@ class PhaseRunner:
             )
 
 
-def _confirmation_prompt(task_id: str, analysis: str, rounds_left: int) -> str:
+def confirmation_prompt(task_id: str, analysis: str, rounds_left: int) -> str:
+    """The `awaiting_confirmation` event's text: the analysis, then how to answer."""
     changes = (
         f'or request changes ({rounds_left} revision round(s) left):\n'
         f'  {{"approved": false, "feedback": "what to change"}}\n'

@@ -15,9 +15,10 @@ The race rules, written once:
    raises TaskAborted, a command answers 409). So confirm racing cancel, a timeout racing the end
    of a crew, or two reapers racing each other leave one outcome and one event.
 2. **One terminal event.** Every ending goes through `Runs.end_run` (a run held here: its crew is
-   stopped at its next event) or `Runs.end_idle_task` (a task no phase of which runs here:
-   awaiting confirmation, queued in Celery, or lost with its owner). Both publish the terminal
-   event only after winning `save_unless_finished`.
+   stopped at its next event), `Runs.end_idle_task` (a task no phase of which runs here:
+   awaiting confirmation, queued in Celery, or lost with its owner) or `Runs.end_unstarted` (a
+   submission that failed half-way: no phase ever ran). Each publishes the terminal event only
+   after winning `save_unless_finished`.
 3. **One run, one writer.** Within this process every change and save of a held run's record
    happens under its `lock` (the crew's own checkpoints too), so the watchdog, a command and the
    phase itself never interleave their read-modify-write: a save that copied another's half-made
@@ -202,7 +203,25 @@ class Runs:
             log.warning("task %s failed: %s", record.task_id, ending.content)
         return True
 
-    def _publish_terminal(self, record: TaskRecord, ending: Ending) -> None:
+    def end_unstarted(self, record: TaskRecord, reason: str) -> bool:
+        """End a task whose submission failed half-way (its log could not be opened, or its first
+        phase not sent to the executor), so that nothing runs it later. Its client was answered
+        503 and never given its id: an `error` event ends its log, but no webhook is sent. A log
+        that could not be opened (Redis failed) gets that event from the record when it is first
+        read, or from the watchdog's `repair_endings`: nothing here waits on Redis again. False
+        when something had ended the task first."""
+        ending = Ending.failed(reason)
+        record.status, record.finished_at, record.error = ending.status, time.time(), ending.error
+        if not self.store.save_unless_finished(record):
+            return False
+        metrics.observe_ending(ending.status, record.run_seconds)
+        if self.streams.holds(record.task_id):
+            self._publish_terminal(record, ending, notify=False)
+        log.warning("task %s was not started: %s", record.task_id, reason)
+        return True
+
+    def _publish_terminal(self, record: TaskRecord, ending: Ending, notify: bool = True) -> None:
         metadata = {**(ending.metadata or {}), "usage": summary(record.usage)["total"]}
         self.streams.publish_terminal(record.task_id, ending.agent, ending.event_type.value, ending.content, metadata)
-        self.webhooks.notify(record, Notification(f"task.{ending.status.value}"))
+        if notify:
+            self.webhooks.notify(record, Notification(f"task.{ending.status.value}"))

@@ -77,6 +77,13 @@ class TaskStore(ABC):
         task, exactly one wins, and none writes back over a late save of the lost owner."""
 
     @abstractmethod
+    def revert_confirmation(self, record: TaskRecord, phase: Phase, owner: str | None) -> bool:
+        """Save `record` (the task as it awaited confirmation) only if the `phase` its answer
+        started was never taken up: the stored task still runs that phase's first attempt with
+        this `owner` (None: not yet claimed from the broker). A confirm whose phase could not be
+        dispatched is undone so; one a worker took up after all stands."""
+
+    @abstractmethod
     def expired_confirmations(self, now: float) -> list[TaskRecord]: ...
 
     @abstractmethod
@@ -418,6 +425,16 @@ class SqlTaskStore(TaskStore):
         return self._conditional_save(
             record, and_(t.c.status.not_in(_FINISHED), same_owner, same_heartbeat, same_progress)
         )
+
+    def revert_confirmation(self, record: TaskRecord, phase: Phase, owner: str | None) -> bool:
+        t = tasks_table
+        untouched = and_(
+            t.c.status == TaskStatus.running.value,
+            t.c.phase == phase.value,
+            func.coalesce(t.c.attempts, 1) == 1,
+            t.c.owner.is_(None) if owner is None else t.c.owner == owner,
+        )
+        return self._conditional_save(record, untouched)
 
     def expired_confirmations(self, now: float) -> list[TaskRecord]:
         query = select(tasks_table).where(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from delivery.errors import TaskStateConflictError
+from delivery.errors import ServiceUnavailableError, TaskStateConflictError
 from delivery.tasks.phases import PhaseNotStartedError
 from delivery.tasks.records import Phase, TaskPriority, TaskStatus
 from delivery.tasks.store import HANDED_BACK_AT
@@ -430,6 +430,109 @@ def test_a_long_reaping_pass_keeps_renewing_this_processs_own_lease(made, tmp_pa
     reaper.runs.lease_until = 0.0  # its lease as if it ran out during the pass
     assert sorted(reaper.watchdog.reap_lost(time.time())) == sorted(lost)
     assert reaper.runs.lease_until > time.time()  # renewed during the pass
+
+
+# -- a request that fails half-way ---------------------------------------------------------------------
+
+
+def _broker_down(exc: Exception = ConnectionRefusedError("Connection refused")):
+    def dispatch(*_: object) -> None:
+        raise exc
+
+    return dispatch
+
+
+def test_a_submission_whose_phase_cannot_be_dispatched_is_ended_not_left_to_run_later(made, tmp_path):
+    """The task was saved and its log opened, then the broker refused its first phase: the
+    client is told 503 (what failed, what to do) and the task is ended at once with its error
+    event, so no reaper starts it later beside the client's retry. No webhook: the client was
+    never given its id."""
+    lc = lifecycle(made, tmp_path, local_executor=False, webhook_secret="whsec_" + "A" * 44, webhook_allow_private=True)
+    lc.executor.dispatch = _broker_down()  # type: ignore[method-assign]
+    with pytest.raises(ServiceUnavailableError) as refused:
+        lc.commands.submit("Build a parking app", skip_confirmation=True, webhook_url="http://127.0.0.1:9/hook")
+    message = str(refused.value)
+    assert message.startswith("The task could not be started: the task queue (the Celery broker) failed (")
+    assert "Retry in a few seconds, with the same Idempotency-Key" in message and refused.value.retry_after_s == 5
+    [record] = lc.store.list_tasks(None, 10, None)
+    assert record.status is TaskStatus.failed and record.error is not None
+    assert record.error.startswith("Not started: the task queue (the Celery broker) failed (ConnectionRefusedError)")
+    assert_one_ending(lc, record.task_id, "error", TaskStatus.failed)
+    assert lc.types(record.task_id) == ["error"]
+    assert lc.watchdog.reap_lost(time.time() + LATER) == []  # nothing left to run, ever
+    assert lc.store.webhooks(record.task_id) == []
+
+
+def test_a_submission_whose_log_cannot_be_opened_is_ended_and_its_log_says_so_when_read(made, tmp_path):
+    """Redis failed as the task's log was opened: the task is ended without waiting on Redis
+    again; the first reader of its log (or the watchdog's repair) gets the error event from the
+    record."""
+    lc = lifecycle(made, tmp_path)
+
+    def redis_down(task_id: str) -> None:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    lc.streams.open = redis_down  # type: ignore[method-assign]
+    with pytest.raises(ServiceUnavailableError, match=r"^The task could not be started: the event log failed \("):
+        lc.commands.submit("Build a parking app", skip_confirmation=True)
+    [record] = lc.store.list_tasks(None, 10, None)
+    assert (record.status, lc.runs.get(record.task_id), lc.executor.queue) == (TaskStatus.failed, None, [])
+    lc.streams.make_available(record.task_id)
+    assert_one_ending(lc, record.task_id, "error", TaskStatus.failed)
+    assert lc.log(record.task_id)[0].content == record.error
+
+
+def test_a_confirmation_whose_phase_cannot_be_dispatched_is_undone_and_asked_again(made, tmp_path):
+    """The broker refused the phase the answer started: the task awaits confirmation again as it
+    was (same deadline, no feedback recorded), its log asks again saying why, the client is told
+    503, and the retried answer goes through."""
+    api = lifecycle(made, tmp_path, name="api", local_executor=False)
+    worker = lifecycle(made, tmp_path, name="worker", shared_with=api)
+    task_id = api.commands.submit("Build a wiki with search", skip_confirmation=False).task_id
+    worker.phases.run(*api.executor.queue.pop(0))
+    before = api.store.get(task_id)
+    dispatch = api.executor.dispatch
+    api.executor.dispatch = _broker_down()  # type: ignore[method-assign]
+    with pytest.raises(ServiceUnavailableError, match=r"^Your answer could not be carried out: the task queue"):
+        api.commands.confirm(task_id, approved=False, feedback="add tags")
+    after = api.store.get(task_id)
+    assert after == before  # every field as it was before the answer
+    assert api.types(task_id)[-3:] == ["awaiting_confirmation", "confirmed", "awaiting_confirmation"]
+    asked, again = api.log(task_id)[-3], api.log(task_id)[-1]
+    assert again.content == asked.content
+    assert again.metadata == {
+        **(asked.metadata or {}),
+        "not_applied": "The answer was undone: the task queue (the Celery broker) failed (ConnectionRefusedError).",
+    }
+    assert api.watchdog.reap_lost(time.time() + LATER) == []
+
+    api.executor.dispatch = dispatch  # type: ignore[method-assign]
+    api.commands.confirm(task_id, approved=True, feedback=None)
+    worker.phases.run(*api.executor.queue.pop(0))
+    assert_one_ending(worker, task_id, "end", TaskStatus.succeeded)
+    assert api.types(task_id).count("confirmed") == 2 and api.store.get(task_id).feedback == []
+
+
+def test_a_confirmation_whose_message_reached_a_worker_after_all_stands(made, tmp_path):
+    """The broker took the message but the send still failed (its reply lost): a worker claims
+    the phase before the answer could be undone, so the answer stands and the phase runs."""
+    api = lifecycle(made, tmp_path, name="api", local_executor=False)
+    worker = lifecycle(made, tmp_path, name="worker", shared_with=api)
+    task_id = api.commands.submit("Build a wiki with search", skip_confirmation=False).task_id
+    worker.phases.run(*api.executor.queue.pop(0))
+
+    def delivered_but_failed(task_id: str, phase: Phase, attempt: int, _: TaskPriority) -> None:
+        record = worker.store.get(task_id)
+        record.owner = "worker"
+        assert worker.store.claim_phase(record)  # the worker has taken it up
+        raise TimeoutError("no reply from the broker")
+
+    api.executor.dispatch = delivered_but_failed  # type: ignore[method-assign]
+    confirmed = api.commands.confirm(task_id, approved=True, feedback=None)
+    assert confirmed.status is TaskStatus.running
+    stored = api.store.get(task_id)
+    assert (stored.status, stored.owner, stored.phase) == (TaskStatus.running, "worker", Phase.delivery)
+    assert api.types(task_id)[-1] == "confirmed"
 
 
 # -- cancel vs the crew's own checkpoint -------------------------------------------------------------
