@@ -21,11 +21,12 @@ from delivery.crew.compat import version_warning
 from delivery.llm.providers import describe_model, make_llm_factory, usage_policy
 from delivery.observability import metrics, tracing
 from delivery.security.auth import Auth
-from delivery.settings import Settings, database_url, instance_id
+from delivery.settings import Settings, database_url
 from delivery.streaming import sse
 from delivery.streaming.backend import EventBackend
 from delivery.tasks.commands import TaskCommands
 from delivery.tasks.executors import make_executor
+from delivery.tasks.instances import instance_id
 from delivery.tasks.phases import PhaseRunner
 from delivery.tasks.runs import Runs
 from delivery.tasks.store import SqlTaskStore
@@ -58,9 +59,9 @@ class Runtime:
         handler_class: type[CrewEventsHandler] | None = None,
     ) -> None:
         """`role` ("api" or "worker") names the process in traces; `name` is its instance id
-        (default: INSTANCE_ID or host:port); `event_backend` replaces the one EVENT_BACKEND names
-        (benchmarks); a worker passes its `celery_app`; `handler_class` replaces the one
-        EVENTS_HANDLER names."""
+        (default: INSTANCE_ID, else one unique to this process: delivery/tasks/instances.py);
+        `event_backend` replaces the one EVENT_BACKEND names (benchmarks); a worker passes its
+        `celery_app`; `handler_class` replaces the one EVENTS_HANDLER names."""
         self.settings = settings
         self.role = role
         self.model_label = describe_model(settings)

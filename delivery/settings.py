@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
@@ -88,8 +87,9 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(1800.0, gt=0)
     confirmation_timeout_s: float = Field(1800.0, gt=0)
     max_revision_rounds: int = Field(3, ge=0, le=20)
-    # Which process runs a task (kept with the task); default host:port. Phases of a stopped
-    # instance are resumed at its restart, or by any instance once their lease runs out.
+    # Which process runs a task (kept with the task); unique per process: the default is
+    # host:pid:tag (delivery/tasks/instances.py). One set here must not be shared by two live
+    # processes; the phases a stopped one left are resumed at its restart under the same id.
     instance_id: str | None = None
     task_lease_s: float = Field(30.0, ge=3)
     # A phase whose process is lost goes on elsewhere from the first unfinished agent, this many times in all
@@ -195,10 +195,6 @@ def _is_webhook_secret(value: str) -> bool:
         return 24 <= len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) <= 64
     except ValueError:
         return False
-
-
-def instance_id(settings: Settings) -> str:
-    return settings.instance_id or f"{socket.gethostname()}:{settings.port}"
 
 
 def database_url(settings: Settings) -> str:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from delivery.settings import EventBackendKind
+from delivery.tasks.instances import exited
 from delivery.tasks.records import TaskRecord, TaskStatus
 from delivery.tasks.runs import Ending, Runs
 from delivery.tasks.store import HANDED_BACK_AT
@@ -23,6 +24,7 @@ GAVE_UP = (
 ENDING_GRACE_S = 30.0
 UNCLAIMED = "The message of its phase (no worker took it up within TASK_TIMEOUT_S={timeout:g} s)"
 LOST_OWNER = "The worker {owner} (no heartbeat for over {lease:g} s: killed, crashed or cut off)"
+EXITED_OWNER = "The process {owner} (it no longer runs: killed or crashed)"
 HANDED_BACK = "{owner} stopped (a restart or deploy) and handed this task back"
 
 
@@ -110,7 +112,8 @@ class Watchdog:
         whose lease ran out; any process may do it, the store lets exactly one succeed. The lost
         owner, if it still lives, is fenced off: its attempt is over, so the store refuses its
         writes and it stopped its crew before its lease ran out (Runs.lease_until). Phases handed
-        back by a process that stopped gracefully are resumed at once."""
+        back by a process that stopped gracefully are resumed at once, and so are those of a
+        process on this host that is known to have exited (instances.exited)."""
         runs, lease, timeout = self._runs, self._runs.settings.task_lease_s, self._runs.settings.task_timeout_s
         lost: list[str] = []
         beat = time.monotonic()
@@ -127,6 +130,8 @@ class Watchdog:
                 how = HANDED_BACK.format(owner=r.owner or "its process")
             elif r.owner is not None and since < now - lease:
                 how = LOST_OWNER.format(owner=r.owner, lease=lease)
+            elif r.owner is not None and exited(r.owner):
+                how = EXITED_OWNER.format(owner=r.owner)  # on this host: no lease to wait out
             elif r.owner is None and since < now - timeout:  # dispatched, never claimed: the message is gone
                 how = UNCLAIMED.format(timeout=timeout)
             else:
@@ -147,9 +152,12 @@ class Watchdog:
         return self._runs.end_idle_task(record, Ending.failed(gave_up))
 
     def recover_at_start(self) -> list[str]:
-        """At start-up: go on with the phases an earlier run of this instance left queued or
-        running, from their first unfinished agent (failed past MAX_PHASE_ATTEMPTS; with the
-        memory event backend there is only one process, so all such phases are dead).
+        """At start-up: go on with the phases an earlier run of this instance (the same
+        INSTANCE_ID, when one is set) left queued or running, from their first unfinished agent
+        (failed past MAX_PHASE_ATTEMPTS; with the memory event backend there is only one process,
+        so all such phases are dead). A default id is this process's own: the phases of its
+        predecessor are resumed by `reap_lost`, at its first pass when that process ran on this
+        host (instances.exited), else when their lease runs out.
         Tasks awaiting confirmation go on: with the memory backend their logs are reopened here
         (with Redis they live there). Returns the failed ids."""
         runs = self._runs
