@@ -25,11 +25,12 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.middleware.cors import CORSMiddleware  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402
 from sqlalchemy.exc import InterfaceError, OperationalError  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from delivery import __version__  # noqa: E402
-from delivery.api.deps import RuntimeDep  # noqa: E402
+from delivery.api.deps import Caller, RuntimeDep  # noqa: E402
 from delivery.api.inputs import validation_error  # noqa: E402
 from delivery.api.routes import router  # noqa: E402
 from delivery.api.schemas import Health  # noqa: E402
@@ -38,10 +39,8 @@ from delivery.errors import (  # noqa: E402
     AuthenticationRequiredError,
     DeliverableNotFoundError,
     DomainError,
-    ForbiddenError,
     InvalidRequestError,
     InvalidResumePointError,
-    RateLimitedError,
     RequestInProgressError,
     ServiceUnavailableError,
     TaskNotFinishedError,
@@ -53,9 +52,8 @@ from delivery.observability import health, metrics  # noqa: E402
 from delivery.observability.logs import TaskLogContext, configure_logging  # noqa: E402
 from delivery.observability.metrics import HttpMetrics  # noqa: E402
 from delivery.runtime import Runtime, freeze_startup_heap  # noqa: E402
-from delivery.security.auth import Auth  # noqa: E402
-from delivery.security.rate_limits import RateLimits  # noqa: E402
-from delivery.security.request_guard import RequestGuard, audit_logger  # noqa: E402
+from delivery.security.gate import REFUSAL_STATUS, Gate  # noqa: E402
+from delivery.security.request_guard import AuditLog, RequestGuard  # noqa: E402
 from delivery.settings import Settings, get_settings  # noqa: E402
 from delivery.streaming.backend import EventBackend  # noqa: E402
 
@@ -84,9 +82,7 @@ HTTP_STATUS: dict[type[DomainError], int] = {
     RequestInProgressError: 409,
     InvalidResumePointError: 400,
     InvalidRequestError: 422,
-    AuthenticationRequiredError: 401,
-    ForbiddenError: 403,
-    RateLimitedError: 429,
+    **REFUSAL_STATUS,  # 401, 403, 429: security/gate.py
     ServiceUnavailableError: 503,
 }
 
@@ -94,14 +90,16 @@ HTTP_STATUS: dict[type[DomainError], int] = {
 def create_app(settings: Settings | None = None, *, event_backend: EventBackend | None = None) -> FastAPI:
     """`event_backend` replaces the backend EVENT_BACKEND names (the benchmarks' baseline)."""
     settings = settings or get_settings()
+    audit = AuditLog(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.log_format)
         runtime = Runtime(settings, event_backend=event_backend)
         app.state.runtime = runtime
-        app.state.auth = Auth(settings)
-        app.state.rate_limits = RateLimits(settings)
+        app.state.gate = Gate.from_settings(settings)
+        app.state.auth = app.state.gate.auth
+        audit.start()
         runtime.start(asyncio.get_running_loop())
         freeze_startup_heap()
         maintenance = asyncio.create_task(runtime.maintain())
@@ -111,6 +109,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         # Off the loop: the crews may take a moment to reach their next event (Runtime.hand_back).
         await asyncio.to_thread(runtime.hand_back)
         runtime.stop()
+        audit.stop()
 
     app = FastAPI(
         title="Multi-Agent Software Delivery System",
@@ -156,9 +155,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
             headers["Retry-After"] = str(retry_after)
         return JSONResponse({"detail": str(exc)}, status_code=HTTP_STATUS.get(type(exc), 400), headers=headers)
 
-    app.add_middleware(
-        RequestGuard, max_bytes=settings.max_request_bytes, audit=audit_logger(settings.audit_log, settings.data_dir)
-    )
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, audit=audit)
     app.add_middleware(TaskLogContext)
     app.add_middleware(HttpMetrics)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -199,10 +196,10 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics(request: Request) -> Response:
-        """Prometheus text format; with API_KEYS on, only for a valid key (scrape with a bearer token)."""
-        status, body, content_type = metrics.render(request.app.state.auth, dict(request.headers))
-        return Response(body, status_code=status, media_type=content_type)
+    async def prometheus_metrics(_: Caller) -> Response:
+        """Prometheus text format, behind the gate of every protected route (with API_KEYS on, scrape
+        with a bearer token). Rendered on a thread: a figure from the database may take a moment."""
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     test_ui_page = _test_ui_page()
@@ -234,4 +231,12 @@ if __name__ == "__main__":
 
     s = get_settings()
     configure_logging(s.log_level, s.log_format)
-    uvicorn.run("main:app", host=s.host, port=s.port, log_level=s.log_level, log_config=None)
+    uvicorn.run(
+        "main:app",
+        host=s.host,
+        port=s.port,
+        log_level=s.log_level,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=s.forwarded_allow_ips,
+    )

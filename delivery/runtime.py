@@ -20,7 +20,7 @@ from crew_factory import CrewEventsHandler, load_events_handler
 from delivery.crew.compat import version_warning
 from delivery.llm.providers import describe_model, make_llm_factory, usage_policy
 from delivery.observability import metrics, tracing
-from delivery.security.auth import Auth
+from delivery.security.gate import Gate
 from delivery.settings import Settings, database_url
 from delivery.streaming import sse
 from delivery.streaming.backend import EventBackend
@@ -101,7 +101,10 @@ class Runtime:
         if self.role == "worker" and self.settings.metrics_port:  # API processes serve GET /metrics
             try:
                 self._metrics_server = metrics.MetricsServer(
-                    self.settings.metrics_host, self.settings.metrics_port, Auth(self.settings), self.readiness
+                    self.settings.metrics_host,
+                    self.settings.metrics_port,
+                    Gate.from_settings(self.settings),
+                    self.readiness,
                 )
             except OSError as exc:
                 log.warning(

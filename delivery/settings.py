@@ -129,11 +129,16 @@ class Settings(BaseSettings):
     stream_token_secret: str = ""  # signs stream tokens; default: derived from API_KEYS
     stream_token_ttl_s: float = Field(86400.0, gt=0)
     cors_origins: str = ""  # comma-separated origins allowed cross-site; empty = same origin only
-    rate_limit: str = "600/minute"  # per API key (or client IP), all /api requests
+    # Behind a proxy: the addresses whose X-Forwarded-For names the client (uvicorn's own setting,
+    # read by uvicorn from the environment too; docs/security.md); "*" would let clients pick theirs
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    rate_limit: str = "600/minute"  # per client address (before the key is checked) and per API key, /api and /metrics
     rate_limit_run_task: str = "30/minute"  # per API key (or client IP), POST /api/run_task
     max_queued_tasks: int = Field(100, ge=1)
     max_request_bytes: int = Field(65536, ge=1024)
     audit_log: str = ""  # file for the JSON audit lines; empty = DATA_DIR/audit.log, "-" = stderr
+    audit_log_max_mb: float = Field(10.0, gt=0)  # the audit log rotates at this size ...
+    audit_log_backups: int = Field(5, ge=1, le=1000)  # ... keeping this many older files (audit.log.1 ...)
 
     # Usage, cost and budgets (README "Usage, cost and budgets"); 0 = no limit
     max_tokens_per_task: int = Field(0, ge=0)

@@ -1,4 +1,4 @@
-"""What routes depend on: the process's Runtime, and the guard every /api route passes."""
+"""What routes depend on: the process's Runtime, and the gate every protected route passes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from delivery.runtime import Runtime
-from delivery.security.auth import Auth, rate_limit_identity
-from delivery.security.rate_limits import RateLimits
+from delivery.security.gate import Gate, client_address
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -20,13 +19,11 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def guard(request: Request) -> str:
-    """Every /api route: the API key when keys are on, then the caller's rate limit."""
-    auth: Auth = request.app.state.auth
-    limits: RateLimits = request.app.state.rate_limits
-    caller = auth.caller(request.headers)
-    client = (request.client.host, request.client.port) if request.client else None
-    limits.hit(rate_limit_identity(caller, client), run_task=request.url.path == "/api/run_task")
-    return caller
+    """Every /api route and GET /metrics: security/gate.py's checks. A plain function, so FastAPI
+    runs it on a worker thread (the counters may be in Redis)."""
+    gate: Gate = request.app.state.gate
+    address = client_address(request.scope.get("client"))
+    return gate.admit(request.headers, address, new_task=request.url.path == "/api/run_task")
 
 
 Caller = Annotated[str, Depends(guard)]  # who is asking; the router has already run the guard

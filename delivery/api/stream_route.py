@@ -2,9 +2,9 @@
 
 A stream stays open for as long as a viewer watches, so whatever the request path keeps alive is
 paid per viewer: FastAPI's request, dependency and exit-stack frames cost ~4 KB of an idle
-connection (docs/benchmarks.md). The route therefore checks its own API key or stream token and
-rate limit instead of using the router's dependencies. Domain errors raised here still reach the
-app's exception handlers (Starlette's ExceptionMiddleware sits above the router).
+connection (docs/benchmarks.md). The route therefore calls the gate every protected route passes
+(security/gate.py) itself instead of through the router's dependency. Domain errors raised here
+still reach the app's exception handlers (Starlette's ExceptionMiddleware sits above the router).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from starlette.types import Receive, Scope, Send
 
 from delivery.api.inputs import parse_resume_point
 from delivery.api.schemas import ErrorResponse, StreamEventModel
-from delivery.security.auth import Auth, decode_headers, rate_limit_identity
+from delivery.security.auth import decode_headers
+from delivery.security.gate import client_address
 from delivery.settings import Settings
 from delivery.streaming.backend import Subscription
 from delivery.streaming.sse import MEDIA_TYPE, serve_events
@@ -50,21 +51,18 @@ class EventStreamRoute(APIRoute):
         query = parse_qs(scope["query_string"].decode("latin-1"))
         headers = decode_headers(scope["headers"])
         state = scope["app"].state
-        who = self._authorize(state.auth, headers, query, task_id)
-        await run_in_threadpool(state.rate_limits.hit, rate_limit_identity(who, scope.get("client")))
+        await run_in_threadpool(
+            state.gate.admit,
+            headers,
+            client_address(scope.get("client")),
+            stream_of=task_id,
+            stream_token=query.get("token", [None])[-1],
+        )
         start = parse_resume_point(headers.get("last-event-id"), query.get("after", [None])[-1])
         streams = state.runtime.streams
         if not streams.holds(task_id):
             await run_in_threadpool(streams.make_available, task_id)  # 404 for unknown tasks
         return streams.subscription(task_id, start), state.runtime.settings
-
-    @staticmethod
-    def _authorize(auth: Auth, headers: dict[str, str], query: dict[str, list[str]], task_id: str) -> str:
-        token = query.get("token", [None])[-1]
-        if auth.enabled and token and auth.presented_key(headers) is None:
-            auth.check_stream_token(token, task_id)
-            return f"token:{task_id}"
-        return auth.caller(headers)
 
 
 async def stream(

@@ -5,14 +5,22 @@ increment costs about as much as a publish). Events published and sent are plain
 backends and SSE responses keep anyway, read at scrape time by `RuntimeCollector`, like the
 gauges (queued tasks, open streams, viewers). Per-call and per-request figures (model calls,
 tasks, HTTP requests, one latency sample per SSE write) use prometheus-client directly.
+
+A scrape never waits on the database for long: the one figure read from it (queued tasks) is
+queried on a thread of its own, without the store's retries, and waited for at most
+QUERY_CAP_S; past that, or when the query fails, the gauge reads NaN and the rest is answered.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +29,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from delivery.errors import AuthenticationRequiredError, DomainError
+from delivery.errors import DomainError
 from delivery.observability import health
-from delivery.security.auth import Auth
+from delivery.security.gate import REFUSAL_STATUS, Gate, refusal_headers
 from delivery.tasks.records import TaskStatus
 
 if TYPE_CHECKING:
     from delivery.runtime import Runtime
+    from delivery.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+# How long a scrape waits for a figure from the database before it shows that figure as NaN.
+QUERY_CAP_S = 1.0
+UNAVAILABLE_LOG_EVERY_S = 60.0
 
 _LONG = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 TASKS_STARTED = Counter("delivery_tasks_started", "Tasks that began running (their start event)")
@@ -97,19 +111,64 @@ def observe_ending(status: TaskStatus, run_seconds: float) -> None:
     TASK_RUNNING_SECONDS.observe(run_seconds)
 
 
+class CappedQuery:
+    """A figure read from the database for a scrape, waited for at most `cap_s` (None after that,
+    or when the query fails). One query at a time, on a thread of its own: a scrape that comes
+    while an earlier one still waits for the database shares its answer instead of adding a thread."""
+
+    def __init__(self, name: str, query: Callable[[], float], cap_s: float = QUERY_CAP_S) -> None:
+        self._name, self._query, self._cap_s = name, query, cap_s
+        self._lock = threading.Lock()
+        self._pending: Future[float] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"metrics-{name}")
+        self._complained_at = -math.inf
+
+    def value(self) -> float | None:
+        with self._lock:
+            if self._pending is None or self._pending.done():
+                self._pending = self._thread.submit(self._query)
+            pending = self._pending
+        try:
+            return float(pending.result(timeout=self._cap_s))
+        except FutureTimeoutError:
+            problem = f"no answer within {self._cap_s:g} s"
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the figure is unavailable
+            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        now = time.monotonic()
+        if now - self._complained_at > UNAVAILABLE_LOG_EVERY_S:
+            self._complained_at = now
+            log.warning("metrics: %s is unavailable (%s); it reads NaN until the database answers", self._name, problem)
+        return None
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _count_without_retries(store: TaskStore, status: TaskStatus) -> int:
+    """The store's count, not the wrapper that waits out a database restart (store.py retries
+    every call for up to 30 s): a scrape wants the figure now or not at all."""
+    count = type(store).count
+    plain: Callable[[TaskStore, TaskStatus], int] = getattr(count, "__wrapped__", count)
+    return plain(store, status)
+
+
 class RuntimeCollector(Collector):
     """What is read from the process's state at scrape time."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        self.queued = CappedQuery(
+            "delivery_tasks_queued", lambda: _count_without_retries(runtime.store, TaskStatus.queued)
+        )
 
     def collect(self) -> Iterator[Any]:
         runtime = self._runtime
         snapshots = runtime.streams.snapshots()
+        queued = self.queued.value()
         yield GaugeMetricFamily(
             "delivery_tasks_queued",
-            "Tasks waiting to start (all processes)",
-            value=runtime.store.count(TaskStatus.queued),
+            "Tasks waiting to start (all processes); NaN when the database did not answer in time",
+            value=math.nan if queued is None else queued,
         )
         yield GaugeMetricFamily(
             "delivery_tasks_held", "Tasks with a phase queued or running in this process", value=len(runtime.runs.all())
@@ -140,14 +199,10 @@ class RuntimeCollector(Collector):
         )
 
 
-def render(auth: Auth, headers: dict[str, str]) -> tuple[int, bytes, str]:
-    """The /metrics answer: with API keys on, only for a valid key (Bearer or X-API-Key)."""
-    try:
-        auth.caller(headers)
-    except DomainError as refused:
-        status = 401 if isinstance(refused, AuthenticationRequiredError) else 403
-        return status, json.dumps({"detail": str(refused)}).encode(), "application/json"
-    return 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def render() -> bytes:
+    """The metrics in Prometheus's text format (CONTENT_TYPE_LATEST). Blocking, up to QUERY_CAP_S:
+    call it off the event loop."""
+    return generate_latest(REGISTRY)
 
 
 def register(runtime: Runtime) -> RuntimeCollector:
@@ -158,6 +213,7 @@ def register(runtime: Runtime) -> RuntimeCollector:
 
 def unregister(collector: RuntimeCollector) -> None:
     REGISTRY.unregister(collector)
+    collector.queued.close()
 
 
 class HttpMetrics:
@@ -188,16 +244,17 @@ class HttpMetrics:
 
 class MetricsServer:
     """A worker's metrics endpoint (it has no web server of its own): GET /metrics on
-    METRICS_HOST:METRICS_PORT, behind the API keys when they are on."""
+    METRICS_HOST:METRICS_PORT, behind the same gate as the API's (security/gate.py)."""
 
     def __init__(
-        self, host: str, port: int, auth: Auth, readiness: Callable[[], dict[str, str | None]] | None = None
+        self, host: str, port: int, gate: Gate, readiness: Callable[[], dict[str, str | None]] | None = None
     ) -> None:
         """`readiness`: the process's parts and their problems, served at /readyz (with /livez)."""
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
+                extra: dict[str, str] = {}
                 if path == "/livez":
                     status, body, content_type = 200, json.dumps(health.LIVE).encode(), "application/json"
                 elif path == "/readyz" and readiness is not None:
@@ -205,13 +262,21 @@ class MetricsServer:
                     body, content_type = json.dumps(answer).encode(), "application/json"
                 elif path == "/metrics":
                     headers = {k.lower(): v for k, v in self.headers.items()}
-                    status, body, content_type = render(auth, headers)
+                    try:
+                        gate.admit(headers, self.client_address[0])
+                    except DomainError as refused:
+                        status, extra = REFUSAL_STATUS.get(type(refused), 400), refusal_headers(refused)
+                        body, content_type = json.dumps({"detail": str(refused)}).encode(), "application/json"
+                    else:
+                        status, body, content_type = 200, render(), CONTENT_TYPE_LATEST
                 else:
                     self.send_error(404, "Not Found: metrics are at /metrics, health at /livez and /readyz")
                     return
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

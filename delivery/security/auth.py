@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from delivery.errors import AuthenticationRequiredError, ForbiddenError
 from delivery.settings import Settings
@@ -20,11 +19,6 @@ ANONYMOUS = "anonymous"
 def decode_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """An ASGI scope's headers as a dict (names are lower-case there already)."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
-
-
-def rate_limit_identity(caller: str, client: tuple[str, int] | list[Any] | None) -> str:
-    """Whom a request counts against: its API key, or its client address when keys are off."""
-    return caller if caller != ANONYMOUS else f"ip:{client[0] if client else '?'}"
 
 
 def fingerprint(key: str) -> str:

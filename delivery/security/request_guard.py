@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import time
@@ -18,28 +20,69 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from delivery.errors import shown
 from delivery.events import format_timestamp
 from delivery.security.auth import ANONYMOUS, Auth, decode_headers, fingerprint
+from delivery.settings import Settings
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TASK_IN_PATH = re.compile(r"^/api/task/([^/]+)/")
+# Audit lines waiting for the disk (~300 bytes each): past this many, new lines are dropped and
+# counted instead of growing memory without end or making requests wait.
+AUDIT_QUEUE_LINES = 100_000
+
+log = logging.getLogger(__name__)
 
 
-def audit_logger(target: str, data_dir: str) -> logging.Logger:
-    logger = logging.getLogger("multi_agent.audit")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-        old.close()
-    handler: logging.Handler
-    if target == "-":
-        handler = logging.StreamHandler(sys.stderr)
-    else:
-        path = Path(target or Path(data_dir) / "audit.log")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    return logger
+class AuditLog:
+    """The audit lines, written off the event loop: a request only puts its line in a queue (never
+    blocks); a thread of its own (logging's QueueListener) writes them to AUDIT_LOG, which rotates
+    by size (AUDIT_LOG_MAX_MB, keeping AUDIT_LOG_BACKUPS older files), or to stderr ("-"). A disk
+    that stalls stalls only that thread; the lines wait in the queue, up to AUDIT_QUEUE_LINES."""
+
+    def __init__(self, settings: Settings) -> None:
+        sink: logging.Handler
+        if settings.audit_log == "-":
+            sink = logging.StreamHandler(sys.stderr)
+        else:
+            path = Path(settings.audit_log or Path(settings.data_dir) / "audit.log")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # delay: opened by the writing thread at its first line, never on the loop.
+            sink = logging.handlers.RotatingFileHandler(
+                path,
+                maxBytes=max(1, int(settings.audit_log_max_mb * 1024 * 1024)),
+                backupCount=settings.audit_log_backups,
+                encoding="utf-8",
+                delay=True,
+            )
+        sink.setFormatter(logging.Formatter("%(message)s"))
+        self._queue: queue.Queue[logging.LogRecord] = queue.Queue(AUDIT_QUEUE_LINES)
+        self._listener = logging.handlers.QueueListener(self._queue, sink)
+        self._started = False
+        self.dropped = 0
+
+    def start(self) -> None:
+        if not self._started:
+            self._listener.start()
+            self._started = True
+
+    def stop(self) -> None:
+        """Write out what waits, then close (at shutdown)."""
+        if self._started:
+            self._listener.stop()  # writes every queued line first
+            self._started = False
+        for handler in self._listener.handlers:
+            handler.close()
+
+    def write(self, line: str) -> None:
+        try:
+            self._queue.put_nowait(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "audit log: %d lines dropped so far: %d lines wait for a disk that does not take them "
+                    "(check the disk of AUDIT_LOG)",
+                    self.dropped,
+                    AUDIT_QUEUE_LINES,
+                )
 
 
 @dataclass
@@ -55,7 +98,7 @@ class _Exchange:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, audit: logging.Logger) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, audit: AuditLog) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.audit = audit
@@ -163,4 +206,4 @@ class RequestGuard:
             except (ValueError, KeyError, TypeError):
                 pass
         line["task_id"] = task_id
-        self.audit.info(json.dumps(line, ensure_ascii=False))
+        self.audit.write(json.dumps(line, ensure_ascii=False))

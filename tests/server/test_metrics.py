@@ -3,11 +3,20 @@ on the endpoint is not open to the world."""
 
 from __future__ import annotations
 
+import itertools
+import math
+import threading
+import time
+
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.api import AGENTS, run_task, wait_finished
+from tests.support.api import AGENTS, run_task, wait_finished, wait_status
+from tests.support.real_services import PG_PORT, fresh_postgres_database
 from tests.support.sse_client import read_stream
+from tests.support.tcp_proxy import CuttableProxy
+from tests.support.waiting import wait_for
 
 
 def scrape(url: str, **headers: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -93,3 +102,66 @@ def test_with_api_keys_metrics_need_a_key(start_server):
     assert wrong.status_code == 403 and "API_KEYS" in wrong.json()["detail"]
     samples = scrape(server.url, Authorization="Bearer metrics-key-1")
     assert ("delivery_tasks_started_total", frozenset()) in samples
+
+
+class LineClock:
+    """Reads a task's stream on a thread and notes when each line (event field or `: ping`) arrived."""
+
+    def __init__(self, url: str, task_id: str) -> None:
+        self.arrivals: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url, task_id), daemon=True)
+        self._thread.start()
+
+    def _read(self, url: str, task_id: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c, c.stream("GET", f"/api/stream/{task_id}") as r:
+            for _ in r.iter_lines():
+                self.arrivals.append(time.monotonic())
+                if self._stop.is_set():
+                    return
+
+    def longest_silence(self, since: float, until: float) -> float:
+        times = [since, *(t for t in self.arrivals if since < t < until), until]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.mark.system
+def test_with_the_database_down_metrics_answer_at_once_and_streams_keep_flowing(start_server):
+    """The one figure /metrics reads from the database is read off the event loop, without the
+    store's 30-s retries and waited for at most about a second: the scrape answers (that gauge
+    NaN) and an open stream keeps getting its heartbeats meanwhile."""
+    with fresh_postgres_database() as url:
+        proxy = CuttableProxy(PG_PORT)
+        try:
+            server = start_server(database_url=url.replace(f":{PG_PORT}/", f":{proxy.port}/"), sse_heartbeat_s=0.2)
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                task_id = run_task(c, "Build a greenhouse monitor", skip_confirmation=False)
+                wait_status(c, task_id, "awaiting_confirmation")  # its stream stays open, with heartbeats
+            clock = LineClock(server.url, task_id)
+            wait_for(lambda: len(clock.arrivals) >= 10, 10, message="the stream's first events and heartbeats")
+            assert value(scrape(server.url), "delivery_tasks_queued") == 0
+
+            proxy.down()
+            started = time.monotonic()
+            r = httpx.get(server.url + "/metrics", timeout=40)
+            took = time.monotonic() - started
+            assert r.status_code == 200 and took < 2.5, f"{r.status_code} after {took:.1f} s"
+            samples = {s.name: s.value for f in text_string_to_metric_families(r.text) for s in f.samples}
+            assert math.isnan(samples["delivery_tasks_queued"]) and samples["delivery_viewers"] == 1
+            time.sleep(0.5)
+            assert clock.longest_silence(started - 0.2, time.monotonic()) < 1.5  # heartbeats every 0.2 s
+
+            proxy.up()
+
+            def counted_again() -> bool:
+                return value(scrape(server.url), "delivery_tasks_queued") == 0
+
+            wait_for(counted_again, 20, interval=0.5, message="the queued-tasks gauge once the database is back")
+            clock.stop()
+            server.stop()  # before its database is dropped
+        finally:
+            proxy.close()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import select
 import socket
+import time
 
 import httpx
 import pytest
@@ -78,6 +81,52 @@ def test_rate_limit_per_key_answers_429_with_retry_after(keyed):
         assert c.get("/api/tasks", headers={"X-API-Key": OTHER_KEY}).status_code == 200  # only run_task
 
 
+def from_address(server, address: str) -> httpx.Client:
+    """A client whose connections come from this loopback address (all of 127/8 is this machine)."""
+    return httpx.Client(base_url=server.url, timeout=30, transport=httpx.HTTPTransport(local_address=address))
+
+
+def test_a_flood_of_wrong_keys_is_limited_by_address_before_the_key_is_checked(start_server):
+    server = start_server(api_keys=KEY, rate_limit="20/minute")
+    with from_address(server, "127.0.0.2") as flooder, from_address(server, "127.0.0.3") as neighbour:
+        guesses = [flooder.get("/api/tasks", headers={"X-API-Key": f"guess-{n}"}).status_code for n in range(20)]
+        assert guesses == [403] * 20
+        limited = flooder.get("/api/tasks", headers={"X-API-Key": "guess-20"})
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert "per client address (RATE_LIMIT)" in limited.json()["detail"]
+        # The address is refused before its key is looked at: no route, no key, escapes it.
+        assert flooder.get("/api/tasks", headers={"X-API-Key": KEY}).status_code == 429
+        assert flooder.post("/api/task/x/cancel").status_code == 429
+        assert flooder.get("/api/stream/x", headers={"X-API-Key": KEY}).status_code == 429
+        assert flooder.get("/metrics", headers={"X-API-Key": KEY}).status_code == 429
+        # Another address is not affected: its keys are checked as usual.
+        assert neighbour.get("/api/tasks", headers={"X-API-Key": "guess"}).status_code == 403
+        assert neighbour.get("/api/tasks", headers={"X-API-Key": KEY}).status_code == 200
+        assert neighbour.get("/metrics", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_limited_and_a_client_cannot_choose_it(start_server):
+    """Nginx (nginx.conf) appends the address it saw to X-Forwarded-For; uvicorn believes that
+    header only from FORWARDED_ALLOW_IPS (by default 127.0.0.1 and ::1, the proxy on this
+    machine), and takes its right-most entry that is not such a proxy."""
+    server = start_server(api_keys=KEY, rate_limit="5/minute")
+    with from_address(server, "127.0.0.1") as proxy, from_address(server, "127.0.0.5") as direct:
+
+        def via_proxy(forwarded_for: str) -> int:
+            return proxy.get("/api/tasks", headers={"X-API-Key": "guess", "X-Forwarded-For": forwarded_for}).status_code
+
+        assert [via_proxy("203.0.113.7") for _ in range(5)] == [403] * 5
+        assert via_proxy("203.0.113.7") == 429
+        # What a client writes in front of the proxy's entry does not change whom it counts against.
+        assert via_proxy("198.51.100.1, 203.0.113.7") == 429
+        assert via_proxy("203.0.113.8") == 403  # another client behind the same proxy
+        # A client that is not a trusted proxy cannot pose as others: it counts as itself.
+        spoofed = [
+            direct.get("/api/tasks", headers={"X-Forwarded-For": f"198.51.100.{n}"}).status_code for n in range(6)
+        ]
+        assert spoofed == [401] * 5 + [429]
+
+
 def test_the_audit_log_has_one_line_per_change_without_secrets(keyed):
     requirement = "Build a vault for secret recipes"
     with httpx.Client(base_url=keyed.url, timeout=30) as c:
@@ -99,6 +148,47 @@ def test_the_audit_log_has_one_line_per_change_without_secrets(keyed):
     refused = next(line for line in lines if line["task_id"] == task_id and line["path"].endswith("/cancel"))
     assert refused["status"] == 403 and refused["outcome"] == "rejected"
     assert all(line["method"] != "GET" for line in lines)  # reads are not state changes
+
+
+def cancel_unknown_tasks(server, count: int, prefix: str) -> list[int]:
+    """`count` refused cancels (404), each one audit line of about 230 bytes."""
+    with httpx.Client(base_url=server.url, timeout=5) as c:
+        return [c.post(f"/api/task/{prefix}-{n}/cancel").status_code for n in range(count)]
+
+
+def test_the_audit_log_rotates_by_size_and_keeps_the_newest_lines(start_server, tmp_path):
+    audit = tmp_path / "audit" / "audit.log"
+    server = start_server(audit_log=str(audit), audit_log_max_mb=0.002, audit_log_backups=2)  # ~2 KB a file
+    assert cancel_unknown_tasks(server, 60, "rot") == [404] * 60
+    wait_for(lambda: audit.exists() and "rot-59/" in audit.read_text(), 10, message="the last audit line")
+    assert sorted(p.name for p in audit.parent.iterdir()) == ["audit.log", "audit.log.1", "audit.log.2"]
+    assert all(p.stat().st_size <= 0.002 * 1024 * 1024 for p in audit.parent.iterdir())
+    oldest_first = [audit.with_name("audit.log.2"), audit.with_name("audit.log.1"), audit]
+    paths = [json.loads(line)["path"] for f in oldest_first for line in f.read_text().splitlines()]
+    kept = [int(p.split("/")[3].removeprefix("rot-")) for p in paths]
+    assert kept == list(range(60 - len(kept), 60)) and len(kept) >= 15  # whole lines, newest kept, in order
+
+
+def test_a_stalled_audit_disk_holds_up_no_request_and_loses_no_line(start_server, tmp_path):
+    """The audit log is a pipe whose reader takes nothing: once its 64 KiB buffer is full every
+    write waits, as on a disk that stopped answering."""
+    fifo = tmp_path / "audit.pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        server = start_server(audit_log=str(fifo))
+        started = time.monotonic()
+        assert cancel_unknown_tasks(server, 1000, "stall") == [404] * 1000  # ~230 KB of audit lines
+        assert time.monotonic() - started < 60
+        received = b""
+        deadline = time.monotonic() + 30
+        while b"stall-999/" not in received and time.monotonic() < deadline:
+            if select.select([reader], [], [], 1)[0]:
+                received += os.read(reader, 1 << 16)
+        paths = [json.loads(line)["path"] for line in received.decode().splitlines()]
+        assert paths == [f"/api/task/stall-{n}/cancel" for n in range(1000)]
+    finally:
+        os.close(reader)
 
 
 def test_bad_requests_get_clear_4xx_answers(server):

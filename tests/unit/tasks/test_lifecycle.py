@@ -527,7 +527,7 @@ def test_a_confirmation_whose_message_reached_a_worker_after_all_stands(made, tm
         assert worker.store.claim_phase(record)  # the worker has taken it up
         raise TimeoutError("no reply from the broker")
 
-    api.executor.dispatch = delivered_but_failed  # type: ignore[method-assign]
+    api.executor.dispatch = delivered_but_failed  # type: ignore[method-assign, assignment]
     confirmed = api.commands.confirm(task_id, approved=True, feedback=None)
     assert confirmed.status is TaskStatus.running
     stored = api.store.get(task_id)
