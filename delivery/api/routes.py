@@ -49,6 +49,7 @@ from delivery.llm.usage import summary, totals
 from delivery.observability.tracing import trace_id_of
 from delivery.runtime import Runtime
 from delivery.security.auth import Auth
+from delivery.security.redaction import redacted_url
 from delivery.streaming.backend import StreamSnapshot
 from delivery.tasks.records import TaskRecord, TaskStatus
 
@@ -257,7 +258,7 @@ def task_webhooks(task_id: str, runtime: RuntimeDep) -> WebhookList:
         webhooks=[
             WebhookDeliveryInfo(
                 webhook_id=d.webhook_id,
-                url=d.url,
+                url=redacted_url(d.url),  # WEBHOOK_URLS are the operator's: a token in one is not the caller's
                 type=d.event_type,
                 state=d.state,
                 created_at=datetime.fromtimestamp(d.created_at, tz=UTC),

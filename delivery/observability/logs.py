@@ -1,6 +1,7 @@
 """Logs: text (the default) or, with LOG_FORMAT=json, one JSON object per line. Either way a line
 written while a task is being handled (a phase on an executor thread, a request about the task)
-names the task."""
+names the task, and no line shows a credential written into a URL (ours, or a library's message
+quoting REDIS_URL, DATABASE_URL, ...; security/redaction.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from delivery.events import format_timestamp
+from delivery.security.redaction import redacted_text
 from delivery.settings import LogFormat
 
 _task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
@@ -46,19 +48,19 @@ class JsonFormatter(logging.Formatter):
             "ts": format_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redacted_text(record.getMessage()),
         }
         task_id = getattr(record, "task_id", None)
         if task_id:
             line["task_id"] = task_id
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redacted_text(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)
 
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = redacted_text(super().format(record))
         task_id = getattr(record, "task_id", None)
         return f"{text} [task {task_id}]" if task_id else text
 

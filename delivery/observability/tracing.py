@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from delivery.security.redaction import redacted_text
 from delivery.settings import Settings
 from delivery.tasks.records import Phase, TaskRecord
 
@@ -134,4 +135,5 @@ def record_ending(span: Span | None, status: str, message: str) -> None:
         return
     span.set_attribute("task.status", status)
     if status == "failed":
-        span.set_status(Status(StatusCode.ERROR, message[:200]))
+        # Redacted before it is cut: a cut URL would no longer be recognised as one.
+        span.set_status(Status(StatusCode.ERROR, redacted_text(message)[:200]))
