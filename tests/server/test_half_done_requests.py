@@ -114,26 +114,26 @@ def broker_down_and_up(start_server: Callable[..., Server]) -> Iterator[tuple[Se
 def test_a_submission_the_broker_refuses_is_ended_and_answered_503(broker_down_and_up: tuple[Server, Server]):
     down, up = broker_down_and_up
     key = str(uuid.uuid4())
-    with httpx.Client(timeout=60) as c:
-        refused = c.post(down.url + "/api/run_task", json=BODY, headers={"Idempotency-Key": key})
+    with httpx.Client(base_url=up.url, timeout=60) as on_up, httpx.Client(base_url=down.url, timeout=60) as on_down:
+        refused = on_down.post("/api/run_task", json=BODY, headers={"Idempotency-Key": key})
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "5"
-        assert refused.json()["detail"].startswith(
+        detail = refused.json()["detail"]
+        assert detail.startswith(
             "The task could not be started: the task queue (the Celery broker) failed (OperationalError)."
         )
-        assert "operators: check CELERY_BROKER_URL (or REDIS_URL)" in refused.json()["detail"]
-        [(failed, status)] = _tasks(httpx.Client(base_url=up.url, timeout=30)).items()
+        assert "operators: check CELERY_BROKER_URL (or REDIS_URL)" in detail
+        [(failed, status)] = _tasks(on_up).items()
         assert status == "failed"
         log = stream_until(up.url, failed, "error", timeout=30).events
         assert event_types(log) == ["error"]
         assert log[0]["content"].startswith("Not started: the task queue (the Celery broker) failed (OperationalError)")
 
         # The client retries with the same key, on the replica whose crews run.
-        retried = c.post(up.url + "/api/run_task", json=BODY, headers={"Idempotency-Key": key})
+        retried = on_up.post("/api/run_task", json=BODY, headers={"Idempotency-Key": key})
         assert retried.status_code == 202 and "idempotent-replayed" not in retried.headers
-        with httpx.Client(base_url=up.url, timeout=60) as on_up:
-            assert wait_finished(on_up, retried.json()["task_id"])["status"] == "succeeded"
-            assert sorted(_tasks(on_up).values()) == ["failed", "succeeded"]
+        assert wait_finished(on_up, retried.json()["task_id"])["status"] == "succeeded"
+        assert sorted(_tasks(on_up).values()) == ["failed", "succeeded"]
 
 
 def test_a_confirmation_the_broker_refuses_is_undone_and_its_retry_applies_once(
