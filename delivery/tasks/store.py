@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,8 +172,17 @@ class TaskStore(ABC):
     def add_webhooks(self, deliveries: list[WebhookDelivery]) -> None: ...
 
     @abstractmethod
-    def claim_due_webhooks(self, now: float, until: float, limit: int) -> list[WebhookDelivery]:
-        """Pending deliveries due at `now`, each claimed until `until` (no other sender takes it)."""
+    def claim_due_webhooks(
+        self,
+        now: float,
+        until: float,
+        limit: int,
+        per_url: int | None = None,
+        in_flight: Mapping[str, int] | None = None,
+    ) -> list[WebhookDelivery]:
+        """Pending deliveries due at `now`, at most `limit`, each claimed until `until` (no other
+        sender takes it); with `per_url`, at most that many per URL, counting the caller's
+        attempts under way (`in_flight`, by URL)."""
 
     @abstractmethod
     def save_webhook(self, delivery: WebhookDelivery) -> None:
@@ -667,16 +676,34 @@ class SqlTaskStore(TaskStore):
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(insert(webhooks_table), rows)
 
-    def claim_due_webhooks(self, now: float, until: float, limit: int) -> list[WebhookDelivery]:
+    def claim_due_webhooks(
+        self,
+        now: float,
+        until: float,
+        limit: int,
+        per_url: int | None = None,
+        in_flight: Mapping[str, int] | None = None,
+    ) -> list[WebhookDelivery]:
         t = webhooks_table
+        cap = per_url or limit
+        busy = dict(in_flight or {})
         due = select(t).where(t.c.state == "pending", t.c.next_attempt_at <= now).order_by(t.c.next_attempt_at)
-        claimed = []
+        full = [url for url, count in busy.items() if count >= cap]
+        if full:  # their backlog must not fill the rows looked at, hiding other URLs' due rows
+            due = due.where(t.c.url.not_in(full))
+        claimed: list[WebhookDelivery] = []
         with self._write_lock, self.engine.begin() as conn:
-            for row in conn.execute(due.limit(limit)).all():
+            # Looking a little further than `limit`: rows of a URL that reaches its share here are skipped.
+            for row in conn.execute(due.limit(limit * 4)).all():
+                if len(claimed) == limit:
+                    break
+                if busy.get(row.url, 0) >= cap:
+                    continue
                 # Claimed only if no other process moved it meanwhile.
                 taken = update(t).where(t.c.webhook_id == row.webhook_id, t.c.next_attempt_at == row.next_attempt_at)
                 if conn.execute(taken.values(next_attempt_at=until)).rowcount == 1:
                     claimed.append(_webhook(row))
+                    busy[row.url] = busy.get(row.url, 0) + 1
         return claimed
 
     def save_webhook(self, delivery: WebhookDelivery) -> None:
