@@ -157,7 +157,11 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False  # allow loopback, link-local and private addresses
     webhook_max_attempts: int = Field(8, ge=1, le=30)
     webhook_retry_base_s: float = Field(5.0, gt=0)  # then x4 per attempt: 5 s, 20 s, 80 s, ... (7.5 h in all)
+    # One attempt in all: the address check, connecting, sending and the answer (only its status
+    # counts; at most 64 KiB of its body are read). A receiver still answering then is cut off.
     webhook_timeout_s: float = Field(10.0, gt=0)
+    # Attempts under way at once per API process; no endpoint URL takes more than a quarter of them.
+    webhook_senders: int = Field(8, ge=1, le=256)
     # Where users reach this service (e.g. https://delivery.example.com, behind Nginx): links in
     # webhook payloads are absolute with it, paths without it.
     public_base_url: str = ""
