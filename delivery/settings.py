@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Transient model failures (connection, timeout, 429, 5xx) are retried with exponential backoff.
     llm_max_retries: int = Field(3, ge=0, le=10)
     llm_retry_base_s: float = Field(1.0, ge=0)
+    # The output cap of one remote call (sent as max_tokens): room for a long document in Chinese
+    # or as a JSON form, while a model that never stops is cut off instead of filling its context.
+    llm_max_tokens: int = Field(4096, ge=16, le=131072)
     # Ask OpenAI-compatible servers for each document's JSON form (response_format json_schema);
     # servers that refuse it are asked for Markdown instead. false: always Markdown.
     structured_output: bool = True

@@ -112,11 +112,26 @@ def _refs_problems(kind: str, item: Item, refs: list[str], known: set[str], labe
     return problems
 
 
+# The line delivery/llm/remote.py appends to an answer that stopped at LLM_MAX_TOKENS before its
+# end. It is a gap of its own, so the fix loop asks for a shorter document, and a document still
+# cut off after the last fix round says so (and the verdict is NO-GO).
+CUT_OFF_NOTE = "> Cut off: the model reached its output cap of {cap} tokens (LLM_MAX_TOKENS) before the end."
+_CUT_OFF = re.compile(r"^> Cut off: the model reached its output cap of (\d+) tokens", re.M)
+_CUT_OFF_GAP = (
+    "the answer was cut off at the output cap of {cap} tokens before it ended: write the whole document more briefly"
+)
+
+
 def check(deliverable: str, text: str, requirements: list[str]) -> list[str]:
     """Every gap of `text` as the `deliverable` named; `requirements`: the REQ-n of the approved
     analysis (for the test plan and the design). [] when the document is complete."""
     if not text.strip():
         return ["the document is empty"]
+    cut = _CUT_OFF.search(text)
+    return ([_CUT_OFF_GAP.format(cap=cut[1])] if cut else []) + _check_shape(deliverable, text, requirements)
+
+
+def _check_shape(deliverable: str, text: str, requirements: list[str]) -> list[str]:
     if deliverable == ANALYSIS:
         return _check_analysis(text)
     if deliverable == TEST_PLAN:

@@ -159,7 +159,7 @@ def make_llm_factory(settings: Settings) -> LLMFactory:
             form = forms.response_format(spec.deliverable, requirement_ids(record.deliverables.get(ANALYSIS, "")))
         return RetryingOpenAICompletion(
             document_form=form,
-            deliverable=spec.deliverable if spec is not None and form is not None else None,
+            deliverable=spec.deliverable if spec is not None else None,
             document_language=record.language,
             model=model,
             base_url=base_url,
@@ -168,6 +168,7 @@ def make_llm_factory(settings: Settings) -> LLMFactory:
             timeout=settings.llm_timeout_s,
             max_retries=0,
             temperature=0.4,
+            max_tokens=settings.llm_max_tokens,  # a model that never stops is cut off, and the check says so
             retry_attempts=settings.llm_max_retries + 1,
             retry_base_s=settings.llm_retry_base_s,
         )

@@ -6,11 +6,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import PrivateAttr
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from delivery.crew.compat import FINAL_ANSWER_PREFIX, CrewEvent, OpenAICompletionWithForm, filtered_stream
 from delivery.documents import forms
+from delivery.documents.structure import CUT_OFF_NOTE
 from delivery.observability.metrics import LLM_CALL_ERRORS
+from delivery.security.redaction import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +36,30 @@ _TRANSIENT = {
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth another try: the network, a timeout, 429 or a 5xx. Not a bad key, model or request."""
+    """Worth another try: the network, a timeout, 429 or a 5xx. Not a bad key, model or request,
+    nor a refused response format (some servers refuse it with a 500: it fails the same way again)."""
     status = getattr(exc, "status_code", None)
-    return isinstance(exc, Exception) and (
-        type(exc).__name__ in _TRANSIENT or (isinstance(status, int) and (status == 429 or status >= 500))
+    return (
+        isinstance(exc, Exception)
+        and (type(exc).__name__ in _TRANSIENT or (isinstance(status, int) and (status == 429 or status >= 500)))
+        and not rejects_form(exc)
     )
+
+
+# What servers say when they refuse the JSON-schema format, whatever their status: OpenAI 400
+# ("'response_format' of type 'json_schema' is not supported"), a FastAPI-based server 422 (its
+# request model's validation error, naming `response_format`), llama-cpp-python's server 500 (the
+# same validation error, wrapped).
+_FORM_WORDS = ("response_format", "response format", "json_schema", "json schema", "structured output")
 
 
 def rejects_form(exc: BaseException) -> bool:
-    """A 400 about the response format: the server (or model) does not do structured output."""
+    """An error answer about the response format, on any status: the server (or model) does not
+    do structured output. Recognised by what the server says: statuses differ between servers."""
+    if not isinstance(getattr(exc, "status_code", None), int):
+        return False  # not an answer from the server (a connection or timeout error)
     text = str(exc).lower()
-    return getattr(exc, "status_code", None) == 400 and any(
-        word in text for word in ("response_format", "json_schema", "structured", "schema")
-    )
+    return any(word in text for word in _FORM_WORDS)
 
 
 class RetryingOpenAICompletion(OpenAICompletionWithForm):
@@ -61,11 +75,14 @@ class RetryingOpenAICompletion(OpenAICompletionWithForm):
     retry_base_s: float = 1.0
     deliverable: str | None = None
     document_language: str = "en"
+    # Why the last streamed answer ended ("stop", "length", ...), as the server said.
+    _finish_reason: str | None = PrivateAttr(default=None)
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         server = (self.base_url, self.model)
         if self.document_form is not None and server in _WITHOUT_FORMS:
             self.document_form = None
+        self._finish_reason = None
         try:
             answer = self._call_retrying(*args, **kwargs)
         except Exception as exc:
@@ -75,16 +92,33 @@ class RetryingOpenAICompletion(OpenAICompletionWithForm):
             log.warning(
                 "%s at %s refused a JSON-schema response format (%s); asking for Markdown from now on",
                 self.model,
-                self.base_url or "api.openai.com",
-                exc,
+                redacted_url(self.base_url) if self.base_url else "api.openai.com",
+                _server_said(exc),
             )
             self.document_form = None
             answer = self._call_retrying(*args, **kwargs)
-        if self.document_form is not None and self.deliverable and isinstance(answer, str):
+        if not isinstance(answer, str):
+            return answer
+        if self.document_form is not None and self.deliverable:
             document = forms.render(self.deliverable, answer, self.document_language)
             if document is not None:
-                return FINAL_ANSWER_PREFIX + document
+                answer = FINAL_ANSWER_PREFIX + document
+        if self._finish_reason == "length":
+            # Cut off mid-document: not accepted as complete. The note makes it a gap the check
+            # reports (a `check` event viewers see) and the fix loop asks the agent to fix.
+            log.warning(
+                "%s stopped at the output cap of %s tokens (LLM_MAX_TOKENS) before its answer ended%s",
+                self.model,
+                self.max_tokens,
+                f" ({self.deliverable})" if self.deliverable else "",
+            )
+            answer = answer.rstrip() + "\n\n" + CUT_OFF_NOTE.format(cap=self.max_tokens)
         return answer
+
+    def _finalize_streaming_response(self, *args: Any, **kwargs: Any) -> Any:
+        # CrewAI's (private) last step of a streamed answer, the one place that sees its finish reason.
+        self._finish_reason = kwargs.get("finish_reason")
+        return super()._finalize_streaming_response(*args, **kwargs)
 
     def _call_retrying(self, *args: Any, **kwargs: Any) -> Any:
         shown = _ShownText()
@@ -143,3 +177,14 @@ def _log_retry(state: RetryCallState, model: str) -> None:
         state.attempt_number,
         state.next_action.sleep if state.next_action else 0,
     )
+
+
+def _server_said(exc: BaseException, limit: int = 300) -> str:
+    """What the server said, on one line, for a log: its error message when it sent one (some
+    refusals go on for lines: a validation error with a traceback), else the error itself."""
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    status = getattr(exc, "status_code", None)
+    text = " ".join(str(message if message else exc).split())
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return f"{status}: {text}" if message and status else text
