@@ -29,7 +29,7 @@ from delivery.tasks.executors import make_executor
 from delivery.tasks.instances import instance_id
 from delivery.tasks.phases import PhaseRunner
 from delivery.tasks.runs import Runs
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.store import TaskStore
 from delivery.tasks.watchdog import Watchdog
 from delivery.webhooks.outbox import Webhooks, WebhookSender
 from stream_manager import StreamManager
@@ -68,7 +68,7 @@ class Runtime:
         tracing.configure(settings, service_name=f"multi-agent-delivery-{role}")
         llm_factory = make_llm_factory(settings)  # fails now, with what to set, if misconfigured
         handler = handler_class or load_events_handler(settings.events_handler)
-        self.store = SqlTaskStore(database_url(settings))
+        self.store = TaskStore(database_url(settings))
         self.streams = StreamManager.create(settings, self.store, backend=event_backend)
         self.webhooks = Webhooks(settings, self.store)
         self.runs = Runs(settings, self.store, self.streams, name or instance_id(settings), self.webhooks)

@@ -18,7 +18,7 @@ from delivery.tasks.executors import Executor
 from delivery.tasks.phases import PhaseRunner
 from delivery.tasks.records import Phase, TaskPriority, TaskRecord
 from delivery.tasks.runs import Runs
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.store import TaskStore
 from delivery.tasks.watchdog import Watchdog
 from delivery.webhooks.outbox import Webhooks
 from stream_manager import StreamManager
@@ -38,7 +38,7 @@ class ManualExecutor(Executor):
         self.priorities[task_id] = priority
 
 
-class HookedStore(SqlTaskStore):
+class HookedStore(TaskStore):
     """A real SQLite store that runs a one-shot hook right before or after a chosen call."""
 
     def __init__(self, url: str) -> None:

@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.store import TaskStore
 from tests.support.celery_worker import Worker
 from tests.support.chaos import answer_confirmations, finished_logs, resumes, submit_all
 from tests.support.real_services import ensure_redis, fresh_postgres_database
@@ -58,7 +58,7 @@ def test_tasks_finish_through_random_kills_of_celery_workers(tmp_path):
             answer_confirmations(api, tasks, until=time.monotonic() + 240, stop_when_done=True)
 
             logs = finished_logs(api.url, tasks, seed)
-            store = SqlTaskStore(database_url)  # the archive replays will read once Redis expires
+            store = TaskStore(database_url)  # the archive replays will read once Redis expires
             for task_id, events in logs.items():
                 stored = [(e.sequence, e.event_type, e.content) for e in store.load_events(task_id)]
                 assert stored == [(e["sequence"], e["event_type"], e["content"]) for e in events], seed

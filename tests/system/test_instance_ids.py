@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from delivery.tasks.records import TaskStatus
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.store import TaskStore
 from delivery.tasks.watchdog import EXITED_OWNER
 from tests.support.api import event_types, stream_until, wait_status
 from tests.support.real_services import ensure_redis, fresh_postgres_database
@@ -37,7 +37,7 @@ def test_replicas_on_one_host_have_their_own_ids_and_a_restart_takes_over_only_i
         def replica(name: str, port: int | None = None) -> Server:
             return Server({**env, "DATA_DIR": str(tmp_path / name)}, tmp_path / f"{name}.log", port=port)
 
-        store = SqlTaskStore(database_url)
+        store = TaskStore(database_url)
         servers = [replica("a")]
         servers.append(replica("b"))
         a, b = servers

@@ -19,7 +19,7 @@ from delivery.events import Event, format_timestamp
 from delivery.streaming.memory import MemoryEventBackend
 from delivery.streaming.redis_backend import RedisEventBackend
 from delivery.tasks.records import TaskRecord, TaskStatus
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.store import TaskStore
 from stream_manager import StreamManager
 from tests.support.real_services import ensure_redis, first_sequence_in_redis
 from tests.support.waiting import wait_for
@@ -219,8 +219,8 @@ def test_the_sse_frame_carries_exactly_the_json_of_the_event(agent, event_type, 
 # -- where a log lives ----------------------------------------------------------------------------
 
 
-def stored_manager(tmp_path) -> tuple[StreamManager, SqlTaskStore]:
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+def stored_manager(tmp_path) -> tuple[StreamManager, TaskStore]:
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     return StreamManager(MemoryEventBackend(), store), store
 
 
@@ -289,7 +289,7 @@ def test_a_finished_task_whose_terminal_event_died_with_its_process_gets_it_back
 def test_one_manager_per_process_built_from_settings_and_found_by_instance(tmp_path):
     from delivery.settings import Settings
 
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     with pytest.raises(RuntimeError, match="No StreamManager yet"):
         StreamManager.instance()
     manager = StreamManager.create(Settings(_env_file=None), store)
@@ -311,7 +311,7 @@ def test_the_archive_of_a_lost_producer_is_completed_from_redis(tmp_path):
     """A process wrote events to Redis and died before its archiver stored the last of them:
     the one that takes the task over copies the rest from Redis, once, keeping their sequences."""
     url = ensure_redis()
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     producer = RedisEventBackend(url, ttl_s=60)  # no archive: what it wrote, the store never saw
     taker = StreamManager(RedisEventBackend(url, ttl_s=60), store)
     task_id = f"test-{uuid.uuid4()}"
@@ -340,7 +340,7 @@ def test_a_log_that_vanished_from_redis_is_put_back_and_goes_on_gap_free(tmp_pat
     """Redis lost a running task's log (it restarted without keeping data): the process that
     goes on with the task puts the stored log back, and every process continues it."""
     url = ensure_redis()
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     first, second, reader = (StreamManager(RedisEventBackend(url, ttl_s=60), store) for _ in range(3))
     task_id = str(uuid.uuid4())
     try:
@@ -373,7 +373,7 @@ def test_a_shared_log_whose_ending_died_with_its_process_is_repaired(tmp_path):
     reached Redis or the store: the watchdog's repair stores what Redis has and ends the log
     from the record, so viewers' streams end and the replay is whole."""
     url = ensure_redis()
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     producer = RedisEventBackend(url, ttl_s=60)  # no archive: it died before storing
     repairer, viewer = (StreamManager(RedisEventBackend(url, ttl_s=60), store) for _ in range(2))
     task_id = str(uuid.uuid4())
@@ -409,7 +409,7 @@ def test_a_log_trimmed_in_redis_is_completed_from_the_store_while_running_and_af
     """REDIS_STREAM_MAXLEN keeps only the newest events in Redis: a process that loads the log
     later gets the rest from the store, gap-free, live and finished alike."""
     url = ensure_redis()
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     producer, live_reader, late_reader = (
         StreamManager(RedisEventBackend(url, maxlen=1000, ttl_s=60), store) for _ in range(3)
     )

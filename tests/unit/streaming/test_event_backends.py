@@ -18,7 +18,7 @@ from delivery.streaming.archive import EventArchiver
 from delivery.streaming.backend import EventBackend, iterate
 from delivery.streaming.memory import MISSING, MemoryEventBackend
 from delivery.streaming.redis_backend import RedisEventBackend
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.store import TaskStore
 from tests.support.real_services import ensure_redis
 from tests.support.waiting import wait_for
 
@@ -316,7 +316,7 @@ def test_an_event_redis_cannot_take_is_set_aside_and_every_other_one_goes_on(cap
 def test_the_archiver_outlives_a_pass_that_fails(tmp_path, caplog):
     """A pass of the archiver that raises (here: showing a committed batch fails once) is logged
     and counted, and the thread goes on archiving; readiness sees it alive."""
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     shown: list[int] = []
 
     def on_durable(batch: list[Event]) -> None:

@@ -10,7 +10,7 @@ from delivery.events import Event
 from delivery.streaming.backend import iterate
 from delivery.streaming.memory import MemoryEventBackend
 from delivery.tasks.records import TaskRecord
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.store import TaskStore
 from stream_manager import StreamManager
 from tests.support.waiting import wait_for
 
@@ -71,7 +71,7 @@ def test_a_finished_log_is_let_go_only_once_the_store_has_it_whole():
 
 
 def test_a_viewer_of_a_log_that_is_let_go_reads_on_and_the_next_replays_it_from_the_store(tmp_path):
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     manager = StreamManager(MemoryEventBackend(memory_limit_bytes=1), store)
     manager.start()
     try:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from delivery.errors import TaskNotFoundError
 from delivery.events import Event
-from delivery.tasks.records import TaskRecord, TaskStatus
-from delivery.tasks.store import SqlTaskStore
+from delivery.tasks.records import DocumentVersion, TaskRecord, TaskStatus
+from delivery.tasks.store import RememberedRequest, TaskStore, WebhookDelivery
 from tests.support.real_services import fresh_postgres_database
 
 
@@ -26,8 +28,8 @@ def store_url(request, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture
-def store(store_url) -> Iterator[SqlTaskStore]:
-    s = SqlTaskStore(store_url)
+def store(store_url) -> Iterator[TaskStore]:
+    s = TaskStore(store_url)
     yield s
     s.close()
 
@@ -79,7 +81,7 @@ def test_events_append_in_batches_load_in_order_and_purge(store):
 def test_a_second_store_on_the_same_database_sees_the_same_data(store_url, store):
     """Several API processes share one database: what one writes, another reads."""
     store.save(record("t-shared", status=TaskStatus.awaiting_confirmation))
-    other = SqlTaskStore(store_url)  # schema creation on an existing database is a no-op
+    other = TaskStore(store_url)  # schema creation on an existing database is a no-op
     try:
         assert other.get("t-shared").status is TaskStatus.awaiting_confirmation
     finally:
@@ -103,7 +105,7 @@ def test_a_database_made_by_an_earlier_version_gains_the_new_columns(tmp_path):
             "INSERT INTO tasks VALUES ('t-old', 'Build a wiki', 1, 'en', 'succeeded', 1.0, 2.0, 3.0, NULL, "
             "4, 4, NULL, '{\"test_plan\": \"# Plan\"}', '[]', NULL)"
         )
-    store = SqlTaskStore(f"sqlite:///{path}")
+    store = TaskStore(f"sqlite:///{path}")
     try:
         old = store.get("t-old")
         assert old.status is TaskStatus.succeeded and old.deliverables == {"test_plan": "# Plan"}
@@ -206,9 +208,9 @@ def test_processes_starting_together_on_a_fresh_postgresql_all_get_the_schema():
     with fresh_postgres_database() as url:
         barrier = threading.Barrier(6)
 
-        def start() -> SqlTaskStore:
+        def start() -> TaskStore:
             barrier.wait()
-            return SqlTaskStore(url)
+            return TaskStore(url)
 
         with ThreadPoolExecutor(6) as pool:
             stores = list(pool.map(lambda _: start(), range(6)))
@@ -218,3 +220,66 @@ def test_processes_starting_together_on_a_fresh_postgresql_all_get_the_schema():
         finally:
             for s in stores:
                 s.close()
+
+
+class _LosesTheFirstAnswer:
+    """The store's engine, except that the first transaction commits and then reports the
+    connection lost, as a database restart between COMMIT and its answer does."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.lost = 0
+
+    def begin(self):
+        @contextlib.contextmanager
+        def transaction():
+            with self._engine.begin() as conn:
+                yield conn
+            if not self.lost:
+                self.lost += 1
+                raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+        return transaction()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def _writes(store: TaskStore, n: int) -> dict:
+    """Writes the store retries, with their first answer and how to see they happened once. (The
+    event archive's insert skips stored sequences: test_events_append_in_batches_load_in_order_and_purge.)"""
+    task_id = f"t-again-{n}"
+    base = record(task_id, status=TaskStatus.queued)
+    started = record(task_id, status=TaskStatus.running, owner="p-1", heartbeat_at=12.5)
+    version = DocumentVersion(task_id, "test_plan", "QAEngineer", "first draft", 3.25, [], content="# Plan")
+    delivery = WebhookDelivery(f"wh-{n}", task_id, "http://receiver/", "task.succeeded", "{}", 1.0, next_attempt_at=1.0)
+    return {
+        "save": (lambda: store.save(base), None, lambda: store.get(task_id) == base),
+        "transition": (
+            lambda: store.transition(started, TaskStatus.queued),
+            True,
+            lambda: store.get(task_id).status is TaskStatus.running,
+        ),
+        "add_version": (lambda: store.add_version(version), 1, lambda: len(store.versions(task_id, "test_plan")) == 1),
+        "claim_request": (
+            lambda: store.claim_request(f"scope-{n}", "fp", 7.5, 0.0, 0.0),
+            None,
+            lambda: store.claim_request(f"scope-{n}", "fp", 8.5, 0.0, 0.0) == RememberedRequest("fp", 7.5, None, None),
+        ),
+        "add_webhooks": (lambda: store.add_webhooks([delivery]), None, lambda: len(store.webhooks(task_id)) == 1),
+    }
+
+
+@pytest.mark.parametrize("write", ["save", "transition", "add_version", "claim_request", "add_webhooks"])
+def test_a_write_retried_after_its_commit_lost_its_answer_answers_as_the_first_time_and_is_kept_once(store, write):
+    n = time.monotonic_ns()
+    store.save(record(f"t-again-{n}", status=TaskStatus.queued))  # what the conditional save expects
+    call, answer, happened_once = _writes(store, n)[write]
+    engine = store.engine
+    store.engine = _LosesTheFirstAnswer(engine)
+    try:
+        assert call() == answer
+        assert store.engine.lost == 1  # the answer was lost, and the store retried
+    finally:
+        store.engine = engine
+    assert happened_once()

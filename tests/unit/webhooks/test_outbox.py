@@ -12,14 +12,14 @@ from pydantic import ValidationError
 
 from delivery.settings import Settings
 from delivery.tasks.records import TaskRecord, TaskStatus
-from delivery.tasks.store import SqlTaskStore, WebhookDelivery
+from delivery.tasks.store import TaskStore, WebhookDelivery
 from delivery.webhooks.outbox import Notification, Webhooks
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
 def _payload(tmp_path, **settings) -> dict:
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     try:
         config = Settings(
             _env_file=None, webhook_secret=SECRET, webhook_urls="https://hooks.example.com/in", **settings
@@ -65,7 +65,7 @@ def _due(url: str, webhook_id: str, at: float) -> WebhookDelivery:
 def test_a_claim_takes_at_most_per_url_and_skips_the_backlog_of_busy_urls(tmp_path):
     """A receiver with a long backlog due first must not fill the claim (the rows looked at) and
     hide another receiver's due row: URLs at their share are left out of the query."""
-    store = SqlTaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
+    store = TaskStore(f"sqlite:///{tmp_path / 'tasks.db'}")
     try:
         slow, other = "https://slow.example.com/in", "https://other.example.com/in"
         store.add_webhooks([_due(slow, f"slow_{n}", 100.0 + n) for n in range(20)] + [_due(other, "other", 200.0)])
