@@ -13,6 +13,7 @@ Mapping (CrewAI event -> our event_type):
     llm_call_started    -> action       (the agent calls its model)
     tool_usage_started  -> action       (the agent uses a tool)
     llm_stream_chunk    -> thought      (content = the token delta)
+    llm_call_retrying   -> model_retry  (ours: an attempt failed; the next one's text starts over)
     task_completed      -> output       (content = the agent's full deliverable), then step_end
 A run is two crews: the first agent alone (repeated on each revision round), then the rest once
 the analysis is approved (or straight away with skip_confirmation). The lifecycle
@@ -51,6 +52,7 @@ class CrewEventsHandler:
             CrewEvent.llm_call_started.value: self._llm_call_started,
             CrewEvent.tool_usage_started.value: self._tool_usage_started,
             CrewEvent.llm_stream_chunk.value: self._llm_stream_chunk,
+            CrewEvent.llm_call_retrying.value: self._llm_call_retrying,
             CrewEvent.task_completed.value: self._task_completed,
         }
 
@@ -87,6 +89,20 @@ class CrewEventsHandler:
         if event.chunk:
             self.on_thought(self.current_agent, event.chunk)
 
+    def _llm_call_retrying(self, event: Any) -> None:
+        self.on_model_retry(
+            self.current_agent,
+            f"The model call failed ({event.error}); attempt {event.attempt} of {event.max_attempts} "
+            f"in {event.delay_s:g} s, its answer from the start",
+            {
+                "model": event.model,
+                "attempt": event.attempt,
+                "max_attempts": event.max_attempts,
+                "delay_s": event.delay_s,
+                "error": event.error,
+            },
+        )
+
     def _task_completed(self, event: Any) -> None:
         agent = self._agent_of(event.task)
         output = carriable(event.output.raw) if event.output is not None else ""
@@ -108,6 +124,10 @@ class CrewEventsHandler:
 
     def on_thought(self, agent_name: str, delta: str) -> None:
         self.publish(agent_name, EventType.thought, delta)
+
+    def on_model_retry(self, agent_name: str, description: str, metadata: dict[str, Any]) -> None:
+        """An attempt of the agent's model call failed; the next one streams its answer anew."""
+        self.publish(agent_name, EventType.model_retry, description, metadata)
 
     def on_agent_output(self, agent_name: str, output: str) -> None:
         self.publish(agent_name, EventType.output, output)

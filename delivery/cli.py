@@ -61,6 +61,8 @@ class LiveView:
             self.status = "running"
         elif kind == "thought":
             self.tokens = (self.tokens + event.content)[-4000:]
+        elif kind == "model_retry":  # the call's text so far is void: its next attempt starts over
+            self.tokens = ""
         elif kind == "check" and agent in self.note:
             gaps = meta.get("gaps") or []
             self.note[agent] = "check passed" if meta.get("passed") else f"fixing {len(gaps)} gap(s)"

@@ -23,6 +23,10 @@ class EventType(str, Enum):
     awaiting_confirmation = "awaiting_confirmation"
     confirmed = "confirmed"
     resumed = "resumed"  # the process running a phase was lost; an agent starts again elsewhere
+    # A model call's attempt failed (its stream may have broken off mid-answer) and the call is
+    # tried again: the text streamed since the call's last `action` is void; the next attempt's
+    # `action` and `thought`s follow, its answer from the start.
+    model_retry = "model_retry"
     end = "end"
     error = "error"
     cancelled = "cancelled"

@@ -375,6 +375,8 @@ function apply(event) {
       if (meta.approved === false) view.agentState[ANALYST] = "working";
       else view.agentState[ANALYST] = "done";
       break;
+    case "model_retry":  // the tokens shown since the call's action are void: its next attempt starts over
+      startTokens(event.agent_name); break;
     case "resumed":  // the process was lost; its agent starts over (its agent_start follows)
       view.status = "running";
       if (meta.agent in view.agentState) view.agentState[meta.agent] = "working";

@@ -15,6 +15,7 @@ also switch off this service's traces (OTEL_EXPORTER_OTLP_ENDPOINT).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import os
@@ -48,7 +49,7 @@ from crewai import Agent, Crew, Process, Task
 from crewai.crews.crew_output import CrewOutput
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.event_listener import event_listener
-from crewai.events.stream_context import _stream_sinks, add_stream_sink, reset_stream_sinks
+from crewai.events.stream_context import add_stream_sink, publish_stream_event, reset_stream_sinks
 from crewai.events.types.llm_events import LLMCallType, LLMStreamChunkEvent
 from crewai.llms.base_llm import BaseLLM, llm_call_context
 from crewai.llms.providers.openai.completion import OpenAICompletion
@@ -63,6 +64,7 @@ __all__ = [
     "Crew",
     "CrewEvent",
     "CrewOutput",
+    "ModelCallRetrying",
     "OpenAICompletion",
     "OpenAICompletionWithForm",
     "Process",
@@ -72,10 +74,10 @@ __all__ = [
     "emit_call_completed",
     "emit_call_started",
     "emit_chunk",
-    "filtered_stream",
     "forget_token_events",
     "installed_version",
     "model_call",
+    "publish_to_stream",
     "stream_sink",
     "version_warning",
 ]
@@ -95,6 +97,22 @@ class CrewEvent(str, Enum):
     llm_call_completed = "llm_call_completed"  # .usage (prompt_tokens, completion_tokens), .response
     llm_call_failed = "llm_call_failed"
     task_completed = "task_completed"  # .task, .output.raw
+    # Ours, not CrewAI's (ModelCallRetrying): one attempt of a model call failed, the next follows.
+    llm_call_retrying = "llm_call_retrying"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCallRetrying:
+    """Published to the stream sinks (`publish_to_stream`) by our remote client between two
+    attempts of one model call: the failed attempt's text is void and the next streams from its
+    start, so viewers must be told before its first token."""
+
+    model: str
+    attempt: int  # the attempt about to start: 2 .. max_attempts
+    max_attempts: int
+    delay_s: float  # the backoff before it
+    error: str  # why the last attempt failed: the exception's type and message
+    type: str = CrewEvent.llm_call_retrying.value
 
 
 @contextlib.contextmanager
@@ -206,7 +224,7 @@ class CpuTurns:
         def sink(_source: Any, event: Any) -> None:  # called for every event, tokens too: kept cheap
             nonlocal held
             kind = getattr(event, "type", "")
-            if kind == _CALL_STARTED and held:
+            if kind in _MODEL_WAIT and held:
                 held = False
                 self._turn.release()
             elif kind in _CALL_ENDED and not held:
@@ -221,28 +239,16 @@ class CpuTurns:
                 self._turn.release()
 
 
-_CALL_STARTED = CrewEvent.llm_call_started.value  # plain strings: no Enum lookup per token
+# Plain strings: no Enum lookup per token. A retry's backoff is a wait for the model too.
+_MODEL_WAIT = frozenset({CrewEvent.llm_call_started.value, CrewEvent.llm_call_retrying.value})
 _CALL_ENDED = frozenset({CrewEvent.llm_call_completed.value, CrewEvent.llm_call_failed.value})
 CPU_TURNS = CpuTurns()
 
 
-@contextlib.contextmanager
-def filtered_stream(keep: Callable[[Any, Any], bool]) -> Iterator[None]:
-    """Within this context, the events emitted reach this context's sinks only when
-    `keep(source, event)` is true (`keep` may shorten an event first). CrewAI has no API to read
-    the current sinks: this uses its private contextvar."""
-    sinks = _stream_sinks.get()
-
-    def forward(source: Any, event: Any) -> None:
-        if keep(source, event):
-            for sink in sinks:
-                sink(source, event)
-
-    token = _stream_sinks.set((forward,))
-    try:
-        yield
-    finally:
-        _stream_sinks.reset(token)
+def publish_to_stream(source: Any, event: Any) -> None:
+    """Hand `event` to this context's stream sinks, in order, on this thread, as CrewAI does
+    with its own events (for ours: ModelCallRetrying)."""
+    publish_stream_event(source, event)
 
 
 Guardrail = Callable[[Any], tuple[bool, Any]]

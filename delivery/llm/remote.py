@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import PrivateAttr
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from delivery.crew.compat import FINAL_ANSWER_PREFIX, CrewEvent, OpenAICompletionWithForm, filtered_stream
+from delivery.crew.compat import FINAL_ANSWER_PREFIX, ModelCallRetrying, OpenAICompletionWithForm, publish_to_stream
 from delivery.documents import forms
 from delivery.documents.structure import CUT_OFF_NOTE
 from delivery.observability.metrics import LLM_CALL_ERRORS
@@ -121,61 +121,56 @@ class RetryingOpenAICompletion(OpenAICompletionWithForm):
         return super()._finalize_streaming_response(*args, **kwargs)
 
     def _call_retrying(self, *args: Any, **kwargs: Any) -> Any:
-        shown = _ShownText()
+        """Each attempt is a model call of its own: CrewAI emits its started, chunk and
+        completed-or-failed events, so the usage meter counts every attempt, and viewers get a
+        `model_retry` event between two attempts, then the next attempt's text from its start.
+        An attempt's text is never spliced onto another's: a model may answer differently."""
         retrying = Retrying(
             stop=stop_after_attempt(self.retry_attempts),
             wait=wait_exponential(multiplier=self.retry_base_s, max=30),
             retry=retry_if_exception(is_transient),
             reraise=True,
-            before_sleep=lambda state: _log_retry(state, self.model),
+            before_sleep=lambda state: _log_retry(state, self.model, self.retry_attempts),
         )
+        one_call = super().call
+
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return one_call(*args, **kwargs)
+            except json.JSONDecodeError as exc:  # the SDK reads each streamed chunk as JSON
+                raise MalformedStreamError(f"a streamed chunk is not JSON ({exc})") from exc
+
         try:
-            return retrying(shown.once, super().call, *args, **kwargs)
+            return retrying(attempt, *args, **kwargs)
         except Exception as exc:
             LLM_CALL_ERRORS.labels(self.model, type(exc).__name__).inc()  # the last attempt's failure
             exc.attempts = retrying.statistics.get("attempt_number", 1)  # type: ignore[attr-defined]
             raise
 
 
-class _ShownText:
-    """The streamed text viewers have seen during one model call, across its attempts.
-
-    When an answer breaks off mid-stream and the call is retried, the new answer streams from its
-    start again: its chunks are not shown until they pass the point the viewers had reached, so
-    nobody sees the same tokens twice. (A model that answers differently the second time shows
-    the rest of its new answer from that point; the document stored is the new answer, whole.)"""
-
-    def __init__(self) -> None:
-        self.length = 0  # characters shown so far
-
-    def once(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        position = 0  # characters streamed by this attempt
-
-        def keep(_source: Any, event: Any) -> bool:
-            nonlocal position
-            if getattr(event, "type", None) != CrewEvent.llm_stream_chunk.value or not event.chunk:
-                return True
-            start, position = position, position + len(event.chunk)
-            if position <= self.length:
-                return False  # shown by an earlier attempt
-            if start < self.length:
-                event.chunk = event.chunk[self.length - start :]
-            self.length = position
-            return True
-
-        with filtered_stream(keep):
-            return call(*args, **kwargs)
+class MalformedStreamError(Exception):
+    """The server's streamed answer is not OpenAI-compatible (a chunk that is not JSON): not
+    retried: a server that sends one most likely will again. describe_failure says what to check."""
 
 
-def _log_retry(state: RetryCallState, model: str) -> None:
+def _log_retry(state: RetryCallState, model: str, max_attempts: int) -> None:
+    """Between two attempts (tenacity's before_sleep, on the calling thread): count and log the
+    failure, and tell the task's viewers (a `model_retry` event) before the next attempt streams."""
     exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
     if exc is not None:
         LLM_CALL_ERRORS.labels(model, type(exc).__name__).inc()
-    log.warning(
-        "model call failed (%s); retry %d in %.1f s",
-        state.outcome.exception() if state.outcome else "?",
-        state.attempt_number,
-        state.next_action.sleep if state.next_action else 0,
+    log.warning("model call failed (%s); retry %d in %.1f s", exc or "?", state.attempt_number, delay)
+    error = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown"
+    publish_to_stream(
+        None,
+        ModelCallRetrying(
+            model=model,
+            attempt=state.attempt_number + 1,
+            max_attempts=max_attempts,
+            delay_s=round(delay, 3),
+            error=error[:300],
+        ),
     )
 
 

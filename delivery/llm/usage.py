@@ -16,7 +16,8 @@ Where the counts come from:
 - scripted: the double's own tokenizer, for the prompt and for what it emits.
 While a call streams, its completion is counted chunk by chunk (one token per chunk for local
 and scripted, estimated for remote) so that a budget stops it at once. A call cut short (budget,
-cancel, failure) is kept with what it had used, marked `interrupted`.
+cancel, failure) is kept with what it had used, marked `interrupted`. Every attempt of a retried
+call is a call of its own (remote.py): a failed one counts its prompt and what it had streamed.
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ class UsageMeter:
             spec = ROSTER.by_role(role) if role else None
             self._agent = spec.name if spec else (role or self._agent)
         elif kind == CrewEvent.llm_call_started.value:
+            unfinished = self._take_call()  # never seen to end: counted, not overwritten
+            if unfinished is not None:
+                self._record(unfinished, None, "", interrupted=True)
             model = str(getattr(event, "model", "") or "unknown")
             announced = getattr(source, "announced_prompt_tokens", None)  # our in-process models know it
             exact = isinstance(announced, int)
@@ -178,6 +182,18 @@ class UsageMeter:
             call = self._take_call()
             if call is not None:
                 self._record(call, getattr(event, "usage", None), getattr(event, "response", ""))
+                if not self._budget.unlimited:
+                    self._check(None)
+        elif kind == CrewEvent.llm_call_failed.value:
+            # An attempt that failed (refused, timed out, its stream cut mid-answer) was still
+            # sent, and may have streamed: a server reports no usage for a call it did not finish,
+            # so its prompt is the estimate taken at the start and its completion what it streamed,
+            # estimated chunk by chunk as above (exact for our in-process models). Whether the
+            # provider bills a refused attempt is not known here: counting it errs on the side of
+            # the budget.
+            call = self._take_call()
+            if call is not None:
+                self._record(call, None, "", interrupted=True)
                 if not self._budget.unlimited:
                     self._check(None)
 

@@ -9,8 +9,10 @@ import time
 import httpx
 import pytest
 
+from delivery.crew.compat import FINAL_ANSWER_PREFIX
+from delivery.llm.usage import estimate_tokens
 from tests.support.api import run_task
-from tests.support.fake_openai import ANSWER, FakeOpenAI
+from tests.support.fake_openai import ANSWER, PROMPT_TOKENS, FakeOpenAI, Reply
 from tests.support.real_services import fresh_postgres_database
 from tests.support.server_process import free_port
 from tests.support.sse_client import read_stream
@@ -141,31 +143,70 @@ def test_structured_output_can_be_switched_off(start_server):
         fake.stop()
 
 
-def _first_call_text(events: list[dict], agent: str) -> str:
-    """What viewers saw of `agent`'s first answer: its thoughts from its first model call (and the
-    call's retries, each announced by an `action`) up to the check of what it wrote."""
-    mine = [e for e in events if e["agent_name"] == agent]
-    first = next(i for i, e in enumerate(mine) if e["event_type"] == "action")
-    text = []
-    for e in mine[first + 1 :]:
-        if e["event_type"] not in ("thought", "action"):
-            break
-        text.append(e["content"] if e["event_type"] == "thought" else "")
-    return "".join(text)
+CUT_ANSWER = [w + " " for w in (FINAL_ANSWER_PREFIX + "# First try\n\n- REQ-1: this answer breaks off").split(" ")]
+SECOND_ANSWER = [
+    w + " " for w in (FINAL_ANSWER_PREFIX + "# Analysis\n\n- REQ-1: asked again, said otherwise").split(" ")
+]
 
 
-def test_an_answer_cut_mid_stream_is_retried_without_showing_a_token_twice(start_server):
-    fake = FakeOpenAI(cut_first=1, cut_after=4)
+def test_an_answer_cut_mid_stream_is_retried_as_a_new_call_shown_whole_after_a_retry_event(start_server):
+    """The first answer breaks off after 4 chunks; asked again, the model answers differently.
+    Viewers see the 4 chunks, a `model_retry` event, then the new answer from its start (nothing
+    spliced); the document stored is the new answer; usage and metrics count both attempts."""
+    replies = iter([Reply(CUT_ANSWER, cut_after=4), Reply(SECOND_ANSWER)])
+    fake = FakeOpenAI(reply=lambda _body: next(replies, None))  # then the usual ANSWER
     try:
         server = start_server(
-            llm_provider="openai", openai_base_url=fake.url, llm_model="fake", llm_max_retries=3, llm_retry_base_s=0.05
+            llm_provider="openai",
+            openai_base_url=fake.url,
+            llm_model="fake",
+            llm_max_retries=3,
+            llm_retry_base_s=0.05,
+            structured_output=False,
+            max_fix_rounds=0,
         )
         with httpx.Client(base_url=server.url, timeout=30) as c:
             task_id = run_task(c)
             events = read_stream(server.url, task_id, timeout=120).events
+            result = c.get(f"/api/task/{task_id}/result").json()
+            metrics = c.get("/metrics").text
         assert events[-1]["event_type"] == "end", events[-1]
-        # The first answer broke after 4 chunks and was asked for again: viewers saw it once, whole.
-        assert _first_call_text(events, "ProductManager") == "".join(w + " " for w in ANSWER.split(" "))
+        types = [e["event_type"] for e in events]
+        (retry,) = [i for i, t in enumerate(types) if t == "model_retry"]
+        announced = events[retry]
+        assert announced["agent_name"] == "ProductManager"
+        meta = announced["metadata"]
+        assert (meta["model"], meta["attempt"], meta["max_attempts"], meta["delay_s"]) == ("fake", 2, 4, 0.05)
+        assert meta["error"].startswith("RemoteProtocolError: peer closed connection")
+        assert announced["content"].startswith("The model call failed (RemoteProtocolError: peer closed connection")
+        assert announced["content"].endswith("attempt 2 of 4 in 0.05 s, its answer from the start")
+        # Before it: the cut attempt's own 4 chunks, after its `action`.
+        assert types[retry - 5 : retry] == ["action", *["thought"] * 4]
+        assert [e["content"] for e in events[retry - 4 : retry]] == CUT_ANSWER[:4]
+        # After it: the new attempt's `action`, then its answer from the start, whole.
+        assert types[retry + 1] == "action"
+        after = events[retry + 2 : types.index("check", retry)]
+        assert {e["event_type"] for e in after} == {"thought"}
+        live = "".join(e["content"] for e in after)
+        assert live == "".join(SECOND_ANSWER)
+        document = result["deliverables"]["requirements_analysis"]
+        assert document == live.removeprefix(FINAL_ANSWER_PREFIX).strip()
+        # Usage counts both attempts: the cut one with what it streamed (estimated), then each answer.
+        calls = result["usage"]["calls"]
+        assert len(calls) == fake.requests == 5
+        cut = calls[0]
+        assert cut["agent"] == "ProductManager" and cut["interrupted"] and cut["estimated"]
+        assert cut["completion_tokens"] == sum(estimate_tokens(piece) for piece in CUT_ANSWER[:4])
+        assert [c["interrupted"] for c in calls[1:]] == [False] * 4
+        assert all(c["prompt_tokens"] == PROMPT_TOKENS for c in calls[1:])
+        total = result["usage"]["total"]
+        assert total["calls"] == 5 and total["total_tokens"] == sum(c["total_tokens"] for c in calls)
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("delivery_llm_tokens_total{")
+        )
+        assert counted == total["total_tokens"]
         assert "model call failed (peer closed connection without sending complete message body" in server.log_text()
     finally:
         fake.stop()

@@ -10,7 +10,11 @@ server or model without structured output).
 Its first `cut_first` answers break off after `cut_after` chunks (the connection is dropped
 mid-stream); its first `stall_first` answers wait `stall_s` before the first chunk; every chunk
 can be slowed by `chunk_delay_s`. `active` and
-`most_active` count the answers being streamed at once."""
+`most_active` count the answers being streamed at once.
+
+A `reply(body)` function, when given, decides each answer instead (a `Reply`): its text in the
+pieces it streams, which may be hostile (any code point, huge), and how it misbehaves — cut
+mid-stream, or a `data:` line that is not JSON (the model-side fuzzing, test_model_fuzz.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
@@ -34,6 +40,15 @@ ANSWER = FINAL_ANSWER_PREFIX + "# Document\n\n- REQ-1: the feature works\n- TC-1
 PROMPT_TOKENS = 111  # what it claims each prompt used (a real server counts; a fixed figure is checkable)
 
 
+@dataclass
+class Reply:
+    """One answer: the content deltas it streams, in order, and how it breaks (if it does)."""
+
+    pieces: list[str]
+    cut_after: int | None = None  # the connection drops after this many pieces
+    not_json_after: int | None = None  # then a `data:` line that is not JSON, and nothing more
+
+
 class FakeOpenAI:
     def __init__(
         self,
@@ -47,12 +62,16 @@ class FakeOpenAI:
         stall_s: float = 0.0,
         chunk_delay_s: float = 0.0,
         answer: str = ANSWER,
+        reply: Callable[[dict], Reply | None] | None = None,
     ) -> None:
-        """`answer`: the text streamed (word by word) when no form is filled."""
+        """`answer`: the text streamed (word by word) when no form is filled. `reply(body)`: the
+        answer to each request, instead of all of the above but `fail_first` and `chunk_delay_s`
+        (called on the fake's own thread, one request at a time; None: the usual answer)."""
         self.fail_first, self.status, self.reports_usage, self.forms = fail_first, status, reports_usage, forms
         self.cut_first, self.cut_after, self.stall_first, self.stall_s = cut_first, cut_after, stall_first, stall_s
         self.chunk_delay_s = chunk_delay_s
         self.answer = answer
+        self.reply = reply
         self.answers = 0  # streamed answers started
         self.active = self.most_active = 0
         self.requests = 0
@@ -77,7 +96,10 @@ class FakeOpenAI:
             )
 
         form = (body.get("response_format") or {}).get("json_schema")
-        if form and self.forms == "refuse":
+        scripted = self.reply(body) if self.reply is not None else None
+        if scripted is not None:
+            pieces = scripted.pieces
+        elif form and self.forms == "refuse":
             return JSONResponse(
                 {
                     "error": {
@@ -87,15 +109,18 @@ class FakeOpenAI:
                 },
                 status_code=400,
             )
-        if form and self.forms == "fill":
+        elif form and self.forms == "fill":
             text = json.dumps(filled(form["schema"]), ensure_ascii=False)
             pieces = [text[i : i + 8] for i in range(0, len(text), 8)]
         else:
             pieces = [word + " " for word in self.answer.split(" ")]
 
         self.answers += 1
-        cut = self.answers <= self.cut_first
-        stall = self.stall_s if self.answers <= self.stall_first else 0.0
+        if scripted is not None:
+            cut_after, garbage_after, stall = scripted.cut_after, scripted.not_json_after, 0.0
+        else:
+            cut_after = self.cut_after if self.answers <= self.cut_first else None
+            garbage_after, stall = None, self.stall_s if self.answers <= self.stall_first else 0.0
 
         async def chunks():
             self.active += 1
@@ -110,8 +135,11 @@ class FakeOpenAI:
             if stall:
                 await asyncio.sleep(stall)
             for n, piece in enumerate(pieces):
-                if cut and n == self.cut_after:
+                if n == cut_after:
                     raise ConnectionAbortedError("the fake drops the connection mid-stream")
+                if n == garbage_after:
+                    yield 'data: {"choices": [{"delta": {"content": "unterminated\n\n'
+                    return
                 if self.chunk_delay_s:
                     await asyncio.sleep(self.chunk_delay_s)
                 delta = {
@@ -154,14 +182,14 @@ class FakeOpenAI:
         self._thread.join(10)
 
 
-def filled(schema: dict) -> object:
+def filled(schema: dict, text: Callable[[], str] = lambda: "Filled in by the fake model") -> object:
     """A value that fills in every field of `schema` (a list names every value its items' enum
-    allows; other lists have two items)."""
+    allows; other lists have two items), each text field with `text()`."""
     if "enum" in schema:
         return schema["enum"][0]
     if schema.get("type") == "object":
-        return {name: filled(sub) for name, sub in schema["properties"].items()}
+        return {name: filled(sub, text) for name, sub in schema["properties"].items()}
     if schema.get("type") == "array":
         items = schema["items"]
-        return list(items["enum"]) if "enum" in items else [filled(items), filled(items)]
-    return "Filled in by the fake model"
+        return list(items["enum"]) if "enum" in items else [filled(items, text), filled(items, text)]
+    return text()

@@ -253,3 +253,56 @@ def test_a_prompt_that_alone_passes_the_budget_stops_before_the_model_is_asked_a
         "(0 = no limit) and submit it again."
     )
     assert rec.usage == {}  # the model was never asked: nothing was spent
+
+
+# -- every attempt of a retried call counts --------------------------------------------------
+
+
+def test_a_failed_attempt_is_counted_with_what_it_streamed_and_the_retry_as_a_call_of_its_own():
+    """A stream cut mid-answer: the server never reports usage for it, so its prompt and what it
+    streamed are estimated and kept; the retry that follows is a second call, not an overwrite."""
+    rec = record()
+    meter = remote_meter(rec)
+    prompt = [{"role": "user", "content": "y" * 80}]
+    meter(object(), event("llm_call_started", model="gpt-4o-mini", messages=prompt))
+    for word in ("The first", " answer", " broke"):
+        meter(object(), event("llm_stream_chunk", chunk=word))
+    meter(object(), event("llm_call_failed", error="OpenAI API call failed: peer closed connection"))
+    meter(object(), event("llm_call_started", model="gpt-4o-mini", messages=prompt))
+    meter(object(), event("llm_stream_chunk", chunk="Another answer"))
+    meter(
+        object(),
+        event("llm_call_completed", usage={"prompt_tokens": 20, "completion_tokens": 2}, response="Another answer"),
+    )
+    cut, retried = rec.usage["calls"]
+    streamed = estimate_tokens("The first") + estimate_tokens(" answer") + estimate_tokens(" broke")
+    assert (cut["prompt_tokens"], cut["completion_tokens"]) == (20, streamed)
+    assert cut["interrupted"] and cut["estimated"]
+    assert cut["cost"] == round((20 * 0.15 + streamed * 0.6) / 1e6, 10)
+    assert (retried["prompt_tokens"], retried["completion_tokens"], retried["interrupted"]) == (20, 2, False)
+    assert summary(rec.usage)["total"]["calls"] == 2
+    assert summary(rec.usage)["total"]["total_tokens"] == 20 + streamed + 22
+
+
+def test_a_call_started_before_the_last_one_ended_counts_the_last_one_instead_of_overwriting_it():
+    rec = record()
+    meter = remote_meter(rec)
+    meter(object(), event("llm_call_started", model="gpt-4o-mini", messages="z" * 40))
+    meter(object(), event("llm_stream_chunk", chunk="half an answer"))
+    meter(object(), event("llm_call_started", model="gpt-4o-mini", messages="z" * 40))
+    meter.close()
+    first, second = rec.usage["calls"]
+    assert first["completion_tokens"] == estimate_tokens("half an answer") and first["interrupted"]
+    assert second["completion_tokens"] == 0 and second["interrupted"]
+
+
+def test_failed_attempts_count_towards_the_budget():
+    rec = record()
+    rec.budget = {"max_tokens": 250, "tokens_setting": "MAX_TOKENS_PER_TASK"}
+    meter = remote_meter(rec)
+    for _ in range(2):  # each attempt sends 100 prompt tokens: a third would pass the budget
+        meter(object(), event("llm_call_started", model="gpt-4o-mini", messages="x" * 400))
+        meter(object(), event("llm_call_failed", error="OpenAI API call failed: overloaded"))
+    with pytest.raises(BudgetExceeded, match="has used 200 tokens"):
+        meter(object(), event("llm_call_started", model="gpt-4o-mini", messages="x" * 400))
+    assert [c["interrupted"] for c in rec.usage["calls"]] == [True, True]
