@@ -213,7 +213,19 @@ _JSON = st.recursive(
 def test_the_sse_frame_carries_exactly_the_json_of_the_event(agent, event_type, content, sequence, ts, metadata):
     event = Event("t-1", sequence, agent, event_type, content, ts, metadata)
     expected = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    for line_break in "\x85\u2028\u2029":  # escaped: see the next test
+        expected = expected.replace(line_break, f"\\u{ord(line_break):04x}")
     assert event.sse == f"id: {sequence}\nevent: {event_type}\ndata: {expected}\n\n".encode()
+
+
+def test_a_frame_is_split_into_lines_only_where_sse_splits_it_even_by_readers_built_on_splitlines():
+    """U+0085, U+2028 and U+2029 end a line for str.splitlines (and so for httpx's and requests'
+    iter_lines), not for SSE: escaped in the JSON, an event's data stays on one line for both."""
+    text = "a\u2028b\x85c\u2029d"
+    event = Event("t-1", 1, "Agent\u2028", "thought", text, 0.0, {"k\u2029": ["\x85"]})
+    lines = event.sse.decode().splitlines()
+    assert lines[:2] == ["id: 1", "event: thought"] and lines[3:] == [""]
+    assert json.loads(lines[2].removeprefix("data: ")) == event.to_dict()
 
 
 # -- where a log lives ----------------------------------------------------------------------------
