@@ -68,7 +68,7 @@ test: install $(TEST_STAMP) system-packages lint
 	$(MAKE) compose-test
 
 # docker-compose.yml for real (tests/compose): every service of every profile on podman through
-# Docker Compose v2; deploy/compose/engine.sh installs and builds what it needs (README "Deployment").
+# Docker Compose v2; deploy/compose/engine.sh installs and builds what it needs (docs/operations.md, "Deployment").
 # On 2 cores: ~5.5 min with no image built yet (plus the apt-get install on a fresh machine),
 # ~3.5 min once its images exist.
 compose-test: install $(TEST_STAMP)

@@ -123,7 +123,7 @@ class AgentInfo(_Model):
 
 
 class Event(_Model):
-    """One event of a task's stream (README, "The event stream")."""
+    """One event of a task's stream (docs/api.md, "The event stream")."""
 
     task_id: str
     sequence: int
@@ -265,7 +265,7 @@ def _save_zip(content: bytes, to: Path, extract: bool) -> Path:
     archive.write_bytes(content)
     if extract:
         with zipfile.ZipFile(archive) as z:
-            z.extractall(to)  # names are the server's own fixed ones (README, Deliverables)
+            z.extractall(to)  # names are the server's own fixed ones (docs/api.md, "Deliverables")
     return to
 
 

@@ -1,4 +1,4 @@
-"""The one settings object. Every field is also listed in .env.example and README.md."""
+"""The one settings object. Every field is also listed in .env.example and docs/configuration.md."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     audit_log_max_mb: float = Field(10.0, gt=0)  # the audit log rotates at this size ...
     audit_log_backups: int = Field(5, ge=1, le=1000)  # ... keeping this many older files (audit.log.1 ...)
 
-    # Usage, cost and budgets (README "Usage, cost and budgets"); 0 = no limit
+    # Usage, cost and budgets (docs/api.md, "Usage, cost and budgets"); 0 = no limit
     max_tokens_per_task: int = Field(0, ge=0)
     max_cost_per_task: float = Field(0.0, ge=0)
     llm_prices: str = ""  # JSON: model -> {"input": per million, "output": per million, "currency": "USD"}
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     otel_exporter_otlp_endpoint: str = ""  # e.g. http://collector:4318 (OTLP over HTTP)
 
-    # Webhooks (README "Webhooks", docs/security.md): notifications signed as Standard Webhooks say
+    # Webhooks (docs/api.md "Webhooks", docs/security.md): notifications signed as Standard Webhooks say
     webhook_urls: str = ""  # comma-separated endpoints that get every task's notifications
     webhook_secret: str = ""  # whsec_<base64>; needed for any webhook
     webhook_allow_private: bool = False  # allow loopback, link-local and private addresses

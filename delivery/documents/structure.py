@@ -1,6 +1,6 @@
 """The shape of each deliverable, and the code that checks a document against it.
 
-Documents are Markdown with a few fixed lines that code can read (README, "Deliverables"):
+Documents are Markdown with a few fixed lines that code can read (docs/api.md, "Deliverables"):
 
     requirements analysis   ### REQ-n: <title>  ... "Acceptance criteria:" and at least one "- " line
     test plan               ### TC-n: <title>   "Verifies: REQ-a, REQ-b"  "Steps:" numbered lines

@@ -17,7 +17,7 @@ class Price(BaseModel):
     currency: str = Field(min_length=1, max_length=8)
 
 
-# The models this service names (README, "Usage and cost"). Prices as published by the providers
+# The models this service names (docs/api.md, "Usage, cost and budgets"). Prices as published by the providers
 # in November 2026; override or extend them with LLM_PRICES.
 DEFAULT_PRICES: dict[str, Price] = {
     "qwen-plus": Price(input=0.8, output=2.0, currency="CNY"),

@@ -2,7 +2,7 @@
 # A container engine for `docker compose` on a plain Debian bookworm machine without an image
 # registry: podman (runc, netavark) behind its Docker-compatible socket, Docker Compose v2 as a
 # CLI plugin, and stand-ins for the official images built locally from Debian packages.
-# tests/compose/test_compose.py (make compose-test) uses it; so can you (README, "Deployment").
+# tests/compose/test_compose.py (make compose-test) uses it; so can you (docs/operations.md, "Deployment").
 #
 #   deploy/compose/engine.sh up      install what is missing, start the socket service, build the
 #                                    stand-in images; prints the environment for `docker compose`

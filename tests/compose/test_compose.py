@@ -2,7 +2,7 @@
 
 The engine is podman (runc, netavark) behind its Docker-compatible socket, driven by Docker
 Compose v2 and the docker CLI; the official base images are replaced by stand-ins built from
-Debian packages (deploy/compose/engine.sh, README "Deployment" says what differs). Our image is
+Debian packages (deploy/compose/engine.sh, docs/operations.md "Deployment" says what differs). Our image is
 built from our Dockerfile for remote models only (LOCAL_MODEL=false); the crew runs on the
 scripted test double (LLM_PROVIDER=scripted), slowed down so that a run lasts seconds.
 
