@@ -9,15 +9,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from delivery.api import views
 from delivery.api.deps import Caller, RuntimeDep, guard
 from delivery.api.idempotency import run_once
 from delivery.api.schemas import (
-    BudgetInfo,
     ConfirmRequest,
     CrewInfo,
     DeliverableInfo,
     DeliverableList,
-    Deliverables,
     ErrorResponse,
     RunTaskRequest,
     RunTaskResponse,
@@ -28,11 +27,6 @@ from delivery.api.schemas import (
     TaskList,
     TaskResultResponse,
     TaskStatusResponse,
-    TaskSummary,
-    Traceability,
-    Usage,
-    UsageTotals,
-    UsageWithCalls,
     VersionInfo,
     VersionList,
     WebhookAttempt,
@@ -42,16 +36,13 @@ from delivery.api.schemas import (
 from delivery.api.stream_route import register_stream_route
 from delivery.crew.roster import ROSTER
 from delivery.documents import diff
-from delivery.documents.package import build_zip
 from delivery.documents.render import to_html
-from delivery.errors import DeliverableNotFoundError, InvalidRequestError, RateLimitedError, TaskNotFinishedError, shown
-from delivery.llm.usage import summary, totals
-from delivery.observability.tracing import trace_id_of
+from delivery.errors import DeliverableNotFoundError
 from delivery.runtime import Runtime
 from delivery.security.auth import Auth
 from delivery.security.redaction import redacted_url
 from delivery.streaming.backend import StreamSnapshot
-from delivery.tasks.records import TaskRecord, TaskStatus
+from delivery.tasks.records import TaskStatus
 
 GUARDED: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "A body that is not UTF-8 JSON text"},
@@ -91,10 +82,6 @@ NOT_FINISHED: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "
 router = APIRouter(prefix="/api", dependencies=[Depends(guard)], responses=GUARDED)
 
 
-def _dt(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
-
-
 def _auth(request: Request) -> Auth:
     auth: Auth = request.app.state.auth
     return auth
@@ -106,8 +93,8 @@ def _stream_info(s: StreamSnapshot) -> StreamInfo:
         closed=s.closed,
         subscribers=s.subscribers,
         last_sequence=s.last_sequence,
-        created_at=_dt(s.created_at),
-        closed_at=_dt(s.closed_at),
+        created_at=views.dt(s.created_at),
+        closed_at=views.dt(s.closed_at),
     )
 
 
@@ -119,18 +106,7 @@ def run_task(
 
 
 def _start(body: RunTaskRequest, runtime: Runtime, request: Request) -> RunTaskResponse:
-    _admit(runtime)
-    budget = body.budget
-    record = runtime.commands.submit(
-        body.user_requirement,
-        body.skip_confirmation,
-        max_tokens=budget.max_tokens if budget else None,
-        max_cost=budget.max_cost if budget else None,
-        webhook_url=body.webhook_url,
-        webhook_steps=body.webhook_steps,
-        priority=body.priority,
-    )
-    tid = record.task_id
+    tid = views.start_task(runtime, body).task_id
     auth = _auth(request)
     token = auth.stream_token(tid)[0] if auth.enabled else None
     return RunTaskResponse(
@@ -143,23 +119,12 @@ def _start(body: RunTaskRequest, runtime: Runtime, request: Request) -> RunTaskR
     )
 
 
-def _admit(runtime: Runtime) -> None:
-    """Refuse new work, before creating anything, while too many tasks are waiting to start."""
-    limit = runtime.settings.max_queued_tasks
-    if runtime.store.count(TaskStatus.queued) >= limit:
-        raise RateLimitedError(
-            f"The service is at capacity: {limit} tasks are already waiting to start "
-            "(MAX_QUEUED_TASKS). Retry in a minute.",
-            60,
-        )
-
-
 @router.post("/task/{task_id}/stream_token", response_model=StreamTokenResponse, responses=NOT_FOUND)
 def stream_token(task_id: str, runtime: RuntimeDep, request: Request) -> StreamTokenResponse:
     """A token for `?token=` on this task's stream, for viewers that cannot send headers."""
     runtime.runs.record(task_id)  # 404 for unknown tasks
     token, expires = _auth(request).stream_token(task_id)
-    return StreamTokenResponse(task_id=task_id, stream_token=token, expires_at=_dt(expires))
+    return StreamTokenResponse(task_id=task_id, stream_token=token, expires_at=views.dt(expires))
 
 
 register_stream_route(router, NOT_FOUND)
@@ -167,45 +132,12 @@ register_stream_route(router, NOT_FOUND)
 
 @router.get("/task/{task_id}/status", response_model=TaskStatusResponse, responses=NOT_FOUND)
 def task_status(task_id: str, runtime: RuntimeDep) -> TaskStatusResponse:
-    r = runtime.runs.record(task_id)
-    return TaskStatusResponse(
-        task_id=r.task_id,
-        status=r.status,
-        requirement=r.requirement,
-        current_agent=r.current_agent,
-        completed_steps=r.completed_steps,
-        total_steps=r.total_steps,
-        created_at=_dt(r.created_at),
-        started_at=_dt(r.started_at),
-        finished_at=_dt(r.finished_at),
-        error=r.error,
-        last_sequence=runtime.streams.last_sequence(task_id),
-        usage=Usage(**summary(r.usage)),
-        budget=BudgetInfo(**r.budget) if r.budget else None,
-        trace_id=trace_id_of(r.trace_context),
-        attempts=r.attempts,
-        priority=r.priority,
-    )
+    return views.status_of(runtime, runtime.runs.record(task_id))
 
 
 @router.get("/task/{task_id}/result", response_model=TaskResultResponse, responses={**NOT_FOUND, **NOT_FINISHED})
 def task_result(task_id: str, runtime: RuntimeDep) -> TaskResultResponse:
-    r = _finished(runtime.runs.record(task_id))
-    return TaskResultResponse(
-        task_id=r.task_id,
-        status=r.status,
-        language=r.language,
-        deliverables=Deliverables(**r.deliverables),
-        error=r.error,
-        traceability=Traceability(**r.traceability) if r.traceability else None,
-        usage=UsageWithCalls(**summary(r.usage), calls=r.usage.get("calls", [])),
-    )
-
-
-def _finished(record: TaskRecord) -> TaskRecord:
-    if not record.status.finished:
-        raise TaskNotFinishedError(record.task_id, record.status.value)
-    return record
+    return views.result_of(runtime.runs.record(task_id))
 
 
 @router.post(
@@ -228,12 +160,7 @@ def confirm(
 ) -> TaskActionResponse | JSONResponse:
     def work() -> TaskActionResponse:
         r = runtime.commands.confirm(task_id, body.approved, body.feedback)
-        message = (
-            "Approved: the rest of the crew is next."
-            if body.approved
-            else "Changes requested: the ProductManager is revising the analysis."
-        )
-        return TaskActionResponse(task_id=task_id, status=r.status, message=message)
+        return TaskActionResponse(task_id=task_id, status=r.status, message=views.confirmation_message(body.approved))
 
     return run_once(request, runtime, caller, body, 200, work)
 
@@ -262,8 +189,8 @@ def task_webhooks(task_id: str, runtime: RuntimeDep) -> WebhookList:
                 type=d.event_type,
                 state=d.state,
                 created_at=datetime.fromtimestamp(d.created_at, tz=UTC),
-                next_attempt_at=_dt(d.next_attempt_at),
-                delivered_at=_dt(d.delivered_at),
+                next_attempt_at=views.dt(d.next_attempt_at),
+                delivered_at=views.dt(d.delivered_at),
                 attempts=[WebhookAttempt(**a) for a in d.attempts],
                 payload=json.loads(d.payload),
             )
@@ -297,26 +224,9 @@ def list_deliverables(task_id: str, runtime: RuntimeDep) -> DeliverableList:
     responses={200: {"content": {"application/zip": {}}}, **NOT_FOUND, **NOT_FINISHED},
 )
 def deliverables_zip(task_id: str, runtime: RuntimeDep) -> Response:
-    r = _finished(runtime.runs.record(task_id))
-    task = {
-        "task_id": r.task_id,
-        "status": r.status.value,
-        "requirement": r.requirement,
-        "language": r.language,
-        "created_at": r.created_at,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "error": r.error,
-        "feedback": r.feedback,
-        "traceability": r.traceability,
-        "usage": {**summary(r.usage), "calls": r.usage.get("calls", [])},
-        "budget": r.budget or None,
-        "trace_id": trace_id_of(r.trace_context),
-    }
-    events = [e.to_dict() for e in runtime.streams.events(task_id)]
-    versions = runtime.store.all_versions(task_id)
+    r = views.finished(runtime.runs.record(task_id))
     return Response(
-        build_zip(r.deliverables, events, task, versions),
+        views.package_of(runtime, r),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="delivery-{task_id}.zip"'},
     )
@@ -336,27 +246,14 @@ def deliverable(
         Query(description="markdown: the document as written; html: rendered, raw HTML escaped"),
     ] = "markdown",
 ) -> Response:
-    r = runtime.runs.record(task_id)
-    key = _deliverable_key(name)
-    if key not in r.deliverables:
-        raise DeliverableNotFoundError(f"{key} has not been produced yet (task is {r.status.value}).")
+    key, document = views.document_of(runtime.runs.record(task_id), name)
     if format == "html":
-        return Response(to_html(r.deliverables[key]), media_type="text/html; charset=utf-8")
+        return Response(to_html(document), media_type="text/html; charset=utf-8")
     return Response(
-        r.deliverables[key],
+        document,
         media_type="text/markdown; charset=utf-8",
         headers={"Content-Disposition": f'inline; filename="{ROSTER.filenames[key]}"'},
     )
-
-
-def _deliverable_key(name: str) -> str:
-    key = ROSTER.resolve_deliverable(name)
-    if key is None:
-        raise DeliverableNotFoundError(
-            f"No deliverable called {shown(name, 80)}; use one of {', '.join(ROSTER.deliverable_keys)} "
-            f"(or {', '.join(ROSTER.filenames.values())})."
-        )
-    return key
 
 
 VersionNumber = Annotated[int, Path(ge=1, le=1_000_000, description="A version number from .../versions")]
@@ -370,13 +267,13 @@ Format = Annotated[
 def deliverable_versions(task_id: str, name: str, runtime: RuntimeDep) -> VersionList:
     """Every version of a deliverable: the first draft, each revision round and each fix round."""
     runtime.runs.record(task_id)  # 404 for unknown tasks
-    key = _deliverable_key(name)
+    key = views.deliverable_key(name)
     versions = [
         VersionInfo(
             number=v.number,
             agent=v.agent,
             reason=v.reason,
-            created_at=_dt(v.created_at),
+            created_at=views.dt(v.created_at),
             gaps=v.gaps,
             size=v.size,
             url=f"/api/task/{task_id}/deliverables/{key}/versions/{v.number}",
@@ -395,7 +292,7 @@ def deliverable_version(
     task_id: str, name: str, number: VersionNumber, runtime: RuntimeDep, format: Format = "markdown"
 ) -> Response:
     runtime.runs.record(task_id)
-    key = _deliverable_key(name)
+    key = views.deliverable_key(name)
     version = runtime.store.version(task_id, key, number)
     if version is None:
         raise DeliverableNotFoundError(
@@ -423,7 +320,7 @@ def deliverable_diff(
 ) -> Response:
     """What changed between two versions of a deliverable."""
     runtime.runs.record(task_id)
-    key = _deliverable_key(name)
+    key = views.deliverable_key(name)
     numbers = [v.number for v in runtime.store.versions(task_id, key)]
     if len(numbers) < 2 and (old is None or new is None):
         raise DeliverableNotFoundError(f"{key} has {len(numbers)} version(s); a diff needs two.")
@@ -449,32 +346,7 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[datetime | None, Query(description="Only tasks created before this time")] = None,
 ) -> TaskList:
-    if before is not None and before.tzinfo is None:
-        before = before.replace(tzinfo=UTC)
-    try:
-        cutoff = before.timestamp() if before else None
-    except (OverflowError, ValueError):
-        raise InvalidRequestError(
-            "before is outside the range of dates this server handles; pass the next_before of a previous page."
-        ) from None
-    records = runtime.store.list_tasks(status, limit, cutoff)
-    live = runtime.runs.live_records()
-    records = [live.get(r.task_id, r) for r in records]
-    tasks = [
-        TaskSummary(
-            task_id=r.task_id,
-            status=r.status,
-            requirement=r.requirement[:200],
-            created_at=_dt(r.created_at),
-            finished_at=_dt(r.finished_at),
-            error=r.error,
-            priority=r.priority,
-            usage=UsageTotals(**totals(r.usage.get("calls", []))),
-        )
-        for r in records
-    ]
-    next_before = tasks[-1].created_at if len(tasks) == limit else None
-    return TaskList(tasks=tasks, next_before=next_before)
+    return views.list_of(runtime, status, limit, before)
 
 
 @router.get("/streams", response_model=StreamList)
