@@ -12,8 +12,11 @@ LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 WHEEL_CACHE ?= $(HOME)/.cache/multi-agent-delivery/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-avx2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install run test compose-test lint bench eval clean browser system-packages
+.PHONY: install run test compose-test lint bench eval clean browser system-packages conformance-tools
 TEST_STAMP := $(VENV)/.test-stamp
+# The official MCP conformance suite (npm, pinned in tests/conformance/package-lock.json), run
+# against our /mcp by tests/server/test_mcp_conformance.py.
+CONFORMANCE_STAMP := tests/conformance/node_modules/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): requirements.txt requirements-core.txt requirements-local-model.txt pyproject.toml
@@ -37,6 +40,12 @@ run: install
 $(TEST_STAMP): requirements-test.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt
 	touch $(TEST_STAMP)
+
+$(CONFORMANCE_STAMP): tests/conformance/package.json tests/conformance/package-lock.json
+	cd tests/conformance && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $(CONFORMANCE_STAMP)
+
+conformance-tools: $(CONFORMANCE_STAMP)
 
 # Debian packages the tests use for real: Chromium (+ a CJK font for screenshots), Nginx,
 # Prometheus (scrapes an API process and a worker in tests/system/test_prometheus.py),
@@ -62,7 +71,7 @@ lint: install $(TEST_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install $(TEST_STAMP) system-packages lint
+test: install $(TEST_STAMP) $(CONFORMANCE_STAMP) system-packages lint
 	$(BIN)/python test_import.py
 	$(BIN)/python -m pytest -m "not compose"
 	$(MAKE) compose-test

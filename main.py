@@ -28,10 +28,13 @@ from fastapi.staticfiles import StaticFiles  # noqa: E402
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402
 from sqlalchemy.exc import InterfaceError, OperationalError  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.routing import Route  # noqa: E402
 
 from delivery import __version__  # noqa: E402
 from delivery.api.deps import Caller, RuntimeDep  # noqa: E402
 from delivery.api.inputs import validation_error  # noqa: E402
+from delivery.api.mcp import PATH as MCP_PATH  # noqa: E402
+from delivery.api.mcp import McpDoor  # noqa: E402
 from delivery.api.routes import router  # noqa: E402
 from delivery.api.schemas import Health  # noqa: E402
 from delivery.crew.roster import ROSTER  # noqa: E402
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
     """`event_backend` replaces the backend EVENT_BACKEND names (the benchmarks' baseline)."""
     settings = settings or get_settings()
     audit = AuditLog(settings)
+    mcp_door = McpDoor(settings, audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +108,8 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         freeze_startup_heap()
         maintenance = asyncio.create_task(runtime.maintain())
         log.info("LLM: %s; up to %d concurrent tasks", runtime.model_label, settings.max_concurrent_tasks)
-        yield
+        async with mcp_door.serving():
+            yield
         maintenance.cancel()
         # Off the loop: the crews may take a moment to reach their next event (Runtime.hand_back).
         await asyncio.to_thread(runtime.hand_back)
@@ -119,6 +124,8 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
         lifespan=lifespan,
     )
     app.include_router(router)
+    # The MCP door (delivery/api/mcp.py): a plain ASGI app, every method, behind the same gate.
+    app.router.routes.append(Route(MCP_PATH, endpoint=mcp_door))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

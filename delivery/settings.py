@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     stream_token_secret: str = ""  # signs stream tokens; default: derived from API_KEYS
     stream_token_ttl_s: float = Field(86400.0, gt=0)
     cors_origins: str = ""  # comma-separated origins allowed cross-site; empty = same origin only
+    # The MCP door's DNS-rebinding check (/mcp): Host names (host or host:port, host:* for any port)
+    # it answers; empty = the local names when HOST is a loopback address, no check otherwise; * = none
+    mcp_allowed_hosts: str = ""
+    mcp_progress_interval_s: float = Field(10.0, gt=0, le=60)  # run_delivery's progress heartbeat
     # Behind a proxy: the addresses whose X-Forwarded-For names the client (uvicorn's own setting,
     # read by uvicorn from the environment too; docs/security.md); "*" would let clients pick theirs
     forwarded_allow_ips: str = "127.0.0.1,::1"

@@ -78,5 +78,10 @@ class Gate:
         if caller != ANONYMOUS:  # without keys the address is the caller, counted above
             self._limits.hit_caller(caller, per)
         if new_task:
-            self._limits.hit_new_task(caller if caller != ANONYMOUS else f"ip:{address}")
+            self.admit_new_task(caller, address)
         return caller
+
+    def admit_new_task(self, caller: str, address: str) -> None:
+        """Count a new task of a caller already admitted (the MCP door's start tools: one request
+        there may or may not start a task) against RATE_LIMIT_RUN_TASK."""
+        self._limits.hit_new_task(caller if caller != ANONYMOUS else f"ip:{address}")
