@@ -188,6 +188,32 @@ def test_cancel_through_a_tool(slow):
     asyncio.run(scenario())
 
 
+def test_one_task_through_two_doors(slow):
+    """Started through /api, watched and confirmed through MCP; started through MCP, cancelled
+    through /api and seen so through MCP."""
+
+    async def scenario() -> None:
+        async with session(slow.url) as client, httpx.AsyncClient(base_url=slow.url, timeout=30) as http:
+            started = await http.post("/api/run_task", json={"user_requirement": "Build a recipe book"})
+            task_id = started.json()["task_id"]
+            waiting = await wait_state(client, task_id, "awaiting_confirmation")
+            assert waiting["requirement"] == "Build a recipe book"
+            await call(client, "confirm_delivery", task_id=task_id, approved=True)
+            done = await wait_state(client, task_id, "succeeded")
+            result = (await http.get(f"/api/task/{task_id}/result")).json()
+            assert done["documents"] == result["deliverables"]
+            assert done["verdict"] == result["traceability"]["verdict"]
+            assert done["usage"]["total_tokens"] == result["usage"]["total"]["total_tokens"] > 0
+
+            other = (await call(client, "start_delivery", requirement="Build a timer", skip_confirmation=True))[
+                "task_id"
+            ]
+            assert (await http.post(f"/api/task/{other}/cancel")).json()["status"] == "cancelled"
+            assert (await call(client, "get_delivery", task_id=other))["status"] == "cancelled"
+
+    asyncio.run(scenario())
+
+
 def test_an_unknown_task_is_a_tool_error_with_the_message_that_says_what_to_do(server):
     async def scenario() -> None:
         async with session(server.url) as client:
