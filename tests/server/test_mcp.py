@@ -11,8 +11,6 @@ import json
 import re
 import time
 import zipfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,45 +24,10 @@ from pydantic import AnyUrl
 from delivery.crew.roster import ROSTER
 from delivery.errors import TaskNotFoundError
 from delivery.security.auth import fingerprint
+from tests.support.mcp_client import call, session, tool_error, wait_state
 
 KEY = "k-mcp-5e1d"
 INTERVAL_S = 1.0  # MCP_PROGRESS_INTERVAL_S of the slow server
-
-
-@asynccontextmanager
-async def session(url: str, key: str | None = None) -> AsyncIterator[ClientSession]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with (
-        httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=300)) as http,
-        streamable_http_client(url + "/mcp", http_client=http) as (read, write, _),
-        ClientSession(read, write) as client,
-    ):
-        await client.initialize()
-        yield client
-
-
-async def call(client: ClientSession, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.isError, result.content
-    assert result.structuredContent is not None
-    return result.structuredContent
-
-
-async def tool_error(client: ClientSession, tool: str, **arguments: Any) -> str:
-    result = await client.call_tool(tool, arguments)
-    assert result.isError and result.structuredContent is None
-    text: str = result.content[0].text  # type: ignore[union-attr]
-    return text
-
-
-async def wait_state(client: ClientSession, task_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = await call(client, "get_delivery", task_id=task_id)
-        if state["status"] == status:
-            return state
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"task {task_id} never became {status}: {state}")
 
 
 @pytest.fixture(scope="module")
