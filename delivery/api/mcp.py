@@ -58,6 +58,7 @@ from delivery.security.auth import ANONYMOUS, Auth, decode_headers, fingerprint
 from delivery.security.gate import REFUSAL_STATUS, Gate, client_address, refusal_headers
 from delivery.security.request_guard import AuditLog
 from delivery.settings import Settings
+from delivery.streaming import sse
 from delivery.tasks.records import TaskPriority, TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,11 @@ class McpDoor:
             if started.isError or started.structuredContent is None:
                 return started
             task_id = started.structuredContent["task_id"]
-            await self._follow(ctx, task_id)
+            if not await self._follow(ctx, task_id):
+                return _error(
+                    f"This server is shutting down; task {task_id} goes on on another one. Follow it with "
+                    "get_delivery (the documents come with it once it has finished)."
+                )
             return await self._call(ctx, "run_delivery", lambda runtime, _: _finished_state(runtime, task_id))
 
     async def _call(
@@ -345,11 +350,13 @@ class McpDoor:
             structuredContent=data,
         )
 
-    async def _follow(self, ctx: Context, task_id: str) -> None:
-        """Follow the task's event log until it ends, reporting progress: at once when an agent
-        starts or finishes, and every MCP_PROGRESS_INTERVAL_S in between. The spec wants each
-        progress value above the last: it is the steps done plus a fraction growing within a step,
-        and the total once every agent has finished (the package is then a moment away)."""
+    async def _follow(self, ctx: Context, task_id: str) -> bool:
+        """Follow the task's event log until it ends (True) or the server stops (False: uvicorn
+        waits for open responses, and the task goes on elsewhere), reporting progress: at once
+        when an agent starts or finishes, and every MCP_PROGRESS_INTERVAL_S in between. The spec
+        wants each progress value above the last: it is the steps done plus a fraction growing
+        within a step, and the total once every agent has finished (the package is then a moment
+        away)."""
         runtime: Runtime = _request(ctx).app.state.runtime
         streams, interval = runtime.streams, self.settings.mcp_progress_interval_s
         if not streams.holds(task_id):
@@ -370,7 +377,9 @@ class McpDoor:
                 finished = subscription.finished
                 now = time.monotonic()
                 if finished:
-                    return  # the tool's answer follows
+                    return True  # the tool's answer follows
+                if sse.server_exiting():
+                    return False
                 if changed or (now >= next_report and done < total):
                     beats += 1
                     progress = done + beats / (beats + 10) if done < total else float(total)
@@ -379,7 +388,8 @@ class McpDoor:
                     next_report = now + interval
                     continue  # take() again before waiting: events may have come during the report
                 # Right after take() returned nothing, as Subscription.waiter asks.
-                await asyncio.wait([subscription.waiter()], timeout=max(0.0, next_report - time.monotonic()))
+                wait_s = next_report - time.monotonic() if done < total else interval
+                await asyncio.wait([subscription.waiter()], timeout=max(0.0, wait_s))
         finally:
             subscription.close()
 

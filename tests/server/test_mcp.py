@@ -177,6 +177,33 @@ def test_one_task_through_two_doors(slow):
     asyncio.run(scenario())
 
 
+def test_a_server_stopping_ends_run_delivery_with_where_to_follow_the_task(start_server):
+    """uvicorn waits for open responses before it stops: a run_delivery in flight must end
+    (the task is handed back and goes on elsewhere), not hold the process."""
+    stopping = start_server(scripted_token_delay_ms=20, mcp_progress_interval_s=INTERVAL_S)
+
+    async def scenario() -> tuple[Any, float]:
+        async with session(stopping.url) as client:
+            first = asyncio.Event()
+
+            async def progress(progress: float, total: float | None, message: str | None) -> None:
+                first.set()
+
+            run = asyncio.create_task(
+                client.call_tool("run_delivery", {"requirement": "Build a quiz"}, progress_callback=progress)
+            )
+            await asyncio.wait_for(first.wait(), 30)
+            stopping.proc.terminate()
+            began = time.monotonic()
+            result = await asyncio.wait_for(run, 30)
+            return result, time.monotonic() - began
+
+    result, took = asyncio.run(scenario())
+    assert result.isError and "This server is shutting down; task " in result.content[0].text
+    assert took < INTERVAL_S + 5
+    assert stopping.proc.wait(30) is not None
+
+
 def test_an_unknown_task_is_a_tool_error_with_the_message_that_says_what_to_do(server):
     async def scenario() -> None:
         async with session(server.url) as client:
