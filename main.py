@@ -28,9 +28,10 @@ from fastapi.staticfiles import StaticFiles  # noqa: E402
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402
 from sqlalchemy.exc import InterfaceError, OperationalError  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
-from starlette.routing import Route  # noqa: E402
+from starlette.routing import Mount, Route  # noqa: E402
 
 from delivery import __version__  # noqa: E402
+from delivery.api import a2a  # noqa: E402
 from delivery.api.deps import Caller, RuntimeDep  # noqa: E402
 from delivery.api.inputs import validation_error  # noqa: E402
 from delivery.api.mcp import PATH as MCP_PATH  # noqa: E402
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
     settings = settings or get_settings()
     audit = AuditLog(settings)
     mcp_door = McpDoor(settings, audit)
+    a2a_door = a2a.A2aDoor(settings, audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +128,10 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
     app.include_router(router)
     # The MCP door (delivery/api/mcp.py): a plain ASGI app, every method, behind the same gate.
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp_door))
+    # The A2A door (delivery/api/a2a.py): its card, JSON-RPC and HTTP+JSON, behind the same gate.
+    app.router.routes.append(Route(a2a.CARD_PATH, endpoint=a2a_door.card, methods=["GET"]))
+    app.router.routes.append(Route(a2a.JSONRPC_PATH, endpoint=a2a_door.jsonrpc))
+    app.router.routes.append(Mount(a2a.REST_PATH, app=a2a_door.rest))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
