@@ -130,7 +130,8 @@ def create_app(settings: Settings | None = None, *, event_backend: EventBackend 
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp_door))
     # The A2A door (delivery/api/a2a.py): its card, JSON-RPC and HTTP+JSON, behind the same gate.
     app.router.routes.append(Route(a2a.CARD_PATH, endpoint=a2a_door.card, methods=["GET"]))
-    app.router.routes.append(Route(a2a.JSONRPC_PATH, endpoint=a2a_door.jsonrpc))
+    for path in (a2a.JSONRPC_PATH, a2a.JSONRPC_PATH + "/"):  # clients add the slash, and a redirect loses a POST
+        app.router.routes.append(Route(path, endpoint=a2a_door.jsonrpc))
     app.router.routes.append(Mount(a2a.REST_PATH, app=a2a_door.rest))
 
     @app.exception_handler(RequestValidationError)

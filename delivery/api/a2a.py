@@ -190,10 +190,10 @@ class DeliveryHandler(RequestHandler):
 
     async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
         request = _request_of(context)
-        task_id = await self._accept(params, request)
+        task_id, answers = await self._accept(params, request)
         config = params.configuration
         if not (config.return_immediately if params.HasField("configuration") else False):
-            async for _ in self._follow(request, task_id, snapshot=False):
+            async for _ in self._follow(request, task_id, snapshot=False, answers=answers):
                 pass
         history = config.history_length if config.HasField("history_length") else None
         return await self._task(request, task_id, history)
@@ -202,11 +202,11 @@ class DeliveryHandler(RequestHandler):
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[A2aEvent]:
         request = _request_of(context)
-        task_id = await self._accept(params, request)
-        async for event in self._follow(request, task_id, snapshot=True):
+        task_id, answers = await self._accept(params, request)
+        async for event in self._follow(request, task_id, snapshot=True, answers=answers):
             yield event
 
-    async def _accept(self, params: SendMessageRequest, request: Request) -> str:
+    async def _accept(self, params: SendMessageRequest, request: Request) -> tuple[str, int]:
         """A new task from the message, or the message's answer to the task waiting for it."""
         message = params.message
         text = "\n".join(part.text for part in message.parts if part.HasField("text")).strip()
@@ -220,24 +220,25 @@ class DeliveryHandler(RequestHandler):
             gate.admit_new_task(request.scope["state"][_CALLER], _address(request.scope))
             return views.start_task(runtime, body).task_id
 
-        return await self._call(request, "SendMessage", work, audited=True, requirement=text)
+        return await self._call(request, "SendMessage", work, audited=True, requirement=text), 0
 
-    async def _answer(self, request: Request, task_id: str, text: str, message: Message) -> str:
+    async def _answer(self, request: Request, task_id: str, text: str, message: Message) -> tuple[str, int]:
+        """Confirm the task waiting for this message; (its id, the answers it has had since)."""
         data = next((_json(p.data.struct_value) for p in message.parts if p.HasField("data")), {})
         approved = bool(data["approved"]) if "approved" in data else bool(_APPROVAL.fullmatch(text) or not text)
         feedback = str(data.get("feedback") or text) if not approved else None
 
-        def work(runtime: Runtime) -> str:
-            record = runtime.runs.record(task_id)
+        def work(runtime: Runtime) -> int:
+            record = runtime.store.get(task_id)  # what confirm reads: a held run's copy may lag behind it
             if record.status is not TaskStatus.awaiting_confirmation:
                 raise InvalidParamsError(
                     f"Task {task_id} is {record.status.value}; it takes a message only while it asks for input "
                     "(input-required). Start a new task with a message without taskId."
                 )
-            runtime.commands.confirm(task_id, approved, feedback)
-            return task_id
+            answered = runtime.commands.confirm(task_id, approved, feedback)
+            return len(answered.feedback) + (1 if approved else 0)  # each revision asked, and an approval
 
-        return await self._call(request, "SendMessage", work, audited=True, task_id=task_id)
+        return task_id, await self._call(request, "SendMessage", work, audited=True, task_id=task_id)
 
     # tasks
 
@@ -324,11 +325,15 @@ class DeliveryHandler(RequestHandler):
 
     # following the log
 
-    async def _follow(self, request: Request, task_id: str, *, snapshot: bool) -> AsyncGenerator[A2aEvent]:
+    async def _follow(
+        self, request: Request, task_id: str, *, snapshot: bool, answers: int = 0
+    ) -> AsyncGenerator[A2aEvent]:
         """The task as A2A events from its event log: first the Task as the log has it so far
         (`snapshot`), then an update per event after it, up to the first that ends a call
         (input-required or a terminal state). The snapshot and the updates come from one
-        subscription, so a subscriber that reconnects misses nothing and gets nothing twice."""
+        subscription, so a subscriber that reconnects misses nothing and gets nothing twice.
+        `answers`: the `confirmed` events the snapshot must include (after a message answered
+        the task: events become visible once stored, so the answer's may not be yet)."""
         runtime: Runtime = request.app.state.runtime
         streams = runtime.streams
         if not streams.holds(task_id):
@@ -336,26 +341,32 @@ class DeliveryHandler(RequestHandler):
         record = await self._call(request, "SendMessage", lambda r: r.runs.record(task_id))
         fold = _Fold(record)
         subscription = streams.subscription(task_id, 0)
+        caught_up = False
         try:
-            for event in _drain(subscription):
-                fold.apply(event)
-            if snapshot:
-                yield fold.task()
-            if fold.state in _ENDS_A_CALL:
-                return
             while True:
                 events = subscription.take()
                 if not events:
+                    if not caught_up and (fold.answers >= answers or subscription.finished):
+                        caught_up = True
+                        if snapshot:
+                            yield fold.task()
+                        if fold.state in _ENDS_A_CALL:
+                            return
+                        continue
                     if subscription.finished or sse.server_exiting():
                         return
                     await asyncio.wait([subscription.waiter()], timeout=5.0)
                     continue
                 for event in events:
-                    for update in fold.apply(event):
+                    updates = fold.apply(event)
+                    if not caught_up:
+                        continue
+                    for update in updates:
                         if isinstance(update, TaskStatusUpdateEvent) and update.status.state in _ENDS_A_CALL:
-                            if update.status.state is not TaskState.TASK_STATE_INPUT_REQUIRED:
-                                await self._with_verdict(request, update)
+                            final = await self._finished(request, fold, update)
                             if snapshot:
+                                for artifact in final:
+                                    yield artifact
                                 yield update
                             return
                         if snapshot:
@@ -363,15 +374,38 @@ class DeliveryHandler(RequestHandler):
         finally:
             subscription.close()
 
-    async def _with_verdict(self, request: Request, update: TaskStatusUpdateEvent) -> None:
-        """The final status carries the verdict (GO/NO-GO) once the task has succeeded."""
-        if update.status.state is not TaskState.TASK_STATE_COMPLETED:
-            return
+    async def _finished(
+        self, request: Request, fold: _Fold, update: TaskStatusUpdateEvent
+    ) -> list[TaskArtifactUpdateEvent]:
+        """A succeeded task's last word: the verdict (GO/NO-GO) in its final status, and each
+        document the crew finished after its agent's `output` (the review gains its traceability
+        matrix) sent again, whole, as the artifact it replaces (metadata `final`)."""
+        if update.status.state != TaskState.TASK_STATE_COMPLETED:
+            return []
         record = await self._call(request, "SendMessage", lambda r: r.runs.record(update.task_id))
         verdict = _verdict(record)
         if verdict:
             update.status.message.parts[0].text = verdict
             update.metadata.update(_verdict_metadata(record))
+        sequence = int(update.metadata["sequence"])
+        finals = []
+        for key in ROSTER.deliverable_keys:
+            document = record.deliverables.get(key)
+            sent = fold.artifacts.get(key)
+            if document is not None and (sent is None or sent.parts[0].text != document):
+                artifact = _artifact(key, document)
+                fold.artifacts[key] = artifact
+                metadata = _struct({"sequence": sequence, "final": True})
+                finals.append(
+                    TaskArtifactUpdateEvent(
+                        task_id=fold.task_id,
+                        context_id=fold.task_id,
+                        artifact=artifact,
+                        last_chunk=True,
+                        metadata=metadata,
+                    )
+                )
+        return finals
 
     async def _task(self, request: Request, task_id: str, history: int | None) -> Task:
         return await self._call(request, "GetTask", lambda runtime: _task_of(runtime.runs.record(task_id), history))
@@ -427,9 +461,12 @@ class _Fold:
         self.message: str | None = None
         self.artifacts: dict[str, Artifact] = {}
         self.record = record
+        self.sequence = 0  # the last event applied: the updates that follow come after it
+        self.answers = 0  # `confirmed` events applied
 
     def apply(self, event: Event) -> list[A2aEvent]:
         kind = event.event_type
+        self.sequence = event.sequence
         if kind == EventType.output.value:
             spec = ROSTER.by_name(event.agent_name)
             if spec is None:
@@ -446,6 +483,8 @@ class _Fold:
                 )
             ]
         state, text = self.state, None
+        if kind == EventType.confirmed.value:
+            self.answers += 1
         if kind in (EventType.start.value, EventType.confirmed.value, EventType.resumed.value):
             state, text = TaskState.TASK_STATE_WORKING, event.content or None
         elif kind == EventType.agent_start.value:
@@ -477,6 +516,7 @@ class _Fold:
             context_id=self.task_id,
             status=_status(self.task_id, self.state, self.message, time.time()),
             artifacts=list(self.artifacts.values()),
+            metadata=_struct({"sequence": self.sequence}),
         )
         task.history.append(_requirement_message(self.record))
         return task

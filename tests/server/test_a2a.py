@@ -1,0 +1,300 @@
+"""The A2A door with the a2a-sdk client against real servers (scripted provider): a streamed run
+to completed with its four artifacts and the verdict, input-required answered by messages, cancel,
+get and list, a subscription cut mid-run and resumed, API keys, and the 0.3 protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from a2a.client import ClientConfig, ClientFactory
+from a2a.client.client import Client
+from a2a.types.a2a_pb2 import (
+    AgentCard,
+    CancelTaskRequest,
+    GetTaskRequest,
+    ListTasksRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageConfiguration,
+    SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
+    Task,
+    TaskState,
+)
+from a2a.utils.errors import A2AError, TaskNotCancelableError
+from google.protobuf.json_format import MessageToDict
+
+from delivery.crew.roster import ROSTER
+from tests.support.api import run_task, stream_until, wait_status
+from tests.support.tcp_proxy import CuttableProxy
+
+KEY = "k-a2a-77c1"
+# The A2A updates our events make (token events are not mapped).
+MAPPED = {
+    "start",
+    "agent_start",
+    "output",
+    "awaiting_confirmation",
+    "confirmed",
+    "resumed",
+    "end",
+    "error",
+    "cancelled",
+}
+
+
+@pytest.fixture(scope="module")
+def slow(start_server):
+    """Tokens every 8 ms: a run lasts seconds, long enough to cut and cancel it mid-way."""
+    return start_server(scripted_token_delay_ms=8)
+
+
+@asynccontextmanager
+async def a2a_client(
+    url: str, version: str = "1.0", key: str | None = None, streaming: bool = True
+) -> AsyncIterator[Client]:
+    """A client built from the server's own card, on its JSON-RPC interface of `version`."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(timeout=60, headers=headers) as http:
+        card = AgentCard()
+        card.CopyFrom(await _card(http, url))
+        chosen = [
+            i for i in card.supported_interfaces if i.protocol_version == version and i.protocol_binding == "JSONRPC"
+        ]
+        del card.supported_interfaces[:]
+        card.supported_interfaces.extend(chosen)
+        client = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create(card)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+async def _card(http: httpx.AsyncClient, url: str) -> AgentCard:
+    from a2a.client.card_resolver import A2ACardResolver
+
+    return await A2ACardResolver(http, url).get_agent_card()
+
+
+def _message(text: str, task_id: str = "", **metadata: Any) -> Message:
+    message = Message(message_id="m-1", role=Role.ROLE_USER, parts=[Part(text=text)], task_id=task_id)
+    if metadata:
+        message.metadata.update(metadata)
+    return message
+
+
+async def _collect(stream: AsyncIterator[StreamResponse]) -> list[StreamResponse]:
+    return [event async for event in stream]
+
+
+def _states(events: list[StreamResponse]) -> list[str]:
+    return [TaskState.Name(e.status_update.status.state) for e in events if e.HasField("status_update")]
+
+
+def _artifacts(events: list[StreamResponse]) -> dict[str, str]:
+    return {
+        e.artifact_update.artifact.artifact_id: e.artifact_update.artifact.parts[0].text
+        for e in events
+        if e.HasField("artifact_update")
+    }
+
+
+def _metadata(event: StreamResponse) -> dict[str, Any]:
+    update = event.status_update if event.HasField("status_update") else event.artifact_update
+    return MessageToDict(update.metadata)
+
+
+def test_a_streamed_run_ends_completed_with_four_artifacts_and_the_verdict_one_task_with_api(server):
+    async def scenario() -> list[StreamResponse]:
+        async with a2a_client(server.url) as client:
+            request = SendMessageRequest(message=_message("Build a bug tracker", skip_confirmation=True))
+            return await _collect(client.send_message(request))
+
+    events = asyncio.run(scenario())
+    assert events[0].HasField("task"), "the Task comes before its first update"
+    task_id = events[0].task.id
+    assert events[0].task.context_id == task_id
+    states = _states(events)
+    assert states[-1] == "TASK_STATE_COMPLETED" and set(states[:-1]) == {"TASK_STATE_WORKING"}
+    artifacts = _artifacts(events)
+    assert list(artifacts) == list(ROSTER.deliverable_keys)  # each as its agent finished, in order
+    final = events[-1].status_update
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        result = http.get(f"/api/task/{task_id}/result").json()
+    assert result["status"] == "succeeded"  # the same task through /api
+    assert artifacts == result["deliverables"]
+    verdict = result["traceability"]["verdict"]
+    assert final.status.message.parts[0].text.startswith(f"Verdict: {verdict} (")
+    assert MessageToDict(final.metadata)["verdict"] == verdict
+
+
+def test_input_required_is_answered_by_messages_feedback_then_approval(server):
+    async def scenario() -> tuple[Task, list[StreamResponse], list[StreamResponse], Task]:
+        async with a2a_client(server.url) as client:
+            asked = await _collect(client.send_message(SendMessageRequest(message=_message("Build a recipe planner"))))
+            assert _states(asked)[-1] == "TASK_STATE_INPUT_REQUIRED"  # the stream ends there
+            task = await client.get_task(GetTaskRequest(id=asked[0].task.id))
+            # The TCK reuses messageIds in follow-ups: the same id is accepted.
+            revised = await _collect(
+                client.send_message(SendMessageRequest(message=_message("Add offline mode", task.id)))
+            )
+            approved = await _collect(client.send_message(SendMessageRequest(message=_message("approve", task.id))))
+            done = await client.get_task(GetTaskRequest(id=task.id))
+            return task, revised, approved, done
+
+    waiting, revised, approved, done = asyncio.run(scenario())
+    assert waiting.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert [a.artifact_id for a in waiting.artifacts] == [ROSTER.analyst.deliverable]
+    assert _states(revised)[-1] == "TASK_STATE_INPUT_REQUIRED"  # the revised analysis asks again
+    assert list(_artifacts(revised)) == [ROSTER.analyst.deliverable]
+    assert _states(approved)[-1] == "TASK_STATE_COMPLETED"
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED and len(done.artifacts) == 4
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        record = http.get(f"/api/task/{waiting.id}/status").json()
+    assert record["status"] == "succeeded"
+
+
+def test_cancel_get_and_list(slow):
+    async def scenario() -> None:
+        async with a2a_client(slow.url, streaming=False) as client:
+            request = SendMessageRequest(
+                message=_message("Build a parking app", skip_confirmation=True),
+                configuration=SendMessageConfiguration(return_immediately=True),
+            )
+            (answer,) = await _collect(client.send_message(request))
+            task_id = answer.task.id
+            assert answer.task.status.state in (TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_WORKING)
+            cancelled = await client.cancel_task(CancelTaskRequest(id=task_id))
+            assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+            got = await client.get_task(GetTaskRequest(id=task_id))
+            assert got.status.state == TaskState.TASK_STATE_CANCELED
+            assert got.history[0].parts[0].text == "Build a parking app"
+            listed = await client.list_tasks(ListTasksRequest(page_size=5))
+            assert task_id in [t.id for t in listed.tasks]
+            only = await client.list_tasks(ListTasksRequest(status=TaskState.TASK_STATE_CANCELED, page_size=50))
+            assert task_id in [t.id for t in only.tasks]
+            assert {t.status.state for t in only.tasks} == {TaskState.TASK_STATE_CANCELED}
+            with pytest.raises(A2AError, match="No task with id"):
+                await client.get_task(GetTaskRequest(id="no-such-task"))
+            # A finished task cannot be cancelled: the first task of the list that succeeded.
+            done = await client.list_tasks(ListTasksRequest(status=TaskState.TASK_STATE_COMPLETED, page_size=1))
+            if done.tasks:
+                with pytest.raises(TaskNotCancelableError):
+                    await client.cancel_task(CancelTaskRequest(id=done.tasks[0].id))
+
+    asyncio.run(scenario())
+    with httpx.Client(base_url=slow.url, timeout=30) as http:
+        task_id = run_task(http, "Build a kiosk")
+        wait_status(http, task_id, "succeeded")
+
+    async def not_cancelable() -> None:
+        async with a2a_client(slow.url) as client:
+            with pytest.raises(TaskNotCancelableError):
+                await client.cancel_task(CancelTaskRequest(id=task_id))
+
+    asyncio.run(not_cancelable())
+
+
+def test_subscribe_after_a_cut_loses_nothing_and_repeats_nothing(slow):
+    """A task started through /api, followed through A2A across a dropped connection: the second
+    subscription's Task holds the log up to its `sequence`, and its updates are exactly the
+    mapped events after it, once each."""
+    proxy = CuttableProxy(slow.port)
+    try:
+        with httpx.Client(base_url=slow.url, timeout=30) as http:
+            task_id = run_task(http, "Build a chess club site")
+
+        async def first() -> list[StreamResponse]:
+            got: list[StreamResponse] = []
+            async with a2a_client(proxy.url) as client:
+                with pytest.raises(Exception):  # noqa: B017 - whatever the client makes of a cut
+                    async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+                        got.append(event)
+                        if len(_artifacts(got)) == 1:
+                            proxy.cut()
+            return got
+
+        async def second() -> list[StreamResponse]:
+            async with a2a_client(proxy.url) as client:
+                return await _collect(client.subscribe(SubscribeToTaskRequest(id=task_id)))
+
+        before = asyncio.run(first())
+        after = asyncio.run(second())
+    finally:
+        proxy.close()
+    assert before[0].HasField("task") and after[0].HasField("task")
+    snapshot = after[0].task
+    resumed_at = int(MessageToDict(snapshot.metadata)["sequence"])
+    # The reviewer's document completed by the crew (its traceability matrix) comes again before
+    # the final status, marked `final`: not an event of the log.
+    later = [e for e in after[1:] if not _metadata(e).get("final")]
+    updates = [int(_metadata(e)["sequence"]) for e in later]
+    log = stream_until(slow.url, task_id, "end").events
+    expected = [e["sequence"] for e in log if e["event_type"] in MAPPED and e["sequence"] > resumed_at]
+    assert updates == expected  # nothing lost, nothing twice
+    assert resumed_at >= max(int(_metadata(e)["sequence"]) for e in before if e.HasField("artifact_update"))
+    # Everything: the snapshot's artifacts and those after it, each once, are the four documents.
+    names = [a.artifact_id for a in snapshot.artifacts]
+    names += [e.artifact_update.artifact.artifact_id for e in later if e.HasField("artifact_update")]
+    assert sorted(names) == sorted(ROSTER.deliverable_keys)
+    assert _states(after)[-1] == "TASK_STATE_COMPLETED"
+
+
+def test_api_keys_the_card_says_how_and_a_bad_key_is_refused(start_server, tmp_path):
+    keyed = start_server(api_keys=KEY, audit_log=str(tmp_path / "audit.log"))
+    with httpx.Client(base_url=keyed.url, timeout=30) as http:
+        card = http.get("/.well-known/agent-card.json")  # open: it says how to present a key
+        assert card.status_code == 200
+        body = card.json()
+        assert set(body["securitySchemes"]) == {"bearer", "apiKey"}
+        assert [(i["protocolBinding"], i["protocolVersion"]) for i in body["supportedInterfaces"]] == [
+            ("JSONRPC", "1.0"),
+            ("HTTP+JSON", "1.0"),
+            ("JSONRPC", "0.3"),
+            ("HTTP+JSON", "0.3"),
+        ]
+        assert all(i["url"].startswith(keyed.url) for i in body["supportedInterfaces"])
+        rpc = {"jsonrpc": "2.0", "id": 1, "method": "ListTasks", "params": {}}
+        assert http.post("/a2a", json=rpc, headers={"A2A-Version": "1.0"}).status_code == 401
+        wrong = http.post("/a2a", json=rpc, headers={"A2A-Version": "1.0", "Authorization": "Bearer nope"})
+        assert wrong.status_code == 403 and "key" in wrong.json()["detail"]
+        assert http.get("/a2a/rest/tasks", headers={"A2A-Version": "1.0"}).status_code == 401
+
+    async def scenario() -> str:
+        async with a2a_client(keyed.url, key=KEY, streaming=False) as client:
+            request = SendMessageRequest(
+                message=_message("Build a wiki", skip_confirmation=True),
+                configuration=SendMessageConfiguration(return_immediately=True),
+            )
+            (answer,) = await _collect(client.send_message(request))
+            return answer.task.id
+
+    task_id = asyncio.run(scenario())
+    lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    a2a = [line for line in lines if line["method"] == "A2A"]
+    assert {"operation": "SendMessage", "outcome": "ok", "task_id": task_id} in [
+        {k: line[k] for k in ("operation", "outcome", "task_id")} for line in a2a
+    ]
+    assert any(line["outcome"] == "rejected" and line["who"] != "anonymous" for line in a2a)  # the wrong key
+
+
+def test_the_0_3_protocol_over_json_rpc(server):
+    async def scenario() -> tuple[list[StreamResponse], Task]:
+        async with a2a_client(server.url, version="0.3") as client:
+            request = SendMessageRequest(message=_message("Build a timesheet app", skip_confirmation=True))
+            events = await _collect(client.send_message(request))
+            task_id = next(e.task.id for e in events if e.HasField("task"))
+            return events, await client.get_task(GetTaskRequest(id=task_id))
+
+    events, task = asyncio.run(scenario())
+    assert _states(events)[-1] == "TASK_STATE_COMPLETED"
+    assert sorted(_artifacts(events)) == sorted(ROSTER.deliverable_keys)
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED and len(task.artifacts) == 4
