@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -298,3 +302,18 @@ def test_the_0_3_protocol_over_json_rpc(server):
     assert _states(events)[-1] == "TASK_STATE_COMPLETED"
     assert sorted(_artifacts(events)) == sorted(ROSTER.deliverable_keys)
     assert task.status.state == TaskState.TASK_STATE_COMPLETED and len(task.artifacts) == 4
+
+
+def test_the_readme_example_runs_as_written(server, tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- example: a2a\b[^>]*-->\n```python\n(.*?)```", readme, re.DOTALL)
+    assert block, "README.md has no example marked 'a2a'"
+    code = block.group(1).replace("http://127.0.0.1:8000", server.url)
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if line.startswith("document:")] == [
+        f"document: {spec.filename}" for spec in ROSTER.agents
+    ] + ["document: " + ROSTER.agents[-1].filename]  # the review, completed by the crew, comes again
+    assert lines[-1].startswith("Verdict: ")
