@@ -228,8 +228,18 @@ class DeliveryHandler(RequestHandler):
         approved = bool(data["approved"]) if "approved" in data else bool(_APPROVAL.fullmatch(text) or not text)
         feedback = str(data.get("feedback") or text) if not approved else None
 
+        if message.context_id and message.context_id != task_id:
+            raise InvalidParamsError(
+                f"contextId {message.context_id!r} is not task {task_id}'s context ({task_id}); leave contextId out."
+            )
+
         def work(runtime: Runtime) -> int:
             record = runtime.store.get(task_id)  # what confirm reads: a held run's copy may lag behind it
+            if record.status.finished:
+                raise UnsupportedOperationError(
+                    f"Task {task_id} has {record.status.value}; it takes no more messages. Start a new task with "
+                    "a message without taskId."
+                )
             if record.status is not TaskStatus.awaiting_confirmation:
                 raise InvalidParamsError(
                     f"Task {task_id} is {record.status.value}; it takes a message only while it asks for input "

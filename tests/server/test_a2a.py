@@ -33,7 +33,7 @@ from a2a.types.a2a_pb2 import (
     Task,
     TaskState,
 )
-from a2a.utils.errors import A2AError, TaskNotCancelableError
+from a2a.utils.errors import A2AError, InvalidParamsError, TaskNotCancelableError, UnsupportedOperationError
 from google.protobuf.json_format import MessageToDict
 
 from delivery.crew.roster import ROSTER
@@ -152,6 +152,12 @@ def test_input_required_is_answered_by_messages_feedback_then_approval(server):
             )
             approved = await _collect(client.send_message(SendMessageRequest(message=_message("approve", task.id))))
             done = await client.get_task(GetTaskRequest(id=task.id))
+            with pytest.raises(UnsupportedOperationError, match="it takes no more messages"):
+                await _collect(client.send_message(SendMessageRequest(message=_message("approve", task.id))))
+            wrong = _message("approve", task.id)
+            wrong.context_id = "another-context"
+            with pytest.raises(InvalidParamsError, match="leave contextId out"):
+                await _collect(client.send_message(SendMessageRequest(message=wrong)))
             return task, revised, approved, done
 
     waiting, revised, approved, done = asyncio.run(scenario())
