@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     # it answers; empty = the local names when HOST is a loopback address, no check otherwise; * = none
     mcp_allowed_hosts: str = ""
     mcp_progress_interval_s: float = Field(10.0, gt=0, le=60)  # run_delivery's progress heartbeat
+    # For the A2A TCK only (docs/api.md "Conformance (TCK)"): messageIds starting `tck-` run straight through
+    a2a_tck_hooks: bool = False
     # Behind a proxy: the addresses whose X-Forwarded-For names the client (uvicorn's own setting,
     # read by uvicorn from the environment too; docs/security.md); "*" would let clients pick theirs
     forwarded_allow_ips: str = "127.0.0.1,::1"

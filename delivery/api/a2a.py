@@ -107,6 +107,9 @@ _CALLER = "delivery.a2a.caller"  # the gate's answer, kept in the request's scop
 _REQUEST = "delivery.a2a.request"
 # A message that approves the analysis; any other text asks for changes, with itself as feedback.
 _APPROVAL = re.compile(r"\s*(approve[ds]?|yes|ok(ay)?|lgtm|go( ahead)?|continue|confirm(ed)?)\s*[.!]?\s*", re.I)
+# A2A_TCK_HOOKS: the TCK's messageId prefixes (its fixture agent's cases) that expect a task to end
+# by itself; tck-input-required keeps the confirmation, the TCK's other cases get the crew.
+_TCK_STRAIGHT_THROUGH = re.compile(r"(tck-(?!input-required)|test-resubscribe)")
 _STATE = {
     TaskStatus.queued: TaskState.TASK_STATE_SUBMITTED,
     TaskStatus.running: TaskState.TASK_STATE_WORKING,
@@ -213,6 +216,8 @@ class DeliveryHandler(RequestHandler):
         if message.task_id:
             return await self._answer(request, message.task_id, text, message)
         options = _json(message.metadata) | _json(params.metadata)
+        if self.settings.a2a_tck_hooks and _TCK_STRAIGHT_THROUGH.match(message.message_id):
+            options.setdefault("skip_confirmation", True)  # the TCK expects its tasks to end on their own
 
         def work(runtime: Runtime) -> str:
             body = _run_request(text, options)

@@ -323,3 +323,20 @@ def test_the_readme_example_runs_as_written(server, tmp_path):
         f"document: {spec.filename}" for spec in ROSTER.agents
     ] + ["document: " + ROSTER.agents[-1].filename]  # the review, completed by the crew, comes again
     assert lines[-1].startswith("Verdict: ")
+
+
+def test_tck_hooks_are_off_by_default_and_run_tck_messages_straight_through_when_on(server, start_server):
+    def states(url: str, message_id: str) -> list[str]:
+        async def scenario() -> list[str]:
+            async with a2a_client(url) as client:
+                message = _message("Build a tck fixture")
+                message.message_id = message_id
+                return _states(await _collect(client.send_message(SendMessageRequest(message=message))))
+
+        return asyncio.run(scenario())
+
+    assert states(server.url, "tck-complete-task-1")[-1] == "TASK_STATE_INPUT_REQUIRED"  # off: a plain message
+    hooked = start_server(a2a_tck_hooks="true")
+    assert states(hooked.url, "tck-complete-task-1")[-1] == "TASK_STATE_COMPLETED"
+    assert states(hooked.url, "tck-input-required-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
+    assert states(hooked.url, "m-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
