@@ -64,6 +64,7 @@ from a2a.types.a2a_pb2 import (
 from a2a.types.a2a_pb2 import TaskStatus as A2aStatus
 from a2a.utils.errors import (
     A2AError,
+    ContentTypeNotSupportedError,
     InternalError,
     InvalidParamsError,
     PushNotificationNotSupportedError,
@@ -106,7 +107,7 @@ REST_PATH = "/a2a/rest"
 _CALLER = "delivery.a2a.caller"  # the gate's answer, kept in the request's scope state
 _REQUEST = "delivery.a2a.request"
 # A message that approves the analysis; any other text asks for changes, with itself as feedback.
-_APPROVAL = re.compile(r"\s*(approve[ds]?|yes|ok(ay)?|lgtm|go( ahead)?|continue|confirm(ed)?)\s*[.!]?\s*", re.I)
+_APPROVAL = re.compile(r"\s*(approve[ds]?|yes|ok(ay)?|lgtm|go( ahead)?|continue|complete|confirm(ed)?)[\s.!]*", re.I)
 # A2A_TCK_HOOKS: the TCK's messageId prefixes (its fixture agent's cases) that expect a task to end
 # by itself; tck-input-required keeps the confirmation, the TCK's other cases get the crew.
 _TCK_STRAIGHT_THROUGH = re.compile(r"(tck-(?!input-required)|test-resubscribe)")
@@ -127,6 +128,7 @@ _ENDS_A_CALL = frozenset(
         TaskState.TASK_STATE_CANCELED,
     }
 )
+_FINAL = frozenset({TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED})
 STORE_UNREACHABLE = "The task database is unreachable; retry in a few seconds (operators: check DATABASE_URL)."
 
 
@@ -213,6 +215,10 @@ class DeliveryHandler(RequestHandler):
         """A new task from the message, or the message's answer to the task waiting for it."""
         message = params.message
         text = "\n".join(part.text for part in message.parts if part.HasField("text")).strip()
+        if not text and not message.task_id and any(not part.HasField("text") for part in message.parts):
+            raise ContentTypeNotSupportedError(
+                "This agent reads the requirement from text parts only; send it as text (text/plain)."
+            )
         if message.task_id:
             return await self._answer(request, message.task_id, text, message)
         options = _json(message.metadata) | _json(params.metadata)
@@ -308,7 +314,7 @@ class DeliveryHandler(RequestHandler):
             raise UnsupportedOperationError(
                 f"Task {params.id} has {record.status.value}; read it with GetTask (there is nothing to follow)."
             )
-        async for event in self._follow(request, params.id, snapshot=True):
+        async for event in self._follow(request, params.id, snapshot=True, ends=_FINAL):
             yield event
 
     # push notifications: not offered (the card says so); the /api webhooks are (docs/api.md)
@@ -341,14 +347,16 @@ class DeliveryHandler(RequestHandler):
     # following the log
 
     async def _follow(
-        self, request: Request, task_id: str, *, snapshot: bool, answers: int = 0
+        self, request: Request, task_id: str, *, snapshot: bool, answers: int = 0, ends: frozenset[int] = frozenset()
     ) -> AsyncGenerator[A2aEvent]:
         """The task as A2A events from its event log: first the Task as the log has it so far
         (`snapshot`), then an update per event after it, up to the first that ends a call
         (input-required or a terminal state). The snapshot and the updates come from one
         subscription, so a subscriber that reconnects misses nothing and gets nothing twice.
         `answers`: the `confirmed` events the snapshot must include (after a message answered
-        the task: events become visible once stored, so the answer's may not be yet)."""
+        the task: events become visible once stored, so the answer's may not be yet). `ends`:
+        the states that end it (a subscription goes on through input-required)."""
+        ends = ends or _ENDS_A_CALL
         runtime: Runtime = request.app.state.runtime
         streams = runtime.streams
         if not streams.holds(task_id):
@@ -365,7 +373,7 @@ class DeliveryHandler(RequestHandler):
                         caught_up = True
                         if snapshot:
                             yield fold.task()
-                        if fold.state in _ENDS_A_CALL:
+                        if fold.state in ends:
                             return
                         continue
                     if subscription.finished or sse.server_exiting():
@@ -377,7 +385,7 @@ class DeliveryHandler(RequestHandler):
                     if not caught_up:
                         continue
                     for update in updates:
-                        if isinstance(update, TaskStatusUpdateEvent) and update.status.state in _ENDS_A_CALL:
+                        if isinstance(update, TaskStatusUpdateEvent) and update.status.state in ends:
                             final = await self._finished(request, fold, update)
                             if snapshot:
                                 for artifact in final:
@@ -478,6 +486,7 @@ class _Fold:
         self.record = record
         self.sequence = 0  # the last event applied: the updates that follow come after it
         self.answers = 0  # `confirmed` events applied
+        self.ts = record.created_at  # the last status change: every subscriber's Task is the same
 
     def apply(self, event: Event) -> list[A2aEvent]:
         kind = event.event_type
@@ -515,13 +524,13 @@ class _Fold:
             state, text = TaskState.TASK_STATE_CANCELED, event.content or "Cancelled."
         else:
             return []
-        self.state, self.message = state, text
+        self.state, self.message, self.ts = state, text, event.ts
         return [
             TaskStatusUpdateEvent(
                 task_id=self.task_id,
                 context_id=self.task_id,
                 status=_status(self.task_id, state, text, event.ts),
-                metadata=_struct({"sequence": event.sequence, "event_type": kind, "agent": event.agent_name}),
+                metadata=_struct({"sequence": event.sequence, "eventType": kind, "agent": event.agent_name}),
             )
         ]
 
@@ -529,7 +538,7 @@ class _Fold:
         task = Task(
             id=self.task_id,
             context_id=self.task_id,
-            status=_status(self.task_id, self.state, self.message, time.time()),
+            status=_status(self.task_id, self.state, self.message, self.ts),
             artifacts=list(self.artifacts.values()),
             metadata=_struct({"sequence": self.sequence}),
         )
@@ -553,9 +562,7 @@ def _task_of(r: TaskRecord, history: int | None, include_artifacts: bool = True)
         id=r.task_id,
         context_id=r.task_id,
         status=_status(r.task_id, state, text, r.finished_at or r.started_at or r.created_at),
-        metadata=_struct(
-            _verdict_metadata(r) | {"current_agent": r.current_agent, "completed_steps": r.completed_steps}
-        ),
+        metadata=_struct(_verdict_metadata(r) | {"currentAgent": r.current_agent, "completedSteps": r.completed_steps}),
     )
     if include_artifacts:
         task.artifacts.extend(
@@ -612,7 +619,7 @@ def _verdict(r: TaskRecord) -> str | None:
 
 def _verdict_metadata(r: TaskRecord) -> dict[str, Any]:
     traced = r.traceability or {}
-    return {"verdict": traced.get("verdict"), "verdict_reason": traced.get("reason")} if traced.get("verdict") else {}
+    return {"verdict": traced.get("verdict"), "verdictReason": traced.get("reason")} if traced.get("verdict") else {}
 
 
 def _struct(data: dict[str, Any]) -> Struct:

@@ -340,3 +340,22 @@ def test_tck_hooks_are_off_by_default_and_run_tck_messages_straight_through_when
     assert states(hooked.url, "tck-complete-task-1")[-1] == "TASK_STATE_COMPLETED"
     assert states(hooked.url, "tck-input-required-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
     assert states(hooked.url, "m-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
+
+
+def test_a_subscription_goes_on_through_input_required_to_the_end(server):
+    async def scenario() -> tuple[list[StreamResponse], list[StreamResponse]]:
+        async with a2a_client(server.url) as client:
+            asked = await _collect(client.send_message(SendMessageRequest(message=_message("Build a quiz app"))))
+            task_id = asked[0].task.id
+            following = asyncio.ensure_future(_collect(client.subscribe(SubscribeToTaskRequest(id=task_id))))
+            await asyncio.sleep(0.5)
+            also = asyncio.ensure_future(_collect(client.subscribe(SubscribeToTaskRequest(id=task_id))))
+            await asyncio.sleep(0.5)
+            assert not following.done(), "the subscription must not end at input-required"
+            await _collect(client.send_message(SendMessageRequest(message=_message("approve", task_id))))
+            return await asyncio.wait_for(following, 60), await asyncio.wait_for(also, 60)
+
+    events, same = asyncio.run(scenario())
+    assert same == events  # every subscriber gets the same events, the Task first too
+    assert events[0].task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert _states(events)[-1] == "TASK_STATE_COMPLETED"
