@@ -93,7 +93,7 @@ from delivery.errors import TaskNotFoundError as OurTaskNotFound
 from delivery.events import Event, EventType, format_timestamp
 from delivery.runtime import Runtime
 from delivery.security.auth import ANONYMOUS, Auth, decode_headers, fingerprint
-from delivery.security.gate import REFUSAL_STATUS, Gate, client_address, refusal_headers
+from delivery.security.gate import Gate, client_address, send_refusal
 from delivery.security.request_guard import AuditLog
 from delivery.settings import Settings
 from delivery.streaming import sse
@@ -701,13 +701,7 @@ class _Gated:
         except DomainError as exc:
             if scope["method"] == "POST":
                 _audit(self._audit, scope, None, type(exc).__name__, "rejected", time.time(), None, None)
-            body = json.dumps({"detail": str(exc)}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            headers += [(k.lower().encode(), v.encode()) for k, v in refusal_headers(exc).items()]
-            await send(
-                {"type": "http.response.start", "status": REFUSAL_STATUS.get(type(exc), 400), "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_refusal(send, exc)
             return
         scope = {**scope, "state": {**scope.get("state", {}), _CALLER: caller}}
         await self._app(scope, receive, send)

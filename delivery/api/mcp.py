@@ -55,7 +55,7 @@ from delivery.events import EventType, format_timestamp
 from delivery.llm.usage import totals
 from delivery.runtime import Runtime
 from delivery.security.auth import ANONYMOUS, Auth, decode_headers, fingerprint
-from delivery.security.gate import REFUSAL_STATUS, Gate, client_address, refusal_headers
+from delivery.security.gate import Gate, client_address, send_refusal
 from delivery.security.request_guard import AuditLog
 from delivery.settings import Settings
 from delivery.streaming import sse
@@ -185,13 +185,7 @@ class McpDoor:
         except DomainError as exc:
             if scope["method"] == "POST":
                 self._write_audit(scope, None, type(exc).__name__, "rejected", time.time(), None)
-            body = json.dumps({"detail": str(exc)}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            headers += [(k.lower().encode(), v.encode()) for k, v in refusal_headers(exc).items()]
-            await send(
-                {"type": "http.response.start", "status": REFUSAL_STATUS.get(type(exc), 400), "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_refusal(send, exc)
             return
         if self._manager is None:
             body = b'{"detail": "The server is starting or stopping; retry in a few seconds."}'

@@ -17,8 +17,11 @@ not a trusted proxy, the one the proxy itself appended, so an entry a client wri
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+from starlette.types import Send
 
 from delivery.errors import AuthenticationRequiredError, DomainError, ForbiddenError, RateLimitedError
 from delivery.security.auth import ANONYMOUS, Auth
@@ -41,6 +44,15 @@ def refusal_headers(exc: DomainError) -> dict[str, str]:
     if isinstance(exc, RateLimitedError):
         return {"Retry-After": str(exc.retry_after_s)}
     return {}
+
+
+async def send_refusal(send: Send, exc: DomainError) -> None:
+    """A refusal as a plain ASGI answer, for the doors mounted below FastAPI (/mcp, /a2a)."""
+    body = json.dumps({"detail": str(exc)}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in refusal_headers(exc).items()]
+    await send({"type": "http.response.start", "status": REFUSAL_STATUS.get(type(exc), 400), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def client_address(client: tuple[str, int] | list[Any] | None) -> str:
