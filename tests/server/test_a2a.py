@@ -39,6 +39,7 @@ from google.protobuf.json_format import MessageToDict
 from delivery.crew.roster import ROSTER
 from tests.support.api import run_task, stream_until, wait_status
 from tests.support.tcp_proxy import CuttableProxy
+from tests.support.waiting import wait_for
 
 KEY = "k-a2a-77c1"
 # The A2A updates our events make (token events are not mapped).
@@ -288,8 +289,13 @@ def test_api_keys_the_card_says_how_and_a_bad_key_is_refused(start_server, tmp_p
             return answer.task.id
 
     task_id = asyncio.run(scenario())
-    lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    a2a = [line for line in lines if line["method"] == "A2A"]
+
+    def a2a_lines() -> list[dict[str, Any]] | None:  # the audit log is written by its own thread
+        lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+        found = [line for line in lines if line["method"] == "A2A"]
+        return found if any(line.get("task_id") == task_id for line in found) else None
+
+    a2a = wait_for(a2a_lines, timeout=10, message="the SendMessage audit line")
     assert {"operation": "SendMessage", "outcome": "ok", "task_id": task_id} in [
         {k: line[k] for k in ("operation", "outcome", "task_id")} for line in a2a
     ]
