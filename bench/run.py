@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import json
 import os
 import platform
@@ -465,6 +466,10 @@ def main() -> None:
         ("stream_memory", lambda: stream_memory(QUICK)),
         ("replicas", replicas),
     ]
+    # Issue 27's sections, each in its own module (curves, scale-out, the peer) and issue 26's
+    # per-door cost: every module lists its (name, step) pairs in STEPS.
+    for module in ("bench.sweeps", "bench.scale_out", "bench.doors", "bench.peer"):
+        steps += importlib.import_module(module).STEPS
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     out = ROOT / "docs" / ("benchmarks-quick.json" if QUICK or only else "benchmarks.json")
     for name, step in steps:

@@ -1,0 +1,3 @@
+"""(being written; see issue 27 / 26)"""
+
+STEPS: list = []
