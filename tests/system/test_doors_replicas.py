@@ -1,6 +1,8 @@
-"""The MCP door on two replicas sharing Redis and PostgreSQL: run_delivery on one follows its
-task's log through the Redis backend with its progress, while the other answers get_delivery
-and serves the documents and the package of the same task; stateless, so no session to lose."""
+"""The MCP and A2A doors on two replicas sharing Redis and PostgreSQL. MCP: run_delivery on one
+follows its task's log through the Redis backend with its progress, while the other answers
+get_delivery and serves the documents and the package of the same task; stateless, so no session
+to lose. A2A: a subscription on one replica cut mid-run and resumed on the other loses nothing
+and repeats nothing."""
 
 from __future__ import annotations
 
@@ -12,14 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from a2a.types.a2a_pb2 import StreamResponse, SubscribeToTaskRequest
+from google.protobuf.json_format import MessageToDict
 from mcp.types import BlobResourceContents, TextResourceContents
 from pydantic import AnyUrl
 
 from delivery.crew.roster import ROSTER
+from tests.support.a2a_client import MAPPED_EVENTS, a2a_client, artifacts, collect, states, update_metadata
+from tests.support.api import run_task, stream_until
 from tests.support.mcp_client import call, session
 from tests.support.real_services import ensure_redis, fresh_postgres_database
 from tests.support.server_process import Server
+from tests.support.tcp_proxy import CuttableProxy
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +102,46 @@ def test_run_delivery_on_one_replica_is_watched_and_read_on_the_other(replicas):
     ):
         assert sorted(za.namelist()) == sorted(zb.namelist())
         assert za.read("events.jsonl") == zb.read("events.jsonl")
+
+
+def test_an_a2a_subscription_cut_on_one_replica_resumes_on_the_other_exactly(replicas):
+    """Followed on A through a proxy that drops the connection after the first document, then
+    subscribed again on B: B's Task holds the log up to its `sequence`, and its updates are
+    exactly the mapped events after it, once each — Redis carries the log between them."""
+    a, b = replicas
+    proxy = CuttableProxy(a.port)
+    try:
+        with httpx.Client(base_url=b.url, timeout=30) as http:
+            task_id = run_task(http, "Build a chess club site")  # started on B, followed from A
+
+        async def first() -> list[StreamResponse]:
+            got: list[StreamResponse] = []
+            async with a2a_client(proxy.url) as client:
+                with pytest.raises(Exception):  # noqa: B017 - whatever the client makes of a cut
+                    async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+                        got.append(event)
+                        if len(artifacts(got)) == 1:
+                            proxy.cut()
+            return got
+
+        async def second() -> list[StreamResponse]:
+            async with a2a_client(b.url) as client:
+                return await collect(client.subscribe(SubscribeToTaskRequest(id=task_id)))
+
+        before = asyncio.run(first())
+        after = asyncio.run(second())
+    finally:
+        proxy.close()
+    snapshot = after[0].task
+    resumed_at = int(MessageToDict(snapshot.metadata)["sequence"])
+    # The reviewer's document completed by the crew comes again before the final status, marked
+    # `final`: not an event of the log.
+    later = [e for e in after[1:] if not update_metadata(e).get("final")]
+    log = stream_until(a.url, task_id, "end").events
+    expected = [e["sequence"] for e in log if e["event_type"] in MAPPED_EVENTS and e["sequence"] > resumed_at]
+    assert [int(update_metadata(e)["sequence"]) for e in later] == expected  # nothing lost, nothing twice
+    assert resumed_at >= max(int(update_metadata(e)["sequence"]) for e in before if e.HasField("artifact_update"))
+    names = [x.artifact_id for x in snapshot.artifacts]
+    names += [e.artifact_update.artifact.artifact_id for e in later if e.HasField("artifact_update")]
+    assert sorted(names) == sorted(ROSTER.deliverable_keys)
+    assert states(after)[-1] == "TASK_STATE_COMPLETED"
