@@ -40,7 +40,7 @@ def fixed(*pids: int) -> PidSource:
     return lambda: pids
 
 
-def _cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int) -> int:
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -69,7 +69,7 @@ class CpuSampler:
         self._result: dict[str, float] = {}
 
     def _snapshot(self) -> dict[str, dict[int, int]]:
-        return {name: {pid: _cpu_ticks(pid) for pid in source()} for name, source in self.groups.items()}
+        return {name: {pid: cpu_ticks(pid) for pid in source()} for name, source in self.groups.items()}
 
     def __enter__(self) -> CpuSampler:
         self._t0 = time.monotonic()
