@@ -89,6 +89,9 @@ def main(path: str) -> None:
             f"{burst['tasks_held']} held, {burst['tasks_let_go']} let go"
         )
     draw(plot, Path(path).with_suffix(".png"))
+    from bench.sweeps import draw_sweeps  # here: it imports bench.run and, through it, the service
+
+    draw_sweeps(results, Path(path))
 
 
 def draw(rows, out: Path) -> None:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -83,39 +84,55 @@ def pct(values: list[float], q: float) -> float:
 # 1. Throughput and latency ---------------------------------------------------------------
 
 
-def measured_round(server: Server | Nginx, core: bool, rate: float = 0) -> dict:
+def measured_round(server: Server | Nginx, core: bool, rate: float = 0, **sizes) -> dict:
     """One round, with this (the client's) process's garbage collector off: a full collection
     here, over the round's growing lists of receipts, paused the client for 30-45 ms while events
     arrived, and that pause was counted as the server's latency."""
     gc.collect()
     gc.disable()
     try:
-        return asyncio.run(_round(server, core, rate))
+        return asyncio.run(_round(server, core, rate, **sizes))
     finally:
         gc.enable()
 
 
-async def _round(server: Server | Nginx, core: bool, rate: float = 0) -> dict:
+async def _round(
+    server: Server | Nginx,
+    core: bool,
+    rate: float = 0,
+    tasks: int = TASKS,
+    viewers: int = SUBS,
+    api_probe: bool = False,
+) -> dict:
+    """`tasks` streams with `viewers` viewers each. `api_probe`: also time every POST and, from
+    a side client, a GET of a task's status every ~100 ms while the round runs ("api" in the
+    result): how the API answers while it streams."""
+    post_s: list[float] = []
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         t0 = time.time()
         stop = asyncio.Event()
         if core:
-            prepared = (await client.post("/bench/prepare", params={"tasks": TASKS})).json()
+            prepared = (await client.post("/bench/prepare", params={"tasks": tasks})).json()
             ids = prepared["streams"]
         else:
-            posts = [
-                client.post(
+
+            async def post(n: int) -> httpx.Response:
+                sent = time.perf_counter()
+                answer = await client.post(
                     "/api/run_task",
                     json={
                         "user_requirement": f"Build app number {n} with login, search, payments and reports",
                         "skip_confirmation": True,
                     },
                 )
-                for n in range(TASKS)
-            ]
-            ids = [r.json()["task_id"] for r in await asyncio.gather(*posts)]
-        subs = [Subscriber(tid) for tid in ids for _ in range(SUBS)]
+                post_s.append(time.perf_counter() - sent)
+                return answer
+
+            ids = [r.json()["task_id"] for r in await asyncio.gather(*(post(n) for n in range(tasks)))]
+        subs = [Subscriber(tid) for tid in ids for _ in range(viewers)]
         readers = [asyncio.create_task(subscribe("127.0.0.1", server.port, s, stop=stop)) for s in subs]
+        status_s: list[float] = []
+        poller = asyncio.create_task(poll_status(server.url, ids, stop, status_s)) if api_probe else None
         if core:
             await asyncio.sleep(0.3)  # all subscribers connected before the flood starts
             t0 = time.time()
@@ -135,6 +152,8 @@ async def _round(server: Server | Nginx, core: bool, rate: float = 0) -> dict:
         await asyncio.wait_for(finished(), timeout=600)
         stop.set()
         await asyncio.gather(*readers)
+        if poller is not None:
+            await poller
         expected = {}
         for tid in ids:
             expected[tid] = max((max(s.sequences, default=0) for s in subs if s.task_id == tid), default=0)
@@ -160,6 +179,33 @@ async def _round(server: Server | Nginx, core: bool, rate: float = 0) -> dict:
         "subscribers_exact": exact,
         "subscribers": len(subs),
         "lost": sum(expected[s.task_id] for s in subs) - delivered,
+        "bytes_per_viewer": sum(s.received_bytes for s in subs) / len(subs),
+        **({"api": {"post": latency_summary(post_s), "status": latency_summary(status_s)}} if api_probe else {}),
+    }
+
+
+async def poll_status(url: str, ids: list[str], stop: asyncio.Event, out: list[float]) -> None:
+    """GET the tasks' status in turn, every ~100 ms until `stop`, each answer's time into `out`
+    (its own connection, so it never queues behind the round's other requests)."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        n = 0
+        while not stop.is_set():
+            sent = time.perf_counter()
+            (await client.get(f"/api/task/{ids[n % len(ids)]}/status")).raise_for_status()
+            out.append(time.perf_counter() - sent)
+            n += 1
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.1)
+            except TimeoutError:
+                pass
+
+
+def latency_summary(seconds: list[float]) -> dict:
+    return {
+        "n": len(seconds),
+        "p50_ms": pct(seconds, 0.5) * 1000,
+        "p99_ms": pct(seconds, 0.99) * 1000,
+        "max_ms": max(seconds, default=float("nan")) * 1000,
     }
 
 
@@ -169,13 +215,19 @@ def first_seconds(subs: list[Subscriber], t0: float, seconds: float) -> list[flo
 
 
 def latency_windows(subs: list[Subscriber], t0: float) -> list[dict]:
-    """p99 and max latency of the events received in each second of a round."""
+    """p50, p99 and max latency of the events received in each second of a round."""
     by_second: dict[int, list[float]] = {}
     for s in subs:
         for latency, at in zip(s.latencies, s.received, strict=True):
             by_second.setdefault(int(at - t0), []).append(latency)
     return [
-        {"second": second, "n": len(values), "p99_ms": pct(values, 0.99) * 1000, "max_ms": max(values) * 1000}
+        {
+            "second": second,
+            "n": len(values),
+            "p50_ms": pct(values, 0.5) * 1000,
+            "p99_ms": pct(values, 0.99) * 1000,
+            "max_ms": max(values) * 1000,
+        }
         for second, values in sorted(by_second.items())
     ]
 
@@ -231,7 +283,12 @@ def publish_cost(manager: StreamManager, n: int) -> dict:
 # 3. Idle connections ----------------------------------------------------------------------
 
 
-async def _idle(server: Server, n: int = IDLE_N) -> dict:
+async def _idle(
+    server: Server, n: int = IDLE_N, sources: int = 1, while_idle: Callable[[], Awaitable[dict]] | None = None
+) -> dict:
+    """`sources` > 1 spreads the viewers over that many source addresses 127.0.0.1, .2, ...: one
+    source address has only the ephemeral port range's ports (~28,000) towards one server port.
+    `while_idle` is awaited once all are connected and idle; its answer is the result's "while_idle"."""
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         r = await client.post(
             "/api/run_task", json={"user_requirement": "Build an idle app", "skip_confirmation": False}
@@ -249,14 +306,17 @@ async def _idle(server: Server, n: int = IDLE_N) -> dict:
         gate = asyncio.Semaphore(200)
         holders = []
 
-        async def one() -> bool:
+        async def one(k: int) -> bool:
             connected = asyncio.Event()
+            source = f"127.0.0.{1 + k % sources}" if sources > 1 else None  # else as the kernel picks
             async with gate:
-                task = asyncio.create_task(hold_idle("127.0.0.1", server.port, task_id, connected, release, tail))
+                task = asyncio.create_task(
+                    hold_idle("127.0.0.1", server.port, task_id, connected, release, tail, local_host=source)
+                )
                 await connected.wait()
             return await task
 
-        holders = [asyncio.create_task(one()) for _ in range(n)]
+        holders = [asyncio.create_task(one(k)) for k in range(n)]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             streams = (await client.get("/api/streams")).json()["active"]
@@ -266,6 +326,7 @@ async def _idle(server: Server, n: int = IDLE_N) -> dict:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)
         after = rss_kb(server.proc.pid)
+        measured = await while_idle() if while_idle is not None else None
         release.set()
         ok = sum(await asyncio.gather(*holders)) + await first
     return {
@@ -274,6 +335,7 @@ async def _idle(server: Server, n: int = IDLE_N) -> dict:
         "rss_before_mb": before / 1024,
         "rss_after_mb": after / 1024,
         "kb_per_connection": (after - before) / n,
+        **({"while_idle": measured} if measured is not None else {}),
     }
 
 

@@ -61,6 +61,7 @@ class Subscriber:
     last_event_at: float | None = None
     terminal: bool = False
     status: int | None = None
+    received_bytes: int = 0  # as read from the socket: headers, chunk framing and all
 
 
 async def subscribe(
@@ -86,6 +87,7 @@ async def subscribe(
             if not chunk:
                 return sub
             now = time.time()
+            sub.received_bytes += len(chunk)
             if body is None:
                 head += chunk
                 headers, sep, chunk = head.partition(b"\r\n\r\n")
@@ -118,10 +120,18 @@ async def subscribe(
 
 
 async def hold_idle(
-    host: str, port: int, task_id: str, connected: asyncio.Event, release: asyncio.Event, last_event_id: int = 0
+    host: str,
+    port: int,
+    task_id: str,
+    connected: asyncio.Event,
+    release: asyncio.Event,
+    last_event_id: int = 0,
+    local_host: str | None = None,
 ) -> bool:
-    """Open one SSE connection at the live tail, read its headers, hold it open until released."""
-    reader, writer = await asyncio.open_connection(host, port)
+    """Open one SSE connection at the live tail, read its headers, hold it open until released.
+    `local_host`: the source address to connect from (127.0.0.x: more than one port range)."""
+    local_addr = (local_host, 0) if local_host else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
     writer.write(
         f"GET /api/stream/{task_id} HTTP/1.0\r\nHost: bench\r\nLast-Event-ID: {last_event_id}\r\n\r\n".encode()
     )
