@@ -32,7 +32,9 @@ P99_LIMIT_MS = 50.0  # the issue's latency target: a point holds when its worst 
 # A quick run (a smoke test, not for quoting) paces the crews 4× faster, so a round lasts ~6 s
 # instead of ~25 s, with 4× fewer tasks for about the same events/s.
 TOKEN_DELAY_MS = 2.5 if run.QUICK else 10.0
-LADDER = [2, 4] if run.QUICK else [5, 10, 20, 30, 40, 60]  # concurrent tasks, searched upwards
+# Concurrent tasks; the search starts at LADDER[START] and goes up while points hold, down while not.
+LADDER = [1, 2, 4] if run.QUICK else [1, 2, 5, 10, 20, 30, 40, 60]
+START = 1 if run.QUICK else 2
 REPLICAS = (1, 2) if run.QUICK else (1, 2, 3)
 COST_TASKS = 4 if run.QUICK else 20
 # The plan's headroom (docs/capacity.md): a Python process (one GIL) planned at half a core, the
@@ -242,29 +244,40 @@ def shared_costs() -> dict:
     return point
 
 
+def search(d: Deployment, label: str) -> list[dict]:
+    """From LADDER[START] upwards while points hold, or downwards until one does: the points
+    measured, in ladder order."""
+    points: dict[int, dict] = {}
+    step = 0
+    index = START
+    while 0 <= index < len(LADDER):
+        point = measure(d, LADDER[index])
+        points[index] = point
+        print(
+            f"   {label}, {point['tasks']} tasks: worst window p99 {point['worst_window_p99_ms']:.1f} ms, "
+            f"{point['events_per_s']:.0f} ev/s, machine {point['cpu_pct']['machine']} %, {point['saturated']}",
+            flush=True,
+        )
+        step = step or (1 if point["held"] else -1)
+        if point["held"] != (step == 1):
+            break  # going up, one failed; going down, one held
+        index += step
+    return [points[i] for i in sorted(points)]
+
+
 def scale_out() -> dict:
     """Capacity of 1, 2, 3 replicas (each with its worker): the largest task count on the ladder
-    whose round holds (worst 1-s window p99 ≤ 50 ms, nothing lost), searched upwards until one
-    does not."""
+    whose round holds (worst 1-s window p99 ≤ 50 ms, nothing lost, every viewer exact)."""
     configs: dict[str, dict[str, Any]] = {}
     for n in REPLICAS:
-        points = []
         with configured(n, n, math.ceil(max(LADDER) / n) + 2, f"scale-{n}") as d:
-            for tasks in LADDER:
-                point = measure(d, tasks)
-                points.append(point)
-                print(
-                    f"   {n} replica(s), {tasks} tasks: worst window p99 {point['worst_window_p99_ms']:.1f} ms, "
-                    f"{point['events_per_s']:.0f} ev/s, machine {point['cpu_pct']['machine']} %, {point['saturated']}",
-                    flush=True,
-                )
-                if not point["held"]:
-                    break
+            points = search(d, f"{n} replica(s)")
         passing = [p for p in points if p["held"]]
-        knee = next((p for p in points if not p["held"]), None)
+        capacity = passing[-1] if passing else None
+        knee = next((p for p in points if not p["held"] and (capacity is None or p["tasks"] > capacity["tasks"])), None)
         configs[str(n)] = {
-            "capacity_tasks": passing[-1]["tasks"] if passing else 0,
-            "capacity_events_per_s": round(passing[-1]["events_per_s"]) if passing else 0,
+            "capacity_tasks": capacity["tasks"] if capacity else 0,
+            "capacity_events_per_s": round(capacity["events_per_s"]) if capacity else 0,
             "knee": {"tasks": knee["tasks"], "saturated": knee["saturated"], "cpu_pct": knee["cpu_pct"]}
             if knee
             else None,
