@@ -27,11 +27,11 @@ import httpx
 from bench.naive_backend import NaiveEventBackend
 from bench.sse_load import Subscriber, hold_idle, subscribe
 from bench.stream_memory import stream_memory
+from bench.topology import deployment
 from delivery.streaming.memory import MemoryEventBackend
 from stream_manager import StreamManager
-from tests.support.celery_worker import Worker
 from tests.support.nginx_process import Nginx
-from tests.support.real_services import ensure_redis, fresh_postgres_database
+from tests.support.real_services import ensure_redis
 from tests.support.server_process import Server
 
 BENCH = Path(__file__).resolve().parent
@@ -407,55 +407,16 @@ def crew(kind: str) -> dict:
 
 
 def replicas() -> dict:
-    """As docker-compose runs it: two API replicas behind the project's nginx.conf, two Celery
-    workers, real Redis and PostgreSQL. Crews run in the workers, so the replicas only stream."""
-    with fresh_postgres_database() as database_url:
-        folder = TMP / f"replicas-{time.monotonic_ns()}"
-        folder.mkdir()
-        env = {
-            "EVENT_BACKEND": "redis",
-            "REDIS_URL": ensure_redis(),
-            "DATABASE_URL": database_url,
-            "EXECUTOR": "celery",
-            "LLM_PROVIDER": "scripted",
-            "SCRIPTED_TOKEN_DELAY_MS": "10",  # a cloud model's pace: 100 tokens/s per agent
-            "LOG_LEVEL": "warning",
-            "RATE_LIMIT": "10000000/minute",
-            "RATE_LIMIT_RUN_TASK": "10000000/minute",
-        }
-        parts: list[Server | Worker | Nginx] = []
-        try:
-            servers = []
-            for name in ("a", "b"):  # one after the other: the first creates the schema
-                server = Server(
-                    {**env, "INSTANCE_ID": f"api-{name}", "DATA_DIR": str(folder / name)}, folder / f"{name}.log"
-                )
-                servers.append(server)
-                parts.append(server)
-            workers = []
-            for n in range(2):
-                # (its default log level: wait_ready() looks for its "ready" line)
-                worker_env = {
-                    **env,
-                    "INSTANCE_ID": f"worker-{n}",
-                    "DATA_DIR": str(folder / f"w{n}"),
-                    "LOG_LEVEL": "info",
-                }
-                worker = Worker(worker_env, folder / f"w{n}.log", pool=["-P", "threads", "-c", str(TASKS // 2)])
-                workers.append(worker)
-                parts.append(worker)
-            for worker in workers:
-                worker.wait_ready()
-            nginx = Nginx([s.port for s in servers], folder / "nginx")
-            parts.append(nginx)
-            measured_round(nginx, False)  # warm-up: imports and first crews in both workers
-            rounds = [measured_round(nginx, False) for _ in range(ROUNDS)]
-            paced = median_round(rounds)
-            first = asyncio.run(_ttfe(nginx))
-            idle = asyncio.run(_idle(servers[0], IDLE_N // 5))
-        finally:
-            for part in reversed(parts):
-                part.stop()
+    """As docker-compose runs it (bench/topology.py): two API replicas behind the project's
+    nginx.conf, two Celery workers, real Redis and PostgreSQL. Crews run in the workers, so the
+    replicas only stream."""
+    folder = TMP / f"replicas-{time.monotonic_ns()}"
+    with deployment(folder, replicas=2, workers=2, threads=TASKS // 2, private_redis=False) as d:
+        measured_round(d.nginx, False)  # warm-up: imports and first crews in both workers
+        rounds = [measured_round(d.nginx, False) for _ in range(ROUNDS)]
+        paced = median_round(rounds)
+        first = asyncio.run(_ttfe(d.nginx))
+        idle = asyncio.run(_idle(d.servers[0], IDLE_N // 5))
     return {
         "paced_100tps": paced,
         "ttfe": {"median_ms": statistics.median(first) * 1000, "p90_ms": pct(first, 0.9) * 1000, "n": len(first)},

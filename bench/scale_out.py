@@ -11,7 +11,6 @@ whose rows, sizes and commits are read from its own statistics. Load: (1c)'s pac
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 import os
 import time
@@ -52,16 +51,8 @@ _this_run: dict[str, Any] = {}  # costs measured by shared_costs, read by capaci
 
 
 def paced_round(d: Deployment, tasks: int) -> dict:
-    """bench.run's round with `tasks` concurrent tasks through Nginx (the round's task count is a
-    module constant there until it takes a parameter)."""
-    if "tasks" in inspect.signature(run._round).parameters:
-        return run.measured_round(d.nginx, False, tasks=tasks)
-    saved = run.TASKS
-    run.TASKS = tasks
-    try:
-        return run.measured_round(d.nginx, False)
-    finally:
-        run.TASKS = saved
+    """bench.run's round with `tasks` concurrent tasks × 3 viewers, through Nginx."""
+    return run.measured_round(d.nginx, False, tasks=tasks)
 
 
 def warm_up(d: Deployment) -> None:
