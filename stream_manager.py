@@ -161,6 +161,12 @@ class StreamManager:
         except TaskNotFoundError:  # the stream died with its process and no store holds it
             log.error("task %s has no log anywhere; its terminal event is lost", task_id)
 
+    def on_archived(self, listener: Callable[[list[Event]], None]) -> None:
+        """Call `listener` (on the archiver's thread; it must not raise) with each batch of
+        events once stored: what follows from an event being durable (A2A pushes)."""
+        if self._archiver is not None:
+            self._archiver.on_archived.append(listener)
+
     def complete_archive(self, task_id: str) -> int:
         """Store what the shared backend holds of the task's log and the store lacks: the events
         a lost process wrote to Redis but had not yet archived. Called by whoever takes over or

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from crew_factory import CrewEventsHandler, load_events_handler
+from delivery.api.a2a_push import A2aPushes
 from delivery.crew.compat import version_warning
 from delivery.llm.providers import describe_model, make_llm_factory, usage_policy
 from delivery.observability import metrics, tracing
@@ -71,6 +72,10 @@ class Runtime:
         self.store = TaskStore(database_url(settings))
         self.streams = StreamManager.create(settings, self.store, backend=event_backend)
         self.webhooks = Webhooks(settings, self.store)
+        self.a2a_pushes: A2aPushes | None = None
+        if self.webhooks.enabled:  # A2A pushes are signed webhooks: none without WEBHOOK_SECRET
+            self.a2a_pushes = A2aPushes(settings, self.store)
+            self.streams.on_archived(self.a2a_pushes.queue)
         self.runs = Runs(settings, self.store, self.streams, name or instance_id(settings), self.webhooks)
         self.phases = PhaseRunner(self.runs, llm_factory, handler, self.model_label, usage_policy(settings))
         self.executor = make_executor(settings, self.phases.run, celery_app)

@@ -4,13 +4,15 @@ One thin mapping, no state of its own: the A2A task IS our task (same id; one st
 in /api, the CLI and the page), its commands are TaskCommands', and every stream follows the same
 event log the SSE API serves, so durability, usage, budgets and other replicas hold here too.
 The a2a-sdk supplies the wire formats (its JSON-RPC and HTTP+JSON routes, with 0.3
-compatibility); `DeliveryHandler` answers them from our store and log.
+compatibility); `DeliveryHandler` answers them from our store and log. Push notifications are
+our signed webhooks (delivery/api/a2a_push.py).
 
-The mapping: queued ↔ SUBMITTED, running ↔ WORKING, awaiting confirmation ↔ INPUT_REQUIRED (the
-next message on the task approves, or asks for changes with its text as feedback), each agent's
-`output` ↔ an artifact sent as the agent finishes, `end` ↔ COMPLETED with the verdict in the
-status, `error` ↔ FAILED, `cancelled` ↔ CANCELED. Token events are not mapped (A2A has no place
-for them), so a stream costs one update per agent step, not one per token.
+The mapping (delivery/api/a2a_mapping.py): queued ↔ SUBMITTED, running ↔ WORKING, awaiting
+confirmation ↔ INPUT_REQUIRED (the next message on the task approves, or asks for changes with its
+text as feedback), each agent's `output` ↔ an artifact sent as the agent finishes, `end` ↔
+COMPLETED with the verdict in the status, `error` ↔ FAILED, `cancelled` ↔ CANCELED. Token events
+are not mapped (A2A has no place for them), so a stream costs one update per agent step, not one
+per token.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a2a.server.context import ServerCallContext
 from a2a.server.events.event_queue import Event as A2aEvent
@@ -36,7 +38,6 @@ from a2a.types.a2a_pb2 import (
     AgentInterface,
     AgentSkill,
     APIKeySecurityScheme,
-    Artifact,
     CancelTaskRequest,
     DeleteTaskPushNotificationConfigRequest,
     GetExtendedAgentCardRequest,
@@ -48,8 +49,6 @@ from a2a.types.a2a_pb2 import (
     ListTasksRequest,
     ListTasksResponse,
     Message,
-    Part,
-    Role,
     SecurityRequirement,
     SecurityScheme,
     SendMessageRequest,
@@ -61,7 +60,6 @@ from a2a.types.a2a_pb2 import (
     TaskState,
     TaskStatusUpdateEvent,
 )
-from a2a.types.a2a_pb2 import TaskStatus as A2aStatus
 from a2a.utils.errors import (
     A2AError,
     ContentTypeNotSupportedError,
@@ -72,9 +70,6 @@ from a2a.utils.errors import (
     TaskNotFoundError,
     UnsupportedOperationError,
 )
-from google.protobuf.json_format import MessageToDict, ParseDict
-from google.protobuf.struct_pb2 import Struct
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
@@ -85,19 +80,31 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from delivery import __version__
 from delivery.api import views
+from delivery.api.a2a_mapping import (
+    FINAL_STATES,
+    STATUS_OF,
+    Fold,
+    final_updates,
+    json_of,
+    task_of,
+)
 from delivery.api.inputs import validation_error
 from delivery.api.schemas import RunTaskRequest
 from delivery.crew.roster import ROSTER
 from delivery.errors import DomainError, TaskStateConflictError
 from delivery.errors import TaskNotFoundError as OurTaskNotFound
-from delivery.events import Event, EventType, format_timestamp
+from delivery.events import Event, format_timestamp
 from delivery.runtime import Runtime
 from delivery.security.auth import ANONYMOUS, Auth, decode_headers, fingerprint
 from delivery.security.gate import Gate, client_address, send_refusal
 from delivery.security.request_guard import AuditLog
 from delivery.settings import Settings
 from delivery.streaming import sse
-from delivery.tasks.records import TaskRecord, TaskStatus
+from delivery.tasks.records import TaskStatus
+from delivery.tasks.store import PushConfig
+
+if TYPE_CHECKING:
+    from delivery.api.a2a_push import A2aPushes
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +118,6 @@ _APPROVAL = re.compile(r"\s*(approve[ds]?|yes|ok(ay)?|lgtm|go( ahead)?|continue|
 # A2A_TCK_HOOKS: the TCK's messageId prefixes (its fixture agent's cases) that expect a task to end
 # by itself; tck-input-required keeps the confirmation, the TCK's other cases get the crew.
 _TCK_STRAIGHT_THROUGH = re.compile(r"(tck-(?!input-required)|test-resubscribe)")
-_STATE = {
-    TaskStatus.queued: TaskState.TASK_STATE_SUBMITTED,
-    TaskStatus.running: TaskState.TASK_STATE_WORKING,
-    TaskStatus.awaiting_confirmation: TaskState.TASK_STATE_INPUT_REQUIRED,
-    TaskStatus.succeeded: TaskState.TASK_STATE_COMPLETED,
-    TaskStatus.failed: TaskState.TASK_STATE_FAILED,
-    TaskStatus.cancelled: TaskState.TASK_STATE_CANCELED,
-}
-_STATUS = {state: status for status, state in _STATE.items()}
 _ENDS_A_CALL = frozenset(
     {
         TaskState.TASK_STATE_INPUT_REQUIRED,
@@ -128,7 +126,6 @@ _ENDS_A_CALL = frozenset(
         TaskState.TASK_STATE_CANCELED,
     }
 )
-_FINAL = frozenset({TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED})
 STORE_UNREACHABLE = "The task database is unreachable; retry in a few seconds (operators: check DATABASE_URL)."
 
 
@@ -152,7 +149,7 @@ def agent_card(settings: Settings, base_url: str) -> AgentCard:
         "with what to change.",
         version=__version__,
         supported_interfaces=interfaces,
-        capabilities=AgentCapabilities(streaming=True, push_notifications=False),
+        capabilities=AgentCapabilities(streaming=True, push_notifications=bool(settings.webhook_secret)),
         default_input_modes=["text/plain"],
         default_output_modes=["text/markdown"],
         skills=[
@@ -214,28 +211,41 @@ class DeliveryHandler(RequestHandler):
     async def _accept(self, params: SendMessageRequest, request: Request) -> tuple[str, int]:
         """A new task from the message, or the message's answer to the task waiting for it."""
         message = params.message
+        wanted = params.HasField("configuration") and params.configuration.HasField("task_push_notification_config")
+        push = params.configuration.task_push_notification_config if wanted else None
         text = "\n".join(part.text for part in message.parts if part.HasField("text")).strip()
         if not text and not message.task_id and any(not part.HasField("text") for part in message.parts):
             raise ContentTypeNotSupportedError(
                 "This agent reads the requirement from text parts only; send it as text (text/plain)."
             )
         if message.task_id:
-            return await self._answer(request, message.task_id, text, message)
-        options = _json(message.metadata) | _json(params.metadata)
+            return await self._answer(request, message.task_id, text, message, push)
+        options = json_of(message.metadata) | json_of(params.metadata)
         if self.settings.a2a_tck_hooks and _TCK_STRAIGHT_THROUGH.match(message.message_id):
             options.setdefault("skip_confirmation", True)  # the TCK expects its tasks to end on their own
+        pushes = _pushes(request) if push is not None else None
 
         def work(runtime: Runtime) -> str:
             body = _run_request(text, options)
+            config = pushes.config_of(push) if pushes and push else None  # a bad URL starts nothing
             gate: Gate = request.app.state.gate
             gate.admit_new_task(request.scope["state"][_CALLER], _address(request.scope))
-            return views.start_task(runtime, body).task_id
+            task_id = views.start_task(runtime, body).task_id
+            if pushes and config:
+                config = pushes.for_task(config, task_id)
+                runtime.store.save_push_config(config)
+                pushes.catch_up(config)  # the events stored before the config was
+            return task_id
 
         return await self._call(request, "SendMessage", work, audited=True, requirement=text), 0
 
-    async def _answer(self, request: Request, task_id: str, text: str, message: Message) -> tuple[str, int]:
-        """Confirm the task waiting for this message; (its id, the answers it has had since)."""
-        data = next((_json(p.data.struct_value) for p in message.parts if p.HasField("data")), {})
+    async def _answer(
+        self, request: Request, task_id: str, text: str, message: Message, push: TaskPushNotificationConfig | None
+    ) -> tuple[str, int]:
+        """Confirm the task waiting for this message (and push its updates from now on to the
+        config `push`, if given); (its id, the answers it has had since)."""
+        pushes = _pushes(request) if push is not None else None
+        data = next((json_of(p.data.struct_value) for p in message.parts if p.HasField("data")), {})
         approved = bool(data["approved"]) if "approved" in data else bool(_APPROVAL.fullmatch(text) or not text)
         feedback = str(data.get("feedback") or text) if not approved else None
 
@@ -256,6 +266,8 @@ class DeliveryHandler(RequestHandler):
                     f"Task {task_id} is {record.status.value}; it takes a message only while it asks for input "
                     "(input-required). Start a new task with a message without taskId."
                 )
+            if pushes and push:
+                runtime.store.save_push_config(pushes.config_of(push, task_id))
             answered = runtime.commands.confirm(task_id, approved, feedback)
             return len(answered.feedback) + (1 if approved else 0)  # each revision asked, and an approval
 
@@ -269,7 +281,7 @@ class DeliveryHandler(RequestHandler):
 
     async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
         request = _request_of(context)
-        status = _STATUS.get(params.status) if params.status else None
+        status = STATUS_OF.get(params.status) if params.status else None
         if params.status and status is None:
             return ListTasksResponse(page_size=params.page_size or 50)
         limit = min(params.page_size or 50, 100)
@@ -284,7 +296,7 @@ class DeliveryHandler(RequestHandler):
             page = views.list_of(runtime, status, limit, before)
             records = [runtime.runs.record(t.task_id) for t in page.tasks]
             history = params.history_length if params.HasField("history_length") else 0
-            tasks = [_task_of(r, history, params.include_artifacts) for r in records]
+            tasks = [task_of(r, history, params.include_artifacts) for r in records]
             token = str(page.tasks[-1].created_at.timestamp()) if page.next_before and page.tasks[-1].created_at else ""
             return ListTasksResponse(tasks=tasks, next_page_token=token, page_size=limit, total_size=len(tasks))
 
@@ -301,7 +313,7 @@ class DeliveryHandler(RequestHandler):
                 runtime.commands.cancel(params.id)
             except TaskStateConflictError as exc:
                 raise TaskNotCancelableError(str(exc)) from None
-            return _task_of(runtime.runs.record(params.id), None)
+            return task_of(runtime.runs.record(params.id), None)
 
         return await self._call(request, "CancelTask", work, audited=True, task_id=params.id)
 
@@ -314,30 +326,69 @@ class DeliveryHandler(RequestHandler):
             raise UnsupportedOperationError(
                 f"Task {params.id} has {record.status.value}; read it with GetTask (there is nothing to follow)."
             )
-        async for event in self._follow(request, params.id, snapshot=True, ends=_FINAL):
+        async for event in self._follow(request, params.id, snapshot=True, ends=FINAL_STATES):
             yield event
 
-    # push notifications: not offered (the card says so); the /api webhooks are (docs/api.md)
+    # push notifications: each config's URL gets the task's updates as signed webhooks (a2a_push.py)
 
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError(_NO_PUSH)
+        request = _request_of(context)
+        pushes = _pushes(request)
+
+        def work(runtime: Runtime) -> TaskPushNotificationConfig:
+            runtime.store.get(params.task_id)  # TaskNotFoundError before the URL is looked at
+            config = pushes.config_of(params, params.task_id)
+            runtime.store.save_push_config(config)
+            return pushes.as_a2a(config)
+
+        operation = "CreateTaskPushNotificationConfig"
+        return await self._call(request, operation, work, audited=True, task_id=params.task_id)
 
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError(_NO_PUSH)
+        request = _request_of(context)
+        pushes = _pushes(request)
+
+        def work(runtime: Runtime) -> TaskPushNotificationConfig:
+            config_id = params.id or params.task_id  # an unnamed config is named after its task
+            for config in _push_configs(runtime, params.task_id):
+                if config.config_id == config_id:
+                    return pushes.as_a2a(config)
+            raise TaskNotFoundError(
+                f"Task {params.task_id} has no push config {config_id!r}; ListTaskPushNotificationConfigs "
+                "shows the ones it has."
+            )
+
+        return await self._call(request, "GetTaskPushNotificationConfig", work)
 
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
-        raise PushNotificationNotSupportedError(_NO_PUSH)
+        request = _request_of(context)
+        pushes = _pushes(request)
+
+        def work(runtime: Runtime) -> ListTaskPushNotificationConfigsResponse:
+            configs = [pushes.as_a2a(c) for c in _push_configs(runtime, params.task_id)]
+            return ListTaskPushNotificationConfigsResponse(configs=configs)  # a few per task: one page
+
+        return await self._call(request, "ListTaskPushNotificationConfigs", work)
 
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        raise PushNotificationNotSupportedError(_NO_PUSH)
+        request = _request_of(context)
+        _pushes(request)
+
+        def work(runtime: Runtime) -> None:
+            runtime.store.get(params.task_id)
+            # Deleting what is not there succeeds (as in the a2a-sdk): a repeat changes nothing.
+            runtime.store.delete_push_config(params.task_id, params.id or params.task_id)
+
+        operation = "DeleteTaskPushNotificationConfig"
+        await self._call(request, operation, work, audited=True, task_id=params.task_id)
 
     async def on_get_extended_agent_card(
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext
@@ -362,7 +413,7 @@ class DeliveryHandler(RequestHandler):
         if not streams.holds(task_id):
             await run_in_threadpool(streams.make_available, task_id)
         record = await self._call(request, "SendMessage", lambda r: r.runs.record(task_id))
-        fold = _Fold(record)
+        fold = Fold(record)
         subscription = streams.subscription(task_id, 0)
         caught_up = False
         try:
@@ -398,40 +449,16 @@ class DeliveryHandler(RequestHandler):
             subscription.close()
 
     async def _finished(
-        self, request: Request, fold: _Fold, update: TaskStatusUpdateEvent
+        self, request: Request, fold: Fold, update: TaskStatusUpdateEvent
     ) -> list[TaskArtifactUpdateEvent]:
-        """A succeeded task's last word: the verdict (GO/NO-GO) in its final status, and each
-        document the crew finished after its agent's `output` (the review gains its traceability
-        matrix) sent again, whole, as the artifact it replaces (metadata `final`)."""
+        """A succeeded task's last word (`final_updates`)."""
         if update.status.state != TaskState.TASK_STATE_COMPLETED:
             return []
         record = await self._call(request, "SendMessage", lambda r: r.runs.record(update.task_id))
-        verdict = _verdict(record)
-        if verdict:
-            update.status.message.parts[0].text = verdict
-            update.metadata.update(_verdict_metadata(record))
-        sequence = int(update.metadata["sequence"])
-        finals = []
-        for key in ROSTER.deliverable_keys:
-            document = record.deliverables.get(key)
-            sent = fold.artifacts.get(key)
-            if document is not None and (sent is None or sent.parts[0].text != document):
-                artifact = _artifact(key, document)
-                fold.artifacts[key] = artifact
-                metadata = _struct({"sequence": sequence, "final": True})
-                finals.append(
-                    TaskArtifactUpdateEvent(
-                        task_id=fold.task_id,
-                        context_id=fold.task_id,
-                        artifact=artifact,
-                        last_chunk=True,
-                        metadata=metadata,
-                    )
-                )
-        return finals
+        return final_updates(record, fold, update)
 
     async def _task(self, request: Request, task_id: str, history: int | None) -> Task:
-        return await self._call(request, "GetTask", lambda runtime: _task_of(runtime.runs.record(task_id), history))
+        return await self._call(request, "GetTask", lambda runtime: task_of(runtime.runs.record(task_id), history))
 
     async def _call(
         self,
@@ -470,80 +497,21 @@ class DeliveryHandler(RequestHandler):
 
 
 _NO_PUSH = (
-    "This agent sends no A2A push notifications; follow the task with SubscribeToTask, or use the "
-    "signed webhooks of /api (webhook_url in POST /api/run_task, WEBHOOK_URLS)."
+    "This server sends no push notifications: its operator has not set WEBHOOK_SECRET, which signs "
+    "them. Follow the task with SubscribeToTask, or poll it with GetTask."
 )
 
 
-class _Fold:
-    """A task's A2A state built from its events, and the updates each event makes."""
+def _pushes(request: Request) -> A2aPushes:
+    runtime: Runtime = request.app.state.runtime
+    if runtime.a2a_pushes is None:
+        raise PushNotificationNotSupportedError(_NO_PUSH)
+    return runtime.a2a_pushes
 
-    def __init__(self, record: TaskRecord) -> None:
-        self.task_id = record.task_id
-        self.state = TaskState.TASK_STATE_SUBMITTED
-        self.message: str | None = None
-        self.artifacts: dict[str, Artifact] = {}
-        self.record = record
-        self.sequence = 0  # the last event applied: the updates that follow come after it
-        self.answers = 0  # `confirmed` events applied
-        self.ts = record.created_at  # the last status change: every subscriber's Task is the same
 
-    def apply(self, event: Event) -> list[A2aEvent]:
-        kind = event.event_type
-        self.sequence = event.sequence
-        if kind == EventType.output.value:
-            spec = ROSTER.by_name(event.agent_name)
-            if spec is None:
-                return []
-            artifact = _artifact(spec.deliverable, event.content)
-            self.artifacts[spec.deliverable] = artifact
-            return [
-                TaskArtifactUpdateEvent(
-                    task_id=self.task_id,
-                    context_id=self.task_id,
-                    artifact=artifact,
-                    last_chunk=True,
-                    metadata=_struct({"sequence": event.sequence}),
-                )
-            ]
-        state, text = self.state, None
-        if kind == EventType.confirmed.value:
-            self.answers += 1
-        if kind in (EventType.start.value, EventType.confirmed.value, EventType.resumed.value):
-            state, text = TaskState.TASK_STATE_WORKING, event.content or None
-        elif kind == EventType.agent_start.value:
-            state, text = TaskState.TASK_STATE_WORKING, f"{event.agent_name} is working."
-        elif kind == EventType.awaiting_confirmation.value:
-            state = TaskState.TASK_STATE_INPUT_REQUIRED
-            text = (event.content or "The analysis is ready.") + ' Answer "approve", or say what to change.'
-        elif kind == EventType.end.value:
-            state, text = TaskState.TASK_STATE_COMPLETED, event.content or "Delivered."
-        elif kind == EventType.error.value:
-            state, text = TaskState.TASK_STATE_FAILED, event.content
-        elif kind == EventType.cancelled.value:
-            state, text = TaskState.TASK_STATE_CANCELED, event.content or "Cancelled."
-        else:
-            return []
-        self.state, self.message, self.ts = state, text, event.ts
-        return [
-            TaskStatusUpdateEvent(
-                task_id=self.task_id,
-                context_id=self.task_id,
-                status=_status(self.task_id, state, text, event.ts),
-                metadata=_struct({"sequence": event.sequence, "eventType": kind, "agent": event.agent_name}),
-            )
-        ]
-
-    def task(self) -> Task:
-        task = Task(
-            id=self.task_id,
-            context_id=self.task_id,
-            status=_status(self.task_id, self.state, self.message, self.ts),
-            artifacts=list(self.artifacts.values()),
-            metadata=_struct({"sequence": self.sequence}),
-        )
-        task.history.append(_requirement_message(self.record))
-        return task
+def _push_configs(runtime: Runtime, task_id: str) -> list[PushConfig]:
+    runtime.store.get(task_id)  # TaskNotFoundError for an unknown task, not an empty list
+    return runtime.store.push_configs([task_id]).get(task_id, [])
 
 
 def _drain(subscription: Any) -> list[Event]:
@@ -551,83 +519,6 @@ def _drain(subscription: Any) -> list[Event]:
     while batch := subscription.take():
         events += batch
     return events
-
-
-def _task_of(r: TaskRecord, history: int | None, include_artifacts: bool = True) -> Task:
-    state = _STATE[r.status]
-    text = r.error if r.status.finished and r.error else _verdict(r) if r.status is TaskStatus.succeeded else None
-    if r.status is TaskStatus.awaiting_confirmation:
-        text = 'The analysis is ready. Answer "approve", or say what to change.'
-    task = Task(
-        id=r.task_id,
-        context_id=r.task_id,
-        status=_status(r.task_id, state, text, r.finished_at or r.started_at or r.created_at),
-        metadata=_struct(_verdict_metadata(r) | {"currentAgent": r.current_agent, "completedSteps": r.completed_steps}),
-    )
-    if include_artifacts:
-        task.artifacts.extend(
-            _artifact(key, r.deliverables[key]) for key in ROSTER.deliverable_keys if key in r.deliverables
-        )
-    if history != 0:
-        task.history.append(_requirement_message(r))
-    return task
-
-
-def _artifact(key: str, markdown: str) -> Artifact:
-    spec = ROSTER.author_of(key)
-    return Artifact(
-        artifact_id=key,
-        name=spec.filename,
-        description=f"By the {spec.name}",
-        parts=[Part(text=markdown, media_type="text/markdown", filename=spec.filename)],
-    )
-
-
-def _status(task_id: str, state: TaskState, text: str | None, ts: float) -> A2aStatus:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(int(ts * 1000))
-    status = A2aStatus(state=state, timestamp=stamp)
-    if text:
-        status.message.CopyFrom(
-            Message(
-                message_id=f"{task_id}:{state}:{int(ts * 1000)}",
-                context_id=task_id,
-                task_id=task_id,
-                role=Role.ROLE_AGENT,
-                parts=[Part(text=text)],
-            )
-        )
-    return status
-
-
-def _requirement_message(r: TaskRecord) -> Message:
-    return Message(
-        message_id=f"{r.task_id}:requirement",
-        context_id=r.task_id,
-        task_id=r.task_id,
-        role=Role.ROLE_USER,
-        parts=[Part(text=r.requirement)],
-    )
-
-
-def _verdict(r: TaskRecord) -> str | None:
-    traced = r.traceability or {}
-    if not traced.get("verdict"):
-        return None
-    return f"Verdict: {traced['verdict']} ({traced.get('reason') or 'no reason given'})."
-
-
-def _verdict_metadata(r: TaskRecord) -> dict[str, Any]:
-    traced = r.traceability or {}
-    return {"verdict": traced.get("verdict"), "verdictReason": traced.get("reason")} if traced.get("verdict") else {}
-
-
-def _struct(data: dict[str, Any]) -> Struct:
-    return ParseDict({k: v for k, v in data.items() if v is not None}, Struct())
-
-
-def _json(struct: Struct) -> dict[str, Any]:
-    return MessageToDict(struct)
 
 
 def _run_request(requirement: str, options: dict[str, Any]) -> RunTaskRequest:

@@ -107,7 +107,10 @@ class WebhookAttempt(BaseModel):
 class WebhookDeliveryInfo(BaseModel):
     webhook_id: str = Field(description="The webhook-id header, the same on every attempt")
     url: str
-    type: str = Field(description="task.awaiting_confirmation, task.step_finished, task.succeeded, ...")
+    type: str = Field(
+        description="task.awaiting_confirmation, task.step_finished, task.succeeded, ...; an A2A push: "
+        "a2a.statusUpdate or a2a.artifactUpdate"
+    )
     state: str = Field(description="pending (more attempts to come), delivered, or failed (gave up)")
     created_at: datetime
     next_attempt_at: datetime | None

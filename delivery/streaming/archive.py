@@ -43,6 +43,8 @@ class EventArchiver:
         self.wake = threading.Event()
         self._store = store
         self._on_durable = on_durable
+        # Called after `on_durable` with each committed batch (A2A pushes: delivery/api/a2a_push.py).
+        self.on_archived: list[Callable[[list[Event]], None]] = []
         self._interval_s = interval_s
         self._max_batch = max_batch
         self._stop = threading.Event()
@@ -94,6 +96,8 @@ class EventArchiver:
                     self._failing = False
                 if self._on_durable is not None:
                     self._on_durable(batch)
+                for listener in self.on_archived:
+                    listener(batch)
         return True
 
     def _write_one_by_one(self, batch: list[Event]) -> None:

@@ -227,6 +227,7 @@ class WebhookSender:
                 pinned = pin(delivery.url, address)
                 sent_at = datetime.now(UTC)
                 headers = {
+                    **delivery.headers,  # the receiver's own (an A2A config's token): ours below win
                     "content-type": "application/json",
                     "user-agent": f"multi-agent-delivery/{__version__}",
                     "webhook-id": delivery.webhook_id,

@@ -100,6 +100,22 @@ webhooks_table = Table(
     Column("next_attempt_at", Float, index=True),
     Column("attempts", Text, nullable=False),
     Column("delivered_at", Float),
+    Column("headers", Text),  # JSON: headers of the receiver's own (an A2A config's token), sent as they are
+)
+
+
+# A2A push-notification configs (delivery/api/a2a_push.py): where a task's updates are pushed.
+# Per task, so every replica and worker sees them and they outlive restarts.
+push_configs_table = Table(
+    "a2a_push_configs",
+    metadata,
+    Column("task_id", String(TASK_ID_CHARS), primary_key=True),
+    Column("config_id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("token", Text),
+    Column("auth_scheme", String(64)),
+    Column("auth_credentials", Text),
+    Column("created_at", Float, nullable=False),
 )
 
 
@@ -123,8 +139,9 @@ def create_schema(engine: Engine) -> None:
 
 def _add_missing_columns(conn: Connection) -> None:
     """Additive schema changes for databases made by earlier versions (nullable columns only)."""
-    present = {c["name"] for c in inspect(conn).get_columns("tasks")}
-    for column in tasks_table.columns:
-        if column.name not in present:
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {column.name} {kind}")
+    for table in (tasks_table, webhooks_table):
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")

@@ -25,6 +25,7 @@ class WebhookDelivery:
     next_attempt_at: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     delivered_at: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every attempt (an A2A token)
 
 
 class WebhookRows(Database):
@@ -34,7 +35,7 @@ class WebhookRows(Database):
     def add_webhooks(self, deliveries: list[WebhookDelivery]) -> None:
         if not deliveries:
             return
-        rows = [{**asdict(d), "attempts": json.dumps(d.attempts)} for d in deliveries]
+        rows = [{**asdict(d), "attempts": json.dumps(d.attempts), "headers": json.dumps(d.headers)} for d in deliveries]
         with self._write_lock, self.engine.begin() as conn:
             for row in rows:  # by webhook id, so a repeat adds none twice
                 conn.execute(self._insert_if_absent(webhooks_table, row))
@@ -98,4 +99,5 @@ class WebhookRows(Database):
 def _webhook(row: Any) -> WebhookDelivery:
     data = dict(row._mapping)
     data["attempts"] = json.loads(data["attempts"])
+    data["headers"] = json.loads(data["headers"] or "{}")  # NULL: a row of an earlier version
     return WebhookDelivery(**data)
