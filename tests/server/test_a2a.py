@@ -9,23 +9,15 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from a2a.client import ClientConfig, ClientFactory
-from a2a.client.client import Client
 from a2a.types.a2a_pb2 import (
-    AgentCard,
     CancelTaskRequest,
     GetTaskRequest,
     ListTasksRequest,
-    Message,
-    Part,
-    Role,
     SendMessageConfiguration,
     SendMessageRequest,
     StreamResponse,
@@ -37,23 +29,13 @@ from a2a.utils.errors import A2AError, InvalidParamsError, TaskNotCancelableErro
 from google.protobuf.json_format import MessageToDict
 
 from delivery.crew.roster import ROSTER
+from tests.support.a2a_client import MAPPED_EVENTS, a2a_client, artifacts, collect, states, update_metadata
+from tests.support.a2a_client import message as a2a_message
 from tests.support.api import run_task, stream_until, wait_status
 from tests.support.tcp_proxy import CuttableProxy
 from tests.support.waiting import wait_for
 
 KEY = "k-a2a-77c1"
-# The A2A updates our events make (token events are not mapped).
-MAPPED = {
-    "start",
-    "agent_start",
-    "output",
-    "awaiting_confirmation",
-    "confirmed",
-    "resumed",
-    "end",
-    "error",
-    "cancelled",
-}
 
 
 @pytest.fixture(scope="module")
@@ -62,80 +44,25 @@ def slow(start_server):
     return start_server(scripted_token_delay_ms=8)
 
 
-@asynccontextmanager
-async def a2a_client(
-    url: str, version: str = "1.0", key: str | None = None, streaming: bool = True
-) -> AsyncIterator[Client]:
-    """A client built from the server's own card, on its JSON-RPC interface of `version`."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(timeout=60, headers=headers) as http:
-        card = AgentCard()
-        card.CopyFrom(await _card(http, url))
-        chosen = [
-            i for i in card.supported_interfaces if i.protocol_version == version and i.protocol_binding == "JSONRPC"
-        ]
-        del card.supported_interfaces[:]
-        card.supported_interfaces.extend(chosen)
-        client = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create(card)
-        try:
-            yield client
-        finally:
-            await client.close()
-
-
-async def _card(http: httpx.AsyncClient, url: str) -> AgentCard:
-    from a2a.client.card_resolver import A2ACardResolver
-
-    return await A2ACardResolver(http, url).get_agent_card()
-
-
-def _message(text: str, task_id: str = "", **metadata: Any) -> Message:
-    message = Message(message_id="m-1", role=Role.ROLE_USER, parts=[Part(text=text)], task_id=task_id)
-    if metadata:
-        message.metadata.update(metadata)
-    return message
-
-
-async def _collect(stream: AsyncIterator[StreamResponse]) -> list[StreamResponse]:
-    return [event async for event in stream]
-
-
-def _states(events: list[StreamResponse]) -> list[str]:
-    return [TaskState.Name(e.status_update.status.state) for e in events if e.HasField("status_update")]
-
-
-def _artifacts(events: list[StreamResponse]) -> dict[str, str]:
-    return {
-        e.artifact_update.artifact.artifact_id: e.artifact_update.artifact.parts[0].text
-        for e in events
-        if e.HasField("artifact_update")
-    }
-
-
-def _metadata(event: StreamResponse) -> dict[str, Any]:
-    update = event.status_update if event.HasField("status_update") else event.artifact_update
-    return MessageToDict(update.metadata)
-
-
 def test_a_streamed_run_ends_completed_with_four_artifacts_and_the_verdict_one_task_with_api(server):
     async def scenario() -> list[StreamResponse]:
         async with a2a_client(server.url) as client:
-            request = SendMessageRequest(message=_message("Build a bug tracker", skip_confirmation=True))
-            return await _collect(client.send_message(request))
+            request = SendMessageRequest(message=a2a_message("Build a bug tracker", skip_confirmation=True))
+            return await collect(client.send_message(request))
 
     events = asyncio.run(scenario())
     assert events[0].HasField("task"), "the Task comes before its first update"
     task_id = events[0].task.id
     assert events[0].task.context_id == task_id
-    states = _states(events)
-    assert states[-1] == "TASK_STATE_COMPLETED" and set(states[:-1]) == {"TASK_STATE_WORKING"}
-    artifacts = _artifacts(events)
-    assert list(artifacts) == list(ROSTER.deliverable_keys)  # each as its agent finished, in order
+    seen = states(events)
+    assert seen[-1] == "TASK_STATE_COMPLETED" and set(seen[:-1]) == {"TASK_STATE_WORKING"}
+    documents = artifacts(events)
+    assert list(documents) == list(ROSTER.deliverable_keys)  # each as its agent finished, in order
     final = events[-1].status_update
     with httpx.Client(base_url=server.url, timeout=30) as http:
         result = http.get(f"/api/task/{task_id}/result").json()
     assert result["status"] == "succeeded"  # the same task through /api
-    assert artifacts == result["deliverables"]
+    assert documents == result["deliverables"]
     verdict = result["traceability"]["verdict"]
     assert final.status.message.parts[0].text.startswith(f"Verdict: {verdict} (")
     assert MessageToDict(final.metadata)["verdict"] == verdict
@@ -144,29 +71,31 @@ def test_a_streamed_run_ends_completed_with_four_artifacts_and_the_verdict_one_t
 def test_input_required_is_answered_by_messages_feedback_then_approval(server):
     async def scenario() -> tuple[Task, list[StreamResponse], list[StreamResponse], Task]:
         async with a2a_client(server.url) as client:
-            asked = await _collect(client.send_message(SendMessageRequest(message=_message("Build a recipe planner"))))
-            assert _states(asked)[-1] == "TASK_STATE_INPUT_REQUIRED"  # the stream ends there
+            asked = await collect(
+                client.send_message(SendMessageRequest(message=a2a_message("Build a recipe planner")))
+            )
+            assert states(asked)[-1] == "TASK_STATE_INPUT_REQUIRED"  # the stream ends there
             task = await client.get_task(GetTaskRequest(id=asked[0].task.id))
             # The TCK reuses messageIds in follow-ups: the same id is accepted.
-            revised = await _collect(
-                client.send_message(SendMessageRequest(message=_message("Add offline mode", task.id)))
+            revised = await collect(
+                client.send_message(SendMessageRequest(message=a2a_message("Add offline mode", task.id)))
             )
-            approved = await _collect(client.send_message(SendMessageRequest(message=_message("approve", task.id))))
+            approved = await collect(client.send_message(SendMessageRequest(message=a2a_message("approve", task.id))))
             done = await client.get_task(GetTaskRequest(id=task.id))
             with pytest.raises(UnsupportedOperationError, match="it takes no more messages"):
-                await _collect(client.send_message(SendMessageRequest(message=_message("approve", task.id))))
-            wrong = _message("approve", task.id)
+                await collect(client.send_message(SendMessageRequest(message=a2a_message("approve", task.id))))
+            wrong = a2a_message("approve", task.id)
             wrong.context_id = "another-context"
             with pytest.raises(InvalidParamsError, match="leave contextId out"):
-                await _collect(client.send_message(SendMessageRequest(message=wrong)))
+                await collect(client.send_message(SendMessageRequest(message=wrong)))
             return task, revised, approved, done
 
     waiting, revised, approved, done = asyncio.run(scenario())
     assert waiting.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
     assert [a.artifact_id for a in waiting.artifacts] == [ROSTER.analyst.deliverable]
-    assert _states(revised)[-1] == "TASK_STATE_INPUT_REQUIRED"  # the revised analysis asks again
-    assert list(_artifacts(revised)) == [ROSTER.analyst.deliverable]
-    assert _states(approved)[-1] == "TASK_STATE_COMPLETED"
+    assert states(revised)[-1] == "TASK_STATE_INPUT_REQUIRED"  # the revised analysis asks again
+    assert list(artifacts(revised)) == [ROSTER.analyst.deliverable]
+    assert states(approved)[-1] == "TASK_STATE_COMPLETED"
     assert done.status.state == TaskState.TASK_STATE_COMPLETED and len(done.artifacts) == 4
     with httpx.Client(base_url=server.url, timeout=30) as http:
         record = http.get(f"/api/task/{waiting.id}/status").json()
@@ -177,10 +106,10 @@ def test_cancel_get_and_list(slow):
     async def scenario() -> None:
         async with a2a_client(slow.url, streaming=False) as client:
             request = SendMessageRequest(
-                message=_message("Build a parking app", skip_confirmation=True),
+                message=a2a_message("Build a parking app", skip_confirmation=True),
                 configuration=SendMessageConfiguration(return_immediately=True),
             )
-            (answer,) = await _collect(client.send_message(request))
+            (answer,) = await collect(client.send_message(request))
             task_id = answer.task.id
             assert answer.task.status.state in (TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_WORKING)
             cancelled = await client.cancel_task(CancelTaskRequest(id=task_id))
@@ -229,13 +158,13 @@ def test_subscribe_after_a_cut_loses_nothing_and_repeats_nothing(slow):
                 with pytest.raises(Exception):  # noqa: B017 - whatever the client makes of a cut
                     async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
                         got.append(event)
-                        if len(_artifacts(got)) == 1:
+                        if len(artifacts(got)) == 1:
                             proxy.cut()
             return got
 
         async def second() -> list[StreamResponse]:
             async with a2a_client(proxy.url) as client:
-                return await _collect(client.subscribe(SubscribeToTaskRequest(id=task_id)))
+                return await collect(client.subscribe(SubscribeToTaskRequest(id=task_id)))
 
         before = asyncio.run(first())
         after = asyncio.run(second())
@@ -246,17 +175,17 @@ def test_subscribe_after_a_cut_loses_nothing_and_repeats_nothing(slow):
     resumed_at = int(MessageToDict(snapshot.metadata)["sequence"])
     # The reviewer's document completed by the crew (its traceability matrix) comes again before
     # the final status, marked `final`: not an event of the log.
-    later = [e for e in after[1:] if not _metadata(e).get("final")]
-    updates = [int(_metadata(e)["sequence"]) for e in later]
+    later = [e for e in after[1:] if not update_metadata(e).get("final")]
+    updates = [int(update_metadata(e)["sequence"]) for e in later]
     log = stream_until(slow.url, task_id, "end").events
-    expected = [e["sequence"] for e in log if e["event_type"] in MAPPED and e["sequence"] > resumed_at]
+    expected = [e["sequence"] for e in log if e["event_type"] in MAPPED_EVENTS and e["sequence"] > resumed_at]
     assert updates == expected  # nothing lost, nothing twice
-    assert resumed_at >= max(int(_metadata(e)["sequence"]) for e in before if e.HasField("artifact_update"))
+    assert resumed_at >= max(int(update_metadata(e)["sequence"]) for e in before if e.HasField("artifact_update"))
     # Everything: the snapshot's artifacts and those after it, each once, are the four documents.
     names = [a.artifact_id for a in snapshot.artifacts]
     names += [e.artifact_update.artifact.artifact_id for e in later if e.HasField("artifact_update")]
     assert sorted(names) == sorted(ROSTER.deliverable_keys)
-    assert _states(after)[-1] == "TASK_STATE_COMPLETED"
+    assert states(after)[-1] == "TASK_STATE_COMPLETED"
 
 
 def test_api_keys_the_card_says_how_and_a_bad_key_is_refused(start_server, tmp_path):
@@ -282,10 +211,10 @@ def test_api_keys_the_card_says_how_and_a_bad_key_is_refused(start_server, tmp_p
     async def scenario() -> str:
         async with a2a_client(keyed.url, key=KEY, streaming=False) as client:
             request = SendMessageRequest(
-                message=_message("Build a wiki", skip_confirmation=True),
+                message=a2a_message("Build a wiki", skip_confirmation=True),
                 configuration=SendMessageConfiguration(return_immediately=True),
             )
-            (answer,) = await _collect(client.send_message(request))
+            (answer,) = await collect(client.send_message(request))
             return answer.task.id
 
     task_id = asyncio.run(scenario())
@@ -305,14 +234,14 @@ def test_api_keys_the_card_says_how_and_a_bad_key_is_refused(start_server, tmp_p
 def test_the_0_3_protocol_over_json_rpc(server):
     async def scenario() -> tuple[list[StreamResponse], Task]:
         async with a2a_client(server.url, version="0.3") as client:
-            request = SendMessageRequest(message=_message("Build a timesheet app", skip_confirmation=True))
-            events = await _collect(client.send_message(request))
+            request = SendMessageRequest(message=a2a_message("Build a timesheet app", skip_confirmation=True))
+            events = await collect(client.send_message(request))
             task_id = next(e.task.id for e in events if e.HasField("task"))
             return events, await client.get_task(GetTaskRequest(id=task_id))
 
     events, task = asyncio.run(scenario())
-    assert _states(events)[-1] == "TASK_STATE_COMPLETED"
-    assert sorted(_artifacts(events)) == sorted(ROSTER.deliverable_keys)
+    assert states(events)[-1] == "TASK_STATE_COMPLETED"
+    assert sorted(artifacts(events)) == sorted(ROSTER.deliverable_keys)
     assert task.status.state == TaskState.TASK_STATE_COMPLETED and len(task.artifacts) == 4
 
 
@@ -332,36 +261,36 @@ def test_the_readme_example_runs_as_written(server, tmp_path):
 
 
 def test_tck_hooks_are_off_by_default_and_run_tck_messages_straight_through_when_on(server, start_server):
-    def states(url: str, message_id: str) -> list[str]:
+    def final_states(url: str, message_id: str) -> list[str]:
         async def scenario() -> list[str]:
             async with a2a_client(url) as client:
-                message = _message("Build a tck fixture")
+                message = a2a_message("Build a tck fixture")
                 message.message_id = message_id
-                return _states(await _collect(client.send_message(SendMessageRequest(message=message))))
+                return states(await collect(client.send_message(SendMessageRequest(message=message))))
 
         return asyncio.run(scenario())
 
-    assert states(server.url, "tck-complete-task-1")[-1] == "TASK_STATE_INPUT_REQUIRED"  # off: a plain message
+    assert final_states(server.url, "tck-complete-task-1")[-1] == "TASK_STATE_INPUT_REQUIRED"  # off: a plain message
     hooked = start_server(a2a_tck_hooks="true")
-    assert states(hooked.url, "tck-complete-task-1")[-1] == "TASK_STATE_COMPLETED"
-    assert states(hooked.url, "tck-input-required-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
-    assert states(hooked.url, "m-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
+    assert final_states(hooked.url, "tck-complete-task-1")[-1] == "TASK_STATE_COMPLETED"
+    assert final_states(hooked.url, "tck-input-required-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
+    assert final_states(hooked.url, "m-1")[-1] == "TASK_STATE_INPUT_REQUIRED"
 
 
 def test_a_subscription_goes_on_through_input_required_to_the_end(server):
     async def scenario() -> tuple[list[StreamResponse], list[StreamResponse]]:
         async with a2a_client(server.url) as client:
-            asked = await _collect(client.send_message(SendMessageRequest(message=_message("Build a quiz app"))))
+            asked = await collect(client.send_message(SendMessageRequest(message=a2a_message("Build a quiz app"))))
             task_id = asked[0].task.id
-            following = asyncio.ensure_future(_collect(client.subscribe(SubscribeToTaskRequest(id=task_id))))
+            following = asyncio.ensure_future(collect(client.subscribe(SubscribeToTaskRequest(id=task_id))))
             await asyncio.sleep(0.5)
-            also = asyncio.ensure_future(_collect(client.subscribe(SubscribeToTaskRequest(id=task_id))))
+            also = asyncio.ensure_future(collect(client.subscribe(SubscribeToTaskRequest(id=task_id))))
             await asyncio.sleep(0.5)
             assert not following.done(), "the subscription must not end at input-required"
-            await _collect(client.send_message(SendMessageRequest(message=_message("approve", task_id))))
+            await collect(client.send_message(SendMessageRequest(message=a2a_message("approve", task_id))))
             return await asyncio.wait_for(following, 60), await asyncio.wait_for(also, 60)
 
     events, same = asyncio.run(scenario())
     assert same == events  # every subscriber gets the same events, the Task first too
     assert events[0].task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
-    assert _states(events)[-1] == "TASK_STATE_COMPLETED"
+    assert states(events)[-1] == "TASK_STATE_COMPLETED"

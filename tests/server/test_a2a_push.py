@@ -33,7 +33,7 @@ from a2a.utils.errors import InvalidParamsError, PushNotificationNotSupportedErr
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from delivery.crew.roster import ROSTER
-from tests.server.test_a2a import a2a_client
+from tests.support.a2a_client import a2a_client
 from tests.support.api import stream_until
 from tests.support.server_process import Server
 from tests.support.waiting import wait_for
