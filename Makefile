@@ -83,9 +83,18 @@ test: install $(TEST_STAMP) $(CONFORMANCE_STAMP) system-packages lint
 compose-test: install $(TEST_STAMP)
 	$(BIN)/python -m pytest tests/compose
 
+# The peer (bench/peer.py, LangGraph's server) in a virtualenv of its own: in ours its
+# dependencies would move our pins (requirements-bench-peer.txt says which).
+PEER_VENV  := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed-stamp
+$(PEER_STAMP): requirements-bench-peer.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet -r requirements-bench-peer.txt
+	touch $(PEER_STAMP)
+
 # Benchmarks (not tests): ~15 min; results in docs/benchmarks.json/.png, method in docs/benchmarks.md.
 # BENCH_QUICK=1 for a smoke run, BENCH_ONLY=publish,ttfe,... for some sections.
-bench: install
+bench: install $(PEER_STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run
 
@@ -95,4 +104,4 @@ eval: install
 	$(BIN)/python -m quality.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache
