@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ LADDER = [1, 2, 4] if run.QUICK else [1, 2, 5, 10, 20, 30, 40, 60]
 START = 1 if run.QUICK else 2
 REPLICAS = (1, 2) if run.QUICK else (1, 2, 3)
 COST_TASKS = 4 if run.QUICK else 20
+IDLE_S = 2.0 if run.QUICK else 4.0  # the window that measures each deployment's CPU with no load
 # The plan's headroom (docs/capacity.md): a Python process (one GIL) planned at half a core, the
 # machine at 60 % of its cores — what is left absorbs crew starts and collections, which is
 # what a 1-s window's p99 sees.
@@ -192,9 +194,18 @@ def measure(d: Deployment, tasks: int, shared_parts: bool = True) -> dict:
     # CPU-seconds per event, in µs: the cost that carries over to a bigger deployment. The API
     # replicas, Nginx and the client work per delivered event (fan-out to viewers); the workers,
     # Redis and PostgreSQL per published event.
+    # The CPU the load added (above each process's idle share, reported apart as `idle_cpu_pct`).
     fan_out = {"nginx", "client"} | {g for g in cpu if g.startswith("api_")}
+    point["idle_cpu_pct"] = d.idle_cpu_pct
     point["cpu_us_per_event"] = {
-        group: round(share / 100 * elapsed * 1e6 / max(1, point["delivered"] if group in fan_out else published), 2)
+        group: round(
+            max(0.0, share - d.idle_cpu_pct.get(group, 0.0))
+            / 100
+            * elapsed
+            * 1e6
+            / max(1, point["delivered"] if group in fan_out else published),
+            2,
+        )
         for group, share in cpu.items()
         if group != "machine"
     }
@@ -224,6 +235,11 @@ def configured(replicas: int, workers: int, threads: int, label: str) -> Iterato
     folder = run.TMP / f"{label}-{time.monotonic_ns()}"
     with deployment(folder, replicas, workers, threads, scripted_token_delay_ms=str(TOKEN_DELAY_MS)) as d:
         warm_up(d)
+        # What each process burns with no task running (heartbeats, leases, the reapers, Redis
+        # reads that find nothing), and the machine's busy share from whatever else runs on it.
+        with CpuSampler(d.cpu_groups()) as idle:
+            time.sleep(IDLE_S)
+        d.idle_cpu_pct = idle.result()
         yield d
 
 
@@ -281,40 +297,82 @@ def scale_out() -> dict:
     return {"ladder": LADDER, "p99_limit_ms": P99_LIMIT_MS, "configs": configs}
 
 
-def plan(costs: dict, tasks: int, viewers: int, cores: float) -> dict:
+def api_split(configs: dict[str, dict[str, Any]]) -> dict | None:
+    """The API's CPU split in two, from one task count measured with 1 and with 2 replicas: what
+    the replicas pay together per delivered event (`fan_out`: encoding, writing to viewers) and
+    what each replica pays per published event it reads from Redis (`read`: every replica reads
+    every task one of its viewers watches; round-robin viewers watch nearly all). Per delivered
+    event, N replicas cost A(N) = fan_out + N × read / V, so read = (A(2) − A(1)) × V."""
+    one = {p["tasks"]: p for p in configs.get("1", {}).get("points", [])}
+    two = {p["tasks"]: p for p in configs.get("2", {}).get("points", [])}
+    common = sorted(set(one) & set(two))
+    if not common:
+        return None
+    tasks = common[-1]
+    a1, a2 = one[tasks]["cpu_us_per_event"]["api"], two[tasks]["cpu_us_per_event"]["api"]
+    read = max(0.0, (a2 - a1) * run.SUBS)
+    return {"tasks": tasks, "fan_out_us": round(max(0.0, a1 - read / run.SUBS), 2), "read_us": round(read, 2)}
+
+
+def plan(costs: dict, tasks: int, viewers: int, cores: float, split: dict | None = None) -> dict:
     """docs/capacity.md's plan, from the measured per-event costs: processes for `tasks`
-    concurrent tasks with `viewers` each, and the share of `cores` the whole needs (on this box
-    the client's cost is counted too: it shares the cores)."""
+    concurrent tasks with `viewers` each, and the cores the whole needs (on this box the client's
+    cost is counted too: it shares the cores). Without `split`, the API's cost is one replica's."""
     rate = costs["published_per_task_per_s"]  # events each task publishes per second
     published = tasks * rate
     delivered = published * viewers
     us = costs["cpu_us_per_event"]
-    api_cores = delivered * us["api"] / 1e6
-    worker_cores = published * us["workers"] / 1e6
-    others = published * (us["redis"] + us["postgres"]) / 1e6 + delivered * (us["nginx"] + us["client"]) / 1e6
+    fan_out, read = (split["fan_out_us"], split["read_us"]) if split else (us["api"], 0.0)
+    idle = costs["idle_cpu_pct"]
+    api_idle = statistics.mean(v for k, v in idle.items() if k.startswith("api_")) / 100  # cores per replica
+    worker_idle = idle["workers"] / 100  # one worker in shared_costs
+
+    # The fewest replicas, each within PROCESS_CORE, that carry the fan-out, each one's reads and
+    # its idle share; none when a replica's reading and idling alone fill it (the design limit in
+    # docs/capacity.md).
+    def api_cores_for(r: int) -> float:
+        return (delivered * fan_out + r * published * read) / 1e6 + r * api_idle
+
+    replicas = next((r for r in range(1, 257) if api_cores_for(r) <= r * PROCESS_CORE), None)
+    api_cores = api_cores_for(replicas or 256)
+    workers = max(1, math.ceil(published * us["workers"] / 1e6 / (PROCESS_CORE - worker_idle)))
+    worker_cores = published * us["workers"] / 1e6 + workers * worker_idle
+    others = (
+        published * (us["redis"] + us["postgres"]) / 1e6
+        + delivered * (us["nginx"] + us["client"]) / 1e6
+        + (idle["redis"] + idle["postgres"] + idle["nginx"]) / 100
+    )
     return {
         "tasks": tasks,
         "viewers_per_task": viewers,
         "published_per_s": round(published),
         "delivered_per_s": round(delivered),
-        "api_replicas": max(1, math.ceil(api_cores / PROCESS_CORE)),
-        "workers": max(1, math.ceil(worker_cores / PROCESS_CORE)),
-        "redis_core": round(published * us["redis"] / 1e6, 3),
+        "api_replicas": replicas,
+        "workers": workers,
+        "redis_core": round(published * us["redis"] / 1e6 + idle["redis"] / 100, 3),
+        "postgres_core": round(published * us["postgres"] / 1e6 + idle["postgres"] / 100, 3),
         "cores_needed": round(api_cores + worker_cores + others, 2),
         "cores_available": round(cores * MACHINE_SHARE, 2),
+        "api_split": split,
     }
 
 
 def capacity_check() -> dict:
     """The plan's check: the largest task count the plan says this box carries, in the processes
-    it prescribes, run once; held = worst 1-s window p99 ≤ 50 ms and nothing lost."""
+    it prescribes, run once; held = worst 1-s window p99 ≤ 50 ms, nothing lost, every viewer exact."""
     costs = _this_run.get("costs") or shared_costs()
+    split = api_split(_this_run.get("scale_out", {}))
     cores = float(os.cpu_count() or 1)
+
+    def fits(tasks: int) -> bool:
+        prescribed = plan(costs, tasks, VIEWERS, cores, split)
+        return prescribed["api_replicas"] is not None and prescribed["cores_needed"] <= prescribed["cores_available"]
+
     tasks = 1
-    while plan(costs, tasks + 1, VIEWERS, cores)["cores_needed"] <= cores * MACHINE_SHARE:
+    while fits(tasks + 1):
         tasks += 1
-    prescribed = plan(costs, tasks, VIEWERS, cores)
-    with configured(prescribed["api_replicas"], prescribed["workers"], tasks + 2, "check") as d:
+    prescribed = plan(costs, tasks, VIEWERS, cores, split)
+    with configured(prescribed["api_replicas"] or 1, prescribed["workers"], tasks + 2, "check") as d:
         point = measure(d, tasks, shared_parts=False)
     return {"plan": prescribed, "point": point, "held": point["held"]}
 

@@ -99,6 +99,7 @@ class Deployment:
     database_url: str
     redis: PrivateRedis | None = None
     parts: list = field(default_factory=list)
+    idle_cpu_pct: dict[str, float] = field(default_factory=dict)  # CpuSampler's result with no load
 
     def cpu_groups(self) -> dict[str, PidSource]:
         """For bench.probe.CpuSampler: each replica, the workers, Redis, this database's
