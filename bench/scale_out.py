@@ -374,7 +374,9 @@ def capacity_check() -> dict:
     prescribed = plan(costs, tasks, VIEWERS, cores, split)
     with configured(prescribed["api_replicas"] or 1, prescribed["workers"], tasks + 2, "check") as d:
         point = measure(d, tasks, shared_parts=False)
-    return {"plan": prescribed, "point": point, "held": point["held"]}
+    # docs/capacity.md's examples, from the same costs
+    examples = [plan(costs, t, VIEWERS, cores, split) for t in (20, 100, 500)]
+    return {"plan": prescribed, "point": point, "held": point["held"], "examples": examples}
 
 
 STEPS: list = [("shared_costs", shared_costs), ("scale_out", scale_out), ("capacity_check", capacity_check)]
