@@ -103,10 +103,13 @@ async def _round(
     tasks: int = TASKS,
     viewers: int = SUBS,
     api_probe: bool = False,
+    limit_s: float | None = None,
 ) -> dict:
     """`tasks` streams with `viewers` viewers each. `api_probe`: also time every POST and, from
-    a side client, a GET of a task's status every ~100 ms while the round runs ("api" in the
-    result): how the API answers while it streams."""
+    another process (`poll_status`), a GET of a task's status every ~100 ms while the round runs
+    ("api" in the result): how the API answers while it streams. `limit_s`: a round still running
+    then is measured over what arrived so far ("truncated"), its tasks cancelled, and each viewer
+    counted exact if it got 1..n with no gap or repeat."""
     post_s: list[float] = []
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         t0 = time.time()
@@ -143,26 +146,40 @@ async def _round(
             viewers share a queue, so most never see the terminal event) plus a grace second."""
             wanted = set(ids)
             while not all(s.terminal for s in subs):
-                listing = (await client.get("/api/streams")).json()
+                try:
+                    listing = (await client.get("/api/streams")).json()
+                except httpx.TimeoutException:
+                    continue  # an overloaded server (the top of a sweep): ask again
                 if wanted <= {i["task_id"] for i in listing["finished"]}:
                     await asyncio.sleep(1.0)
                     return
                 await asyncio.sleep(0.2)
 
-        await asyncio.wait_for(finished(), timeout=600)
+        truncated = False
+        try:
+            await asyncio.wait_for(finished(), timeout=limit_s or 600)
+        except TimeoutError:
+            if limit_s is None:
+                raise
+            truncated = True
         stop.set()
         await asyncio.gather(*readers)
-        if poller is not None:
-            await poller
+        status_errors = await poller if poller is not None else 0
         expected = {}
         for tid in ids:
             expected[tid] = max((max(s.sequences, default=0) for s in subs if s.task_id == tid), default=0)
-        if not core:
+        if truncated:
+            for tid in ids:  # its viewers are gone, so the server answers again
+                await client.post(f"/api/task/{tid}/cancel")
+        elif not core:
             for tid in ids:
                 expected[tid] = (await client.get(f"/api/task/{tid}/status")).json()["last_sequence"]
     delivered = sum(len(s.sequences) for s in subs)
     last = max(s.last_event_at or t0 for s in subs)
-    exact = sum(s.sequences == list(range(1, expected[s.task_id] + 1)) for s in subs)
+    if truncated:
+        exact = sum(s.sequences == list(range(1, len(s.sequences) + 1)) for s in subs)
+    else:
+        exact = sum(s.sequences == list(range(1, expected[s.task_id] + 1)) for s in subs)
     latencies = [x for s in subs for x in s.latencies]
     windows = latency_windows(subs, t0)
     return {
@@ -178,26 +195,41 @@ async def _round(
         "windows": windows,
         "subscribers_exact": exact,
         "subscribers": len(subs),
-        "lost": sum(expected[s.task_id] for s in subs) - delivered,
+        "lost": None if truncated else sum(expected[s.task_id] for s in subs) - delivered,
+        **({"truncated_at_s": limit_s} if truncated else {}),
         "bytes_per_viewer": sum(s.received_bytes for s in subs) / len(subs),
-        **({"api": {"post": latency_summary(post_s), "status": latency_summary(status_s)}} if api_probe else {}),
+        **(
+            {"api": {"post": latency_summary(post_s), "status": {**latency_summary(status_s), "errors": status_errors}}}
+            if api_probe
+            else {}
+        ),
     }
 
 
-async def poll_status(url: str, ids: list[str], stop: asyncio.Event, out: list[float]) -> None:
-    """GET the tasks' status in turn, every ~100 ms until `stop`, each answer's time into `out`
-    (its own connection, so it never queues behind the round's other requests)."""
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        n = 0
-        while not stop.is_set():
-            sent = time.perf_counter()
-            (await client.get(f"/api/task/{ids[n % len(ids)]}/status")).raise_for_status()
-            out.append(time.perf_counter() - sent)
-            n += 1
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=0.1)
-            except TimeoutError:
-                pass
+async def poll_status(url: str, ids: list[str], stop: asyncio.Event, out: list[float]) -> int:
+    """The times of GETs of the tasks' status every ~100 ms until `stop`, into `out`, as
+    bench/api_probe.py measures them from its own process; returns how many failed."""
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.api_probe", url, *ids, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    lines = probe.stdout
+    assert lines is not None
+    errors = 0
+
+    async def read() -> None:
+        nonlocal errors
+        async for line in lines:
+            if line.strip() == b"error":
+                errors += 1
+            else:
+                out.append(float(line))
+
+    reader = asyncio.create_task(read())
+    await stop.wait()
+    probe.terminate()
+    await probe.wait()
+    await reader
+    return errors
 
 
 def latency_summary(seconds: list[float]) -> dict:

@@ -38,10 +38,13 @@ VIEWERS_PER_TASK = 3
 VIEWER_POINTS = [1, 10] if QUICK else [1, 10, 100, 1000]
 VIEWER_TASKS = 5
 IDLE_POINTS = [1000, 2000] if QUICK else [1000, 10_000, 30_000]
-IDLE_CPU_S = 2 if QUICK else 8
+IDLE_CPU_S = 2 if QUICK else 15  # 15: one SSE_HEARTBEAT_S period, one keep-alive to every viewer
 P99_TARGET_MS = 50  # per API process, up to 20 concurrent tasks
 IDLE_TARGET_KB = 16
 FD_MARGIN = 500  # fds a server (or this client) needs besides its viewers' sockets
+# A round runs a crew's ~25 s; past the knee it can run for many minutes (1,000 viewers on each
+# of 5 tasks: ~10 million events): such a point is measured over its first minute.
+ROUND_LIMIT_S = 60
 PROFILE_S = 3 if QUICK else 5  # from 1 s into a round: crews started, viewers connected
 PROFILE_HZ = 100
 
@@ -79,7 +82,7 @@ def streaming_server(tasks: int) -> Server:
 
 def point(server: Server, tasks: int, viewers: int) -> dict:
     with CpuSampler({"api": fixed(server.proc.pid)}) as cpu, Profile(server.proc.pid) as spied:
-        r = measured_round(server, False, tasks=tasks, viewers=viewers, api_probe=True)
+        r = measured_round(server, False, tasks=tasks, viewers=viewers, api_probe=True, limit_s=ROUND_LIMIT_S)
     windows = r["windows"]
     return {
         "tasks": tasks,
@@ -98,6 +101,7 @@ def point(server: Server, tasks: int, viewers: int) -> dict:
         "saturated": saturated(cpu.result()),
         "exact": r["subscribers_exact"] == r["subscribers"],
         "lost": r["lost"],
+        "truncated_at_s": r.get("truncated_at_s"),
         "profile": spied.result,
         "windows": windows,
     }
@@ -185,7 +189,8 @@ def summary(p: dict) -> str:
     return (
         f"{p['events_per_s']:.0f} ev/s, p50 {p['p50_ms']:.1f} ms, worst window p99 {p['worst_window_p99_ms']:.1f} / "
         f"max {p['max_ms']:.1f} ms, POST p99 {p['api']['post']['p99_ms']:.1f} ms, status p99 "
-        f"{p['api']['status']['p99_ms']:.1f} ms, {p['bytes_per_viewer'] / 1024:.0f} KB/viewer, "
+        f"{p['api']['status']['p99_ms']:.1f} ms ({p['api']['status']['errors']} failed), "
+        f"{p['bytes_per_viewer'] / 1024:.0f} KB/viewer, "
         f"exact {p['exact']}, CPU {p['cpu']} -> {p['saturated']}; GIL busy {p['profile'].get('gil_busy_share')}"
     )
 
