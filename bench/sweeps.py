@@ -56,7 +56,7 @@ def knee(points: list[dict]) -> tuple[int, str] | None:
     from the point before. None: it kept up over the whole sweep."""
     for i, point in enumerate(points):
         if point["worst_window_p99_ms"] > P99_TARGET_MS:
-            return i, f"worst 1-s window p99 {point['worst_window_p99_ms']:.0f} ms > {P99_TARGET_MS} ms"
+            return i, f"worst 1-s window p99 {point['worst_window_p99_ms']:.1f} ms > {P99_TARGET_MS} ms"
         if i:
             before = points[i - 1]
             load = point["load"] / before["load"]
