@@ -109,33 +109,41 @@ def point(server: Server, tasks: int, viewers: int) -> dict:
 
 class Profile:
     """py-spy sampling a process for PROFILE_S seconds from 1 s after entering: `result` holds
-    the top functions by own samples and how busy the GIL was (see `own_samples`), or "error".
-    `--nonblocking` reads the process without pausing it; py-spy's own CPU (a few % of a core at
-    PROFILE_HZ) is the price of profiling the very round whose figures are quoted."""
+    the top functions by own samples and how busy the GIL was (see `own_samples`), and the CPU
+    of the process and of this client over the same seconds ("cpu": the point's own "cpu" spans
+    the whole round), or "error". `--nonblocking` reads the process without pausing it;
+    py-spy's own CPU (a few % of a core at PROFILE_HZ) is the price of profiling the very round
+    whose figures are quoted."""
 
     def __init__(self, pid: int) -> None:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.pid = pid
         self.raw = TMP / f"py-spy-{time.monotonic_ns()}.txt"
         self.command = [py_spy, "record", "--pid", str(pid), "--duration", str(PROFILE_S), "--rate", str(PROFILE_HZ)]
         self.command += ["--format", "raw", "--nonblocking", "--gil", "--output", str(self.raw)]
-        self.spy: list[subprocess.Popen] = []
+        self.errors = ""
+        self.returncode: int | None = None
+        self.cpu: dict[str, float] = {}
         self.result: dict = {}
 
-    def _launch(self) -> None:
-        self.spy.append(subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    def _record(self) -> None:
+        with CpuSampler({"api": fixed(self.pid)}) as cpu:
+            spy = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self.errors = spy.communicate(timeout=PROFILE_S + 60)[1]
+        self.returncode = spy.returncode
+        self.cpu = cpu.result()
 
     def __enter__(self) -> Profile:
-        self.timer = threading.Timer(1.0, self._launch)
+        self.timer = threading.Timer(1.0, self._record)
         self.timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.timer.join()
-        _, err = self.spy[0].communicate(timeout=PROFILE_S + 60)
-        if self.spy[0].returncode != 0 or not self.raw.exists():
-            self.result = {"error": f"py-spy failed ({self.spy[0].returncode}): {err.strip()[-500:]}"}
+        self.timer.join()  # py-spy has ended (a round shorter than 1 + PROFILE_S s waits for it)
+        if self.returncode != 0 or not self.raw.exists():
+            self.result = {"error": f"py-spy failed ({self.returncode}): {self.errors.strip()[:300]}"}
         else:
-            self.result = own_samples(self.raw.read_text())
+            self.result = {**own_samples(self.raw.read_text()), "cpu": self.cpu}
 
 
 def own_samples(collapsed: str, top: int = 10) -> dict:
