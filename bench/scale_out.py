@@ -25,6 +25,7 @@ import redis
 
 from bench import run
 from bench.probe import CpuSampler, saturated
+from bench.sweeps import Profile
 from bench.topology import Deployment, database_name, deployment
 from tests.support.real_services import PG_HOST, PG_PORT, PG_USER
 
@@ -179,7 +180,12 @@ def measure(d: Deployment, tasks: int, shared_parts: bool = True) -> dict:
     `shared_parts`, what Redis and PostgreSQL did per event."""
     before = counters(d) if shared_parts else {}
     t0 = time.monotonic()
-    with CpuSampler(d.cpu_groups()) as sampler:
+    # py-spy (--gil) on the first replica and the first worker: is a GIL the limit there?
+    with (
+        CpuSampler(d.cpu_groups()) as sampler,
+        Profile(d.servers[0].proc.pid) as api_spy,
+        Profile(d.workers[0].proc.pid) as worker_spy,
+    ):
         point = paced_round(d, tasks)
     elapsed = time.monotonic() - t0
     cpu = sampler.result()
@@ -191,6 +197,7 @@ def measure(d: Deployment, tasks: int, shared_parts: bool = True) -> dict:
     point["held"] = held(point)
     point["cpu_pct"] = cpu
     point["saturated"] = saturated(cpu)
+    point["profile"] = {"api_1": api_spy.result, "worker_1": worker_spy.result}
     # CPU-seconds per event, in µs: the cost that carries over to a bigger deployment. The API
     # replicas, Nginx and the client work per delivered event (fan-out to viewers); the workers,
     # Redis and PostgreSQL per published event.
@@ -262,7 +269,8 @@ def search(d: Deployment, label: str) -> list[dict]:
         points[index] = point
         print(
             f"   {label}, {point['tasks']} tasks: worst window p99 {point['worst_window_p99_ms']:.1f} ms, "
-            f"{point['events_per_s']:.0f} ev/s, machine {point['cpu_pct']['machine']} %, {point['saturated']}",
+            f"{point['events_per_s']:.0f} ev/s, machine {point['cpu_pct']['machine']} %, {point['saturated']}, "
+            f"GIL busy { ({k: v.get('gil_busy_share') for k, v in point['profile'].items()}) }",
             flush=True,
         )
         step = step or (1 if point["held"] else -1)
@@ -285,7 +293,12 @@ def scale_out() -> dict:
         configs[str(n)] = {
             "capacity_tasks": capacity["tasks"] if capacity else 0,
             "capacity_events_per_s": round(capacity["events_per_s"]) if capacity else 0,
-            "knee": {"tasks": knee["tasks"], "saturated": knee["saturated"], "cpu_pct": knee["cpu_pct"]}
+            "knee": {
+                "tasks": knee["tasks"],
+                "saturated": knee["saturated"],
+                "cpu_pct": knee["cpu_pct"],
+                "gil_busy_share": {name: spied.get("gil_busy_share") for name, spied in knee["profile"].items()},
+            }
             if knee
             else None,
             "points": points,
