@@ -38,7 +38,7 @@ LADDER = [1, 2, 4] if run.QUICK else [1, 2, 5, 10, 20, 30, 40, 60]
 START = 1 if run.QUICK else 2
 REPLICAS = (1, 2) if run.QUICK else (1, 2, 3)
 COST_TASKS = 4 if run.QUICK else 20
-IDLE_S = 2.0 if run.QUICK else 4.0  # the window that measures each deployment's CPU with no load
+IDLE_S = 1.0 if run.QUICK else 4.0  # the window that measures each deployment's CPU with no load
 # The plan's headroom (docs/capacity.md): a Python process (one GIL) planned at half a core, the
 # machine at 60 % of its cores — what is left absorbs crew starts and collections, which is
 # what a 1-s window's p99 sees.
@@ -189,7 +189,9 @@ def measure(d: Deployment, tasks: int, shared_parts: bool = True) -> dict:
         point = paced_round(d, tasks)
     elapsed = time.monotonic() - t0
     cpu = sampler.result()
-    point.pop("windows", None)
+    windows = point.pop("windows", [])
+    # which second of the round: 0 is every crew starting at once, later ones agents handing over
+    point["worst_window_second"] = max(windows, key=lambda w: w["p99_ms"])["second"] if windows else None
     published = (point["delivered"] + point["lost"]) / run.SUBS
     point["tasks"] = tasks
     point["published"] = published
@@ -364,7 +366,7 @@ def plan(costs: dict, tasks: int, viewers: int, cores: float, split: dict | None
         "workers": workers,
         "redis_core": round(published * us["redis"] / 1e6 + idle["redis"] / 100, 3),
         "postgres_core": round(published * us["postgres"] / 1e6 + idle["postgres"] / 100, 3),
-        "cores_needed": round(api_cores + worker_cores + others, 2),
+        "cores_needed": round(api_cores + worker_cores + others, 2) if replicas else None,
         "cores_available": round(cores * MACHINE_SHARE, 2),
         "api_split": split,
     }
