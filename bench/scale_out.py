@@ -222,8 +222,7 @@ def measure(d: Deployment, tasks: int, shared_parts: bool = True) -> dict:
         sum(v for k, v in point["cpu_us_per_event"].items() if k.startswith("api_")), 2
     )
     if shared_parts:
-        if tasks == COST_TASKS:
-            wait_for_pg_statistics(d)
+        wait_for_pg_statistics(d)
         point["shared_parts"] = deltas(before, counters(d), published, tasks)
     return point
 
