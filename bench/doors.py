@@ -33,7 +33,7 @@ from tests.support.mcp_client import session
 from tests.support.server_process import Server
 
 TASKS = 5 if QUICK else 20
-REPS = 1 if QUICK else 3
+REPS = 1 if QUICK else 2
 KINDS = ("none", "sse", "a2a", "mcp")
 
 
