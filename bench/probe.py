@@ -94,7 +94,8 @@ class CpuSampler:
 
 def saturated(cpu: dict[str, float], cores: int | None = None) -> str:
     """The resource that limits at this point, from a CpuSampler result: the machine when its cores
-    are (nearly) all busy, else a single-threaded Python process near one core (its GIL), else none."""
+    are (nearly) all busy, else a single-threaded process near one core (a GIL, Redis's loop), else the
+    bench client near one core (then the load generator limits, not the server), else none."""
     cores = cores or os.cpu_count() or 1
     if cpu.get("machine", 0) >= 90:
         top = max((k for k in cpu if k != "machine"), key=lambda k: cpu[k], default="?")
@@ -109,4 +110,6 @@ def saturated(cpu: dict[str, float], cores: int | None = None) -> str:
         if name not in ("machine", "client") and share >= 90:
             # one thread runs at a time there: a Python process's GIL, redis-server's event loop
             return f"{name} CPU at {share:.0f} % of one core (its single-thread limit)"
+    if cpu.get("client", 0) >= 90:  # the load generator is one Python process too
+        return f"the bench client at {cpu['client']:.0f} % of one core: the load, not the server, limits here"
     return "nothing saturated (below every CPU limit)"
