@@ -92,7 +92,7 @@ $(PEER_STAMP): requirements-bench-peer.txt
 	$(PEER_VENV)/bin/python -m pip install --quiet -r requirements-bench-peer.txt
 	touch $(PEER_STAMP)
 
-# Benchmarks (not tests): ~35 min (BENCH_QUICK=1: a smoke run); results in docs/benchmarks.json and .png, method in docs/benchmarks.md.
+# Benchmarks (not tests): ~35 min; results in docs/benchmarks.json and .png, method in docs/benchmarks.md.
 # BENCH_QUICK=1 for a smoke run, BENCH_ONLY=publish,ttfe,... for some sections.
 bench: install $(PEER_STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
