@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import replace
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-A2A-Notification-Token"
 MAX_CONFIG_ID_CHARS = 64
 MAX_SECRET_CHARS = 1024  # of a token, a scheme with its credentials
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
 # The events that make A2A updates (`Fold.apply`): a batch without any needs no look-up.
 _PUSHED = frozenset(
     e.value
@@ -92,6 +94,13 @@ class A2aPushes:
         secrets = [given.token, *((auth.scheme, auth.credentials) if auth else ())]
         if any(len(s) > MAX_SECRET_CHARS for s in secrets):
             raise InvalidParamsError(f"A push config token or credential has at most {MAX_SECRET_CHARS} characters.")
+        # They go out as header values: anything else could never be sent (a line break, a
+        # non-ASCII character), and the push would fail on every retry.
+        if not all(_HEADER_SAFE.fullmatch(s) for s in secrets):
+            raise InvalidParamsError(
+                "A push config token, scheme or credentials is sent as an HTTP header: use printable "
+                "ASCII only (no line breaks or other control characters, no accents)."
+            )
         config = PushConfig(
             task_id=task_id,
             config_id=given.id,

@@ -106,6 +106,8 @@ def test_a_task_without_configs_gets_no_rows(store):
         (TaskPushNotificationConfig(url="http://127.0.0.1/x", id="x" * 65), "at most 64 characters"),
         (TaskPushNotificationConfig(url="http://127.0.0.1/x", token="t" * 1025), "at most 1024 characters"),
         (TaskPushNotificationConfig(url="http://127.0.0.1/x", task_id="another"), "leave its taskId out"),
+        (TaskPushNotificationConfig(url="http://127.0.0.1/x", token="a\r\nX-Evil: 1"), "printable ASCII only"),
+        (TaskPushNotificationConfig(url="http://127.0.0.1/x", token="clé"), "printable ASCII only"),
     ],
 )
 def test_a_config_is_refused_saying_what_to_fix(given, says):
