@@ -29,7 +29,7 @@ from a2a.utils.errors import A2AError, InvalidParamsError, TaskNotCancelableErro
 from google.protobuf.json_format import MessageToDict
 
 from delivery.crew.roster import ROSTER
-from tests.support.a2a_client import MAPPED_EVENTS, a2a_client, artifacts, collect, states, update_metadata
+from tests.support.a2a_client import a2a_client, artifacts, assert_resumed_exactly, collect, follow_across_a_cut, states
 from tests.support.a2a_client import message as a2a_message
 from tests.support.api import run_task, stream_until, wait_status
 from tests.support.tcp_proxy import CuttableProxy
@@ -151,41 +151,10 @@ def test_subscribe_after_a_cut_loses_nothing_and_repeats_nothing(slow):
     try:
         with httpx.Client(base_url=slow.url, timeout=30) as http:
             task_id = run_task(http, "Build a chess club site")
-
-        async def first() -> list[StreamResponse]:
-            got: list[StreamResponse] = []
-            async with a2a_client(proxy.url) as client:
-                with pytest.raises(Exception):  # noqa: B017 - whatever the client makes of a cut
-                    async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
-                        got.append(event)
-                        if len(artifacts(got)) == 1:
-                            proxy.cut()
-            return got
-
-        async def second() -> list[StreamResponse]:
-            async with a2a_client(proxy.url) as client:
-                return await collect(client.subscribe(SubscribeToTaskRequest(id=task_id)))
-
-        before = asyncio.run(first())
-        after = asyncio.run(second())
+        before, after = follow_across_a_cut(task_id, proxy, proxy.url)
     finally:
         proxy.close()
-    assert before[0].HasField("task") and after[0].HasField("task")
-    snapshot = after[0].task
-    resumed_at = int(MessageToDict(snapshot.metadata)["sequence"])
-    # The reviewer's document completed by the crew (its traceability matrix) comes again before
-    # the final status, marked `final`: not an event of the log.
-    later = [e for e in after[1:] if not update_metadata(e).get("final")]
-    updates = [int(update_metadata(e)["sequence"]) for e in later]
-    log = stream_until(slow.url, task_id, "end").events
-    expected = [e["sequence"] for e in log if e["event_type"] in MAPPED_EVENTS and e["sequence"] > resumed_at]
-    assert updates == expected  # nothing lost, nothing twice
-    assert resumed_at >= max(int(update_metadata(e)["sequence"]) for e in before if e.HasField("artifact_update"))
-    # Everything: the snapshot's artifacts and those after it, each once, are the four documents.
-    names = [a.artifact_id for a in snapshot.artifacts]
-    names += [e.artifact_update.artifact.artifact_id for e in later if e.HasField("artifact_update")]
-    assert sorted(names) == sorted(ROSTER.deliverable_keys)
-    assert states(after)[-1] == "TASK_STATE_COMPLETED"
+    assert_resumed_exactly(before, after, stream_until(slow.url, task_id, "end").events)
 
 
 def test_api_keys_the_card_says_how_and_a_bad_key_is_refused(start_server, tmp_path):

@@ -29,36 +29,17 @@ from tests.server.test_a2a_push import (
     update_key,
     user_message,
 )
-from tests.support.real_services import ensure_redis, fresh_postgres_database
+from tests.support.replicas import two_replicas
 from tests.support.server_process import Server
 from tests.support.webhook_receiver import WebhookReceiver
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    redis_url = ensure_redis()
     folder: Path = tmp_path_factory.mktemp("a2a-push-replicas")
-    with fresh_postgres_database() as database_url:
-        env = {
-            "EVENT_BACKEND": "redis",
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "WEBHOOK_SECRET": SECRET,
-            "WEBHOOK_ALLOW_PRIVATE": "true",
-            "WEBHOOK_RETRY_BASE_S": "0.2",
-            "RATE_LIMIT": "100000/minute",
-            "RATE_LIMIT_RUN_TASK": "100000/minute",
-        }
-        servers: list[Server] = []
-        try:
-            for name in ("a", "b"):  # one after the other: the first creates the schema
-                servers.append(
-                    Server({**env, "INSTANCE_ID": name, "DATA_DIR": str(folder / name)}, folder / f"{name}.log")
-                )
-            yield servers[0], servers[1]
-        finally:
-            for server in servers:
-                server.stop()
+    settings = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_RETRY_BASE_S": "0.2"}
+    with two_replicas(folder, **settings) as (a, b, _redis):
+        yield a, b
 
 
 @pytest.fixture

@@ -16,44 +16,23 @@ from typing import Any
 
 import httpx
 import pytest
-from a2a.types.a2a_pb2 import StreamResponse, SubscribeToTaskRequest
-from google.protobuf.json_format import MessageToDict
 from mcp.types import BlobResourceContents, TextResourceContents
 from pydantic import AnyUrl
 
 from delivery.crew.roster import ROSTER
-from tests.support.a2a_client import MAPPED_EVENTS, a2a_client, artifacts, collect, states, update_metadata
+from tests.support.a2a_client import assert_resumed_exactly, follow_across_a_cut
 from tests.support.api import run_task, stream_until
 from tests.support.mcp_client import call, session
-from tests.support.real_services import ensure_redis, fresh_postgres_database
+from tests.support.replicas import two_replicas
 from tests.support.server_process import Server
 from tests.support.tcp_proxy import CuttableProxy
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    redis_url = ensure_redis()
-    folder: Path = tmp_path_factory.mktemp("mcp-replicas")
-    with fresh_postgres_database() as database_url:
-        env = {
-            "EVENT_BACKEND": "redis",
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "SCRIPTED_TOKEN_DELAY_MS": "5",
-            "MCP_PROGRESS_INTERVAL_S": "1",
-            "RATE_LIMIT": "100000/minute",
-            "RATE_LIMIT_RUN_TASK": "100000/minute",
-        }
-        servers: list[Server] = []
-        try:
-            for name in ("a", "b"):  # one after the other: the first creates the schema
-                servers.append(
-                    Server({**env, "INSTANCE_ID": name, "DATA_DIR": str(folder / name)}, folder / f"{name}.log")
-                )
-            yield servers[0], servers[1]
-        finally:
-            for server in servers:
-                server.stop()
+    folder: Path = tmp_path_factory.mktemp("doors-replicas")
+    with two_replicas(folder, SCRIPTED_TOKEN_DELAY_MS="5", MCP_PROGRESS_INTERVAL_S="1") as (a, b, _redis):
+        yield a, b
 
 
 def test_run_delivery_on_one_replica_is_watched_and_read_on_the_other(replicas):
@@ -113,35 +92,7 @@ def test_an_a2a_subscription_cut_on_one_replica_resumes_on_the_other_exactly(rep
     try:
         with httpx.Client(base_url=b.url, timeout=30) as http:
             task_id = run_task(http, "Build a chess club site")  # started on B, followed from A
-
-        async def first() -> list[StreamResponse]:
-            got: list[StreamResponse] = []
-            async with a2a_client(proxy.url) as client:
-                with pytest.raises(Exception):  # noqa: B017 - whatever the client makes of a cut
-                    async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
-                        got.append(event)
-                        if len(artifacts(got)) == 1:
-                            proxy.cut()
-            return got
-
-        async def second() -> list[StreamResponse]:
-            async with a2a_client(b.url) as client:
-                return await collect(client.subscribe(SubscribeToTaskRequest(id=task_id)))
-
-        before = asyncio.run(first())
-        after = asyncio.run(second())
+        before, after = follow_across_a_cut(task_id, proxy, b.url)
     finally:
         proxy.close()
-    snapshot = after[0].task
-    resumed_at = int(MessageToDict(snapshot.metadata)["sequence"])
-    # The reviewer's document completed by the crew comes again before the final status, marked
-    # `final`: not an event of the log.
-    later = [e for e in after[1:] if not update_metadata(e).get("final")]
-    log = stream_until(a.url, task_id, "end").events
-    expected = [e["sequence"] for e in log if e["event_type"] in MAPPED_EVENTS and e["sequence"] > resumed_at]
-    assert [int(update_metadata(e)["sequence"]) for e in later] == expected  # nothing lost, nothing twice
-    assert resumed_at >= max(int(update_metadata(e)["sequence"]) for e in before if e.HasField("artifact_update"))
-    names = [x.artifact_id for x in snapshot.artifacts]
-    names += [e.artifact_update.artifact.artifact_id for e in later if e.HasField("artifact_update")]
-    assert sorted(names) == sorted(ROSTER.deliverable_keys)
-    assert states(after)[-1] == "TASK_STATE_COMPLETED"
+    assert_resumed_exactly(before, after, stream_until(a.url, task_id, "end").events)

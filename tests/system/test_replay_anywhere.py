@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from tests.support.api import wait_finished, wait_status
-from tests.support.real_services import ensure_redis, first_sequence_in_redis, fresh_postgres_database
+from tests.support.real_services import first_sequence_in_redis
+from tests.support.replicas import two_replicas
 from tests.support.server_process import Server
 from tests.support.sse_client import read_stream
 from tests.support.waiting import wait_for
@@ -22,29 +23,10 @@ TTL_S = 4
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server, str]]:
-    redis_url = ensure_redis()
     folder: Path = tmp_path_factory.mktemp("replay")
-    with fresh_postgres_database() as database_url:
-        env = {
-            "EVENT_BACKEND": "redis",
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "REDIS_STREAM_MAXLEN": str(MAXLEN),
-            "STREAM_TTL_S": str(TTL_S),
-            "SCRIPTED_TOKEN_DELAY_MS": "5",
-            "RATE_LIMIT": "100000/minute",
-            "RATE_LIMIT_RUN_TASK": "100000/minute",
-        }
-        servers: list[Server] = []
-        try:
-            for name in ("a", "b"):  # one after the other: the first creates the schema
-                servers.append(
-                    Server({**env, "INSTANCE_ID": name, "DATA_DIR": str(folder / name)}, folder / f"{name}.log")
-                )
-            yield servers[0], servers[1], redis_url
-        finally:
-            for server in servers:
-                server.stop()
+    settings = {"REDIS_STREAM_MAXLEN": str(MAXLEN), "STREAM_TTL_S": str(TTL_S), "SCRIPTED_TOKEN_DELAY_MS": "5"}
+    with two_replicas(folder, **settings) as three:
+        yield three
 
 
 def test_a_late_viewer_on_another_replica_gets_the_whole_log_after_trimming_and_expiry(replicas):
