@@ -370,17 +370,20 @@ class McpDoor:
                             done, beats, changed = steps, 0, True
                 finished = subscription.finished
                 now = time.monotonic()
+                # A batch may hold the last steps and the end together (a busy loop): report them
+                # before answering, so the last progress a client sees is where the run stopped.
+                if changed or (not finished and now >= next_report and done < total):
+                    beats += 1
+                    progress = done + beats / (beats + 10) if done < total else float(total)
+                    working = f"{agent} is working; " if agent and done < total and not finished else ""
+                    await ctx.report_progress(progress, total, f"{working}{done} of {total} steps done")
+                    next_report = now + interval
+                    if not finished:
+                        continue  # take() again before waiting: events may have come during the report
                 if finished:
                     return True  # the tool's answer follows
                 if sse.server_exiting():
                     return False
-                if changed or (now >= next_report and done < total):
-                    beats += 1
-                    progress = done + beats / (beats + 10) if done < total else float(total)
-                    working = f"{agent} is working; " if agent and done < total else ""
-                    await ctx.report_progress(progress, total, f"{working}{done} of {total} steps done")
-                    next_report = now + interval
-                    continue  # take() again before waiting: events may have come during the report
                 # Right after take() returned nothing, as Subscription.waiter asks.
                 wait_s = next_report - time.monotonic() if done < total else interval
                 await asyncio.wait([subscription.waiter()], timeout=max(0.0, wait_s))
