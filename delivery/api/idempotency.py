@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
@@ -41,13 +42,16 @@ Answer = TypeVar("Answer", bound=BaseModel)
 def key_of(request: Request) -> str | None:
     """The request's Idempotency-Key, None without one, InvalidRequestError when unusable."""
     key = request.headers.get(HEADER)
-    if key is None:
-        return None
+    return None if key is None else checked_key(key, "Idempotency-Key")
+
+
+def checked_key(key: str, name: str) -> str:
+    """`key` if it can be one (`name`: what the client calls it), else InvalidRequestError."""
     # Visible ASCII and spaces: what a client library sends for a UUID or any token, and
     # what every store compares the same way.
     if not 1 <= len(key) <= MAX_KEY_CHARS or not all(" " <= c <= "~" for c in key) or not key.strip():
         raise InvalidRequestError(
-            f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters (a UUID is a "
+            f"{name} must be 1 to {MAX_KEY_CHARS} visible ASCII characters (a UUID is a "
             f"good choice), got {shown(key)} ({len(key)} characters)."
         )
     return key
@@ -65,12 +69,41 @@ def run_once(
     key = key_of(request)
     if key is None:
         return work()
-    scope = _digest(caller, key)
-    fingerprint = _digest(
+    what = (
         request.method,
         request.url.path,
         "" if body is None else json.dumps(body.model_dump(mode="json"), sort_keys=True),
     )
+    answer = once(runtime, caller, key, what, status_code, work)
+    if isinstance(answer, Remembered):
+        return JSONResponse(json.loads(answer.answer), answer.status_code, headers={REPLAYED_HEADER: "true"})
+    return answer
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """The first answer to a key, as stored: its status code and its JSON."""
+
+    status_code: int
+    answer: str
+
+
+def once(
+    runtime: Runtime,
+    caller: str,
+    key: str,
+    what: tuple[str, ...],
+    status_code: int,
+    work: Callable[[], Answer],
+    *,
+    name: str = "Idempotency-Key",
+) -> Answer | Remembered:
+    """`work()` the first time this caller sends `key`, its remembered answer after that (any
+    door: /api's header, the MCP tools' idempotency_key). `what` names the request (door,
+    route or tool, task, body): the same key for a different one is refused. `name`: what the
+    client calls the key, for the refusals."""
+    scope = _digest(caller, key)
+    fingerprint = _digest(*what)
     now, store = time.time(), runtime.store
     remembered = store.claim_request(
         scope,
@@ -82,14 +115,14 @@ def run_once(
     if remembered is not None:
         if remembered.fingerprint != fingerprint:
             raise InvalidRequestError(
-                "This Idempotency-Key was already used for a different request (another route, task "
-                "or body). Use a new key for a new request; reuse a key only to retry the same one."
+                f"This {name} was already used for a different request (another route, tool, "
+                "task or body). Use a new key for a new request; reuse a key only to retry the same one."
             )
         if remembered.status_code is None or remembered.answer is None:
             raise RequestInProgressError(
-                "A request with this Idempotency-Key is still being worked on; retry in a moment to get its answer."
+                f"A request with this {name} is still being worked on; retry in a moment to get its answer."
             )
-        return JSONResponse(json.loads(remembered.answer), remembered.status_code, headers={REPLAYED_HEADER: "true"})
+        return Remembered(remembered.status_code, remembered.answer)
     try:
         answer = work()
     except BaseException:

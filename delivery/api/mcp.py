@@ -47,6 +47,7 @@ from starlette.types import Receive, Scope, Send
 
 from delivery import __version__
 from delivery.api import views
+from delivery.api.idempotency import Remembered, checked_key, once
 from delivery.api.inputs import validation_error
 from delivery.api.schemas import ConfirmRequest, RunTaskRequest, TaskBudget, UsageTotals
 from delivery.crew.roster import ROSTER
@@ -98,6 +99,19 @@ class DeliveryAction(BaseModel):
     task_id: str
     status: TaskStatus
     message: str
+    replayed: bool = Field(
+        False, description="true: the first answer to this idempotency_key, sent again; nothing was done twice"
+    )
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Field(
+        description="Retry this call with the same key (after a timeout or a dropped connection) and get its "
+        "first answer back without the work being done twice. 1 to 255 visible ASCII characters; a UUID is a "
+        "good choice. Remembered for 24 hours by default; a key is the caller's own."
+    ),
+]
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -216,6 +230,7 @@ class McpDoor:
             max_tokens: Annotated[int | None, Field(description="Stop the task past this many tokens")] = None,
             max_cost: Annotated[float | None, Field(description="Stop the task past this cost")] = None,
             priority: TaskPriority = TaskPriority.normal,
+            idempotency_key: IdempotencyKey = None,
         ) -> CallToolResult:
             def work(runtime: Runtime, request: Request) -> DeliveryAction:
                 body = _run_request(requirement, skip_confirmation, max_tokens, max_cost, priority)
@@ -226,7 +241,18 @@ class McpDoor:
                 )
                 return DeliveryAction(task_id=r.task_id, status=r.status, message=message)
 
-            return await self._call(ctx, "start_delivery", work, audited=True, requirement=requirement)
+            def request() -> Any:
+                return _run_request(requirement, skip_confirmation, max_tokens, max_cost, priority).model_dump(
+                    mode="json"
+                )
+
+            return await self._call(
+                ctx,
+                "start_delivery",
+                self._once("start_delivery", idempotency_key, request, work),
+                audited=True,
+                requirement=requirement,
+            )
 
         @mcp.tool(
             description="A delivery's state: status, current agent, steps done, usage, and once it has "
@@ -248,24 +274,43 @@ class McpDoor:
             feedback: Annotated[
                 str | None, Field(description="Required when approved is false: what to change")
             ] = None,
+            idempotency_key: IdempotencyKey = None,
         ) -> CallToolResult:
             def work(runtime: Runtime, _: Request) -> DeliveryAction:
                 body = _validated(ConfirmRequest, {"approved": approved, "feedback": feedback})
                 r = runtime.commands.confirm(task_id, body.approved, body.feedback)
                 return DeliveryAction(task_id=task_id, status=r.status, message=views.confirmation_message(approved))
 
-            return await self._call(ctx, "confirm_delivery", work, audited=True, task_id=task_id)
+            def request() -> Any:
+                return [
+                    task_id,
+                    _validated(ConfirmRequest, {"approved": approved, "feedback": feedback}).model_dump(mode="json"),
+                ]
+
+            return await self._call(
+                ctx,
+                "confirm_delivery",
+                self._once("confirm_delivery", idempotency_key, request, work),
+                audited=True,
+                task_id=task_id,
+            )
 
         @mcp.tool(
             description="Cancel a queued, running or waiting delivery.",
             annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorldHint=False),
         )
-        async def cancel_delivery(ctx: Context, task_id: str) -> CallToolResult:
+        async def cancel_delivery(ctx: Context, task_id: str, idempotency_key: IdempotencyKey = None) -> CallToolResult:
             def work(runtime: Runtime, _: Request) -> DeliveryAction:
                 r = runtime.commands.cancel(task_id)
                 return DeliveryAction(task_id=task_id, status=r.status, message="The task is cancelled.")
 
-            return await self._call(ctx, "cancel_delivery", work, audited=True, task_id=task_id)
+            return await self._call(
+                ctx,
+                "cancel_delivery",
+                self._once("cancel_delivery", idempotency_key, lambda: task_id, work),
+                audited=True,
+                task_id=task_id,
+            )
 
         @mcp.tool(description="Recent deliveries, newest first.", annotations=reads)
         async def list_deliveries(
@@ -281,7 +326,8 @@ class McpDoor:
             description="Run a whole delivery in one call and return the package: the verdict and every "
             "document (the zip as a resource link). Takes minutes; progress notifications (current agent, "
             "steps done) come at least every ~15 s, so send a progressToken. It runs straight through "
-            "(no confirmation). If the call is dropped the task goes on: get_delivery with its task id.",
+            "(no confirmation). If the call is dropped the task goes on: call again with the same "
+            "idempotency_key to follow the same task to its end, or get_delivery with its task id.",
             annotations=changes,
         )
         async def run_delivery(
@@ -290,6 +336,7 @@ class McpDoor:
             max_tokens: Annotated[int | None, Field(description="Stop the task past this many tokens")] = None,
             max_cost: Annotated[float | None, Field(description="Stop the task past this cost")] = None,
             priority: TaskPriority = TaskPriority.normal,
+            idempotency_key: IdempotencyKey = None,
         ) -> CallToolResult:
             def work(runtime: Runtime, request: Request) -> DeliveryAction:
                 body = _run_request(requirement, True, max_tokens, max_cost, priority)
@@ -297,7 +344,16 @@ class McpDoor:
                 r = views.start_task(runtime, body)
                 return DeliveryAction(task_id=r.task_id, status=r.status, message="started")
 
-            started = await self._call(ctx, "run_delivery", work, audited=True, requirement=requirement)
+            def request() -> Any:
+                return _run_request(requirement, True, max_tokens, max_cost, priority).model_dump(mode="json")
+
+            started = await self._call(
+                ctx,
+                "run_delivery",
+                self._once("run_delivery", idempotency_key, request, work),
+                audited=True,
+                requirement=requirement,
+            )
             if started.isError or started.structuredContent is None:
                 return started
             task_id = started.structuredContent["task_id"]
@@ -307,6 +363,31 @@ class McpDoor:
                     "get_delivery (the documents come with it once it has finished)."
                 )
             return await self._call(ctx, "run_delivery", lambda runtime, _: _finished_state(runtime, task_id))
+
+    @staticmethod
+    def _once(
+        tool: str,
+        key: str | None,
+        request: Callable[[], Any],
+        work: Callable[[Runtime, Request], DeliveryAction],
+    ) -> Callable[[Runtime, Request], DeliveryAction]:
+        """`work`, done once per idempotency_key as /api does it for Idempotency-Key
+        (delivery/api/idempotency.py): the same store, so a key's answer holds on any replica.
+        `request()`: the call's arguments as validated (JSON), which name the request: a
+        retry written differently (spaces around the requirement) is the same request."""
+        if key is None:
+            return work
+
+        def keyed(runtime: Runtime, http: Request) -> DeliveryAction:
+            checked = checked_key(key, "idempotency_key")
+            what = ("MCP", tool, json.dumps(request(), sort_keys=True, default=str))
+            caller = http.scope["state"][_CALLER]
+            answer = once(runtime, caller, checked, what, 200, lambda: work(runtime, http), name="idempotency_key")
+            if isinstance(answer, Remembered):
+                return DeliveryAction.model_validate_json(answer.answer).model_copy(update={"replayed": True})
+            return answer
+
+        return keyed
 
     async def _call(
         self,

@@ -5,11 +5,13 @@ and the package as resources, API keys, rate limits and the audit log, errors as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
 import re
 import time
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -133,7 +135,12 @@ def test_cancel_through_a_tool(slow):
             ]
             await wait_state(client, task_id, "running")
             cancelled = await call(client, "cancel_delivery", task_id=task_id)
-            assert cancelled == {"task_id": task_id, "status": "cancelled", "message": "The task is cancelled."}
+            assert cancelled == {
+                "task_id": task_id,
+                "status": "cancelled",
+                "message": "The task is cancelled.",
+                "replayed": False,
+            }
             assert await call(client, "cancel_delivery", task_id=task_id) == cancelled  # as /api: idempotent
             with httpx.Client(base_url=slow.url, timeout=30) as http:
                 assert http.get(f"/api/task/{task_id}/status").json()["status"] == "cancelled"
@@ -149,6 +156,89 @@ def test_cancel_through_a_tool(slow):
             assert result.content[0].text.startswith(f"Task {listed[0]['task_id']} cancelled")  # type: ignore[union-attr]
 
     asyncio.run(scenario())
+
+
+def test_an_idempotency_key_makes_a_retried_tool_call_give_its_first_answer_and_start_nothing(slow):
+    key, other_key = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def scenario() -> None:
+        async with session(slow.url) as client:
+            first = await call(
+                client,
+                "start_delivery",
+                requirement="Build a kanban board",
+                skip_confirmation=True,
+                idempotency_key=key,
+            )
+            assert first["replayed"] is False
+            # The same request written differently (spaces around the requirement) is the same request.
+            again = await call(
+                client,
+                "start_delivery",
+                requirement="  Build a kanban board\n",
+                skip_confirmation=True,
+                idempotency_key=key,
+            )
+            assert again == {**first, "replayed": True}
+            assert await _requirement_count(client, "Build a kanban board") == 1
+            different = await tool_error(
+                client, "start_delivery", requirement="Build a wiki", skip_confirmation=True, idempotency_key=key
+            )
+            assert different.startswith("This idempotency_key was already used for a different request")
+            unusable = await tool_error(client, "start_delivery", requirement="Build a wiki", idempotency_key="clé")
+            assert unusable.startswith("idempotency_key must be 1 to 255 visible ASCII characters")
+
+            cancelled = await call(client, "cancel_delivery", task_id=first["task_id"], idempotency_key=other_key)
+            assert cancelled["status"] == "cancelled" and cancelled["replayed"] is False
+            replayed = await call(client, "cancel_delivery", task_id=first["task_id"], idempotency_key=other_key)
+            assert replayed == {**cancelled, "replayed": True}
+            # A key names one request: the same key on another tool is refused.
+            reused = await tool_error(
+                client,
+                "start_delivery",
+                requirement="Build a kanban board",
+                skip_confirmation=True,
+                idempotency_key=other_key,
+            )
+            assert reused.startswith("This idempotency_key was already used for a different request")
+
+    asyncio.run(scenario())
+
+
+def test_run_delivery_called_again_with_its_key_after_a_dropped_call_follows_the_same_task_to_its_end(slow):
+    key, requirement = str(uuid.uuid4()), "Build a dropped-call tracker"
+    arguments = {"requirement": requirement, "idempotency_key": key}
+
+    async def dropped() -> None:
+        async with session(slow.url) as client:
+            heard = asyncio.Event()
+
+            async def progress(progress: float, total: float | None, message: str | None) -> None:
+                heard.set()
+
+            run = asyncio.create_task(client.call_tool("run_delivery", arguments, progress_callback=progress))
+            await asyncio.wait_for(heard.wait(), 30)
+            run.cancel()  # the client gives up on the call and goes away
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+
+    async def retried() -> tuple[Any, int]:
+        async with session(slow.url) as client:
+            result = await client.call_tool("run_delivery", arguments)
+            return result, await _requirement_count(client, requirement)
+
+    asyncio.run(dropped())
+    result, count = asyncio.run(retried())
+    assert not result.isError, result.content
+    state = result.structuredContent
+    assert state is not None and state["status"] == "succeeded" and state["requirement"] == requirement
+    assert count == 1  # one task, followed by both calls
+    assert set(state["documents"]) == set(ROSTER.deliverable_keys)
+
+
+async def _requirement_count(client: ClientSession, requirement: str) -> int:
+    tasks = (await call(client, "list_deliveries", limit=200))["tasks"]
+    return sum(1 for t in tasks if t["requirement"] == requirement)
 
 
 def test_one_task_through_two_doors(slow):
