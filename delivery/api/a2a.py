@@ -233,7 +233,7 @@ class DeliveryHandler(RequestHandler):
             task_id = views.start_task(runtime, body).task_id
             if pushes and config:
                 config = pushes.for_task(config, task_id)
-                runtime.store.save_push_config(config)
+                pushes.save(config)
                 pushes.catch_up(config)  # the events stored before the config was
             return task_id
 
@@ -267,7 +267,7 @@ class DeliveryHandler(RequestHandler):
                     "(input-required). Start a new task with a message without taskId."
                 )
             if pushes and push:
-                runtime.store.save_push_config(pushes.config_of(push, task_id))
+                pushes.save(pushes.config_of(push, task_id))
             answered = runtime.commands.confirm(task_id, approved, feedback)
             return len(answered.feedback) + (1 if approved else 0)  # each revision asked, and an approval
 
@@ -340,7 +340,7 @@ class DeliveryHandler(RequestHandler):
         def work(runtime: Runtime) -> TaskPushNotificationConfig:
             runtime.store.get(params.task_id)  # TaskNotFoundError before the URL is looked at
             config = pushes.config_of(params, params.task_id)
-            runtime.store.save_push_config(config)
+            pushes.save(config)
             return pushes.as_a2a(config)
 
         operation = "CreateTaskPushNotificationConfig"
@@ -371,8 +371,10 @@ class DeliveryHandler(RequestHandler):
         pushes = _pushes(request)
 
         def work(runtime: Runtime) -> ListTaskPushNotificationConfigsResponse:
-            configs = [pushes.as_a2a(c) for c in _push_configs(runtime, params.task_id)]
-            return ListTaskPushNotificationConfigsResponse(configs=configs)  # a few per task: one page
+            page, token = pushes.page(_push_configs(runtime, params.task_id), params.page_size, params.page_token)
+            return ListTaskPushNotificationConfigsResponse(
+                configs=[pushes.as_a2a(c) for c in page], next_page_token=token
+            )
 
         return await self._call(request, "ListTaskPushNotificationConfigs", work)
 

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-A2A-Notification-Token"
 MAX_CONFIG_ID_CHARS = 64
+# Each config multiplies the task's pushes: a bound keeps one client from filling the outbox.
+MAX_CONFIGS_PER_TASK = 10
 MAX_SECRET_CHARS = 1024  # of a token, a scheme with its credentials
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
 # The events that make A2A updates (`Fold.apply`): a batch without any needs no look-up.
@@ -111,6 +113,29 @@ class A2aPushes:
             auth_credentials=auth.credentials if auth and auth.credentials else None,
         )
         return self.for_task(config, task_id) if task_id else config
+
+    def save(self, config: PushConfig) -> None:
+        """Store `config` (replacing the task's config of the same id), or InvalidParamsError
+        when its task already has as many as it may."""
+        if not self._store.save_push_config(config, MAX_CONFIGS_PER_TASK):
+            raise InvalidParamsError(
+                f"Task {config.task_id} already has {MAX_CONFIGS_PER_TASK} push configs, the most a task may "
+                "have. Delete one (DeleteTaskPushNotificationConfig), or give the id of one to replace it."
+            )
+
+    @staticmethod
+    def page(configs: list[PushConfig], page_size: int, page_token: str) -> tuple[list[PushConfig], str]:
+        """One page of a task's configs (oldest first) and the token of the next ('' after the
+        last). The token is the place of the next config: one deleted meanwhile moves the rest."""
+        if page_size < 0:
+            raise InvalidParamsError(f"pageSize must be 0 (all) or more, got {page_size}.")
+        if page_token and not (page_token.isdigit() and len(page_token) <= 6):
+            raise InvalidParamsError(
+                f"pageToken {page_token[:40]!r} is not one this server gave; leave it out to start from the first page."
+            )
+        start = int(page_token or 0)
+        end = start + (page_size or len(configs))
+        return configs[start:end], str(end) if end < len(configs) else ""
 
     @staticmethod
     def for_task(config: PushConfig, task_id: str) -> PushConfig:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from a2a.types.a2a_pb2 import (
     AuthenticationInfo,
+    CancelTaskRequest,
     DeleteTaskPushNotificationConfigRequest,
     GetTaskPushNotificationConfigRequest,
     ListTaskPushNotificationConfigsRequest,
@@ -32,6 +33,7 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import InvalidParamsError, PushNotificationNotSupportedError, TaskNotFoundError
 from google.protobuf.json_format import MessageToDict, ParseDict
 
+from delivery.api.a2a_push import MAX_CONFIGS_PER_TASK
 from delivery.crew.roster import ROSTER
 from tests.support.a2a_client import a2a_client
 from tests.support.api import stream_until
@@ -287,6 +289,59 @@ def test_configs_are_read_listed_replaced_deleted_and_refused_with_what_to_do(pu
     with httpx.Client(base_url=pushing.url, timeout=30) as http:
         requirements = [t["requirement"] for t in http.get("/api/tasks", params={"limit": 200}).json()["tasks"]]
     assert "Build a library app" in requirements and "Build a ghost" not in requirements
+
+
+def test_a_task_holds_at_most_ten_configs_and_lists_them_in_pages(pushing: Server, receiver):
+    async def scenario() -> None:
+        async with a2a_client(pushing.url) as client:
+            asked = await last_event(client.send_message(SendMessageRequest(message=user_message("Build a diary"))))
+            task_id = asked.status_update.task_id
+            ids = [f"c{n:02}" for n in range(MAX_CONFIGS_PER_TASK)]
+            for config_id in ids:
+                await client.create_task_push_notification_config(
+                    TaskPushNotificationConfig(task_id=task_id, id=config_id, url=f"{receiver.url}/{config_id}")
+                )
+            with pytest.raises(InvalidParamsError, match=f"already has {MAX_CONFIGS_PER_TASK} push configs"):
+                await client.create_task_push_notification_config(
+                    TaskPushNotificationConfig(task_id=task_id, id="one-more", url=receiver.url)
+                )
+            # Replacing one is not adding one.
+            await client.create_task_push_notification_config(
+                TaskPushNotificationConfig(task_id=task_id, id="c03", url=receiver.url + "/moved")
+            )
+
+            pages: list[list[str]] = []
+            token = ""
+            while True:
+                page = await client.list_task_push_notification_configs(
+                    ListTaskPushNotificationConfigsRequest(task_id=task_id, page_size=4, page_token=token)
+                )
+                pages.append([c.id for c in page.configs])
+                token = page.next_page_token
+                if not token:
+                    break
+            assert [len(p) for p in pages] == [4, 4, 2]
+            paged = [config_id for p in pages for config_id in p]
+            assert sorted(paged) == ids  # each once
+            whole = await client.list_task_push_notification_configs(
+                ListTaskPushNotificationConfigsRequest(task_id=task_id)
+            )
+            assert [c.id for c in whole.configs] == paged and whole.next_page_token == ""
+            for bad in ("not-ours", "-1"):
+                with pytest.raises(InvalidParamsError, match="is not one this server gave"):
+                    await client.list_task_push_notification_configs(
+                        ListTaskPushNotificationConfigsRequest(task_id=task_id, page_token=bad)
+                    )
+            # Once one is deleted there is room again.
+            await client.delete_task_push_notification_config(
+                DeleteTaskPushNotificationConfigRequest(task_id=task_id, id="c00")
+            )
+            await client.create_task_push_notification_config(
+                TaskPushNotificationConfig(task_id=task_id, id="one-more", url=receiver.url)
+            )
+            await client.cancel_task(CancelTaskRequest(id=task_id))
+
+    asyncio.run(scenario())
 
 
 def test_private_addresses_are_refused_unless_allowed_and_the_card_says_when_pushes_are_sent(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from delivery.tasks.history.database import Database, until_reachable
-from delivery.tasks.history.schema import push_configs_table
+from delivery.tasks.history.schema import push_configs_table, tasks_table
 
 
 @dataclass
@@ -26,11 +26,24 @@ class PushConfigRows(Database):
     """The `a2a_push_configs` table. Every call is safe to repeat (a save replaces by id)."""
 
     @until_reachable
-    def save_push_config(self, config: PushConfig) -> None:
+    def save_push_config(self, config: PushConfig, limit: int) -> bool:
+        """Save `config`, replacing the task's config of the same id; False (nothing saved) when
+        the task already has `limit` others."""
         t = push_configs_table
         with self._write_lock, self.engine.begin() as conn:
+            # The task's row lock (PostgreSQL; SQLite has one writer anyway) makes concurrent
+            # saves on other replicas count one after the other.
+            conn.execute(select(tasks_table.c.task_id).where(tasks_table.c.task_id == config.task_id).with_for_update())
+            others = conn.execute(
+                select(func.count())
+                .select_from(t)
+                .where(t.c.task_id == config.task_id, t.c.config_id != config.config_id)
+            ).scalar_one()
+            if others >= limit:
+                return False
             conn.execute(delete(t).where(t.c.task_id == config.task_id, t.c.config_id == config.config_id))
             conn.execute(t.insert().values(**asdict(config)))
+        return True
 
     @until_reachable
     def push_configs(self, task_ids: Iterable[str]) -> dict[str, list[PushConfig]]:

@@ -64,7 +64,7 @@ def test_every_update_once_however_the_rows_are_made_with_the_configs_headers(st
     settings = Settings(_env_file=None, webhook_secret=SECRET, webhook_allow_private=True)
     pushes = A2aPushes(settings, store)
     config = PushConfig(TASK, "c1", "http://127.0.0.1:9/hook", time.time(), "tok", "Bearer", "cred")
-    store.save_push_config(config)
+    assert store.save_push_config(config, 10)
 
     pushes.queue(log[:5])  # a first batch, archived before the rest
     pushes.catch_up(config)  # the config catching up with everything stored
