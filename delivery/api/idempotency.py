@@ -1,4 +1,5 @@
-"""`Idempotency-Key` on the routes that change things (run_task, confirm, cancel).
+"""`Idempotency-Key` on the routes that change things (run_task, confirm, cancel), and the same
+rules for the MCP tools that do (their `idempotency_key` argument, delivery/api/mcp.py).
 
 A client that did not hear the answer (a timeout, a dropped connection) sends the same request
 again with the same key and gets the original answer, without the work being done twice, from
