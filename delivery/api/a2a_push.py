@@ -46,6 +46,7 @@ MAX_CONFIG_ID_CHARS = 64
 MAX_CONFIGS_PER_TASK = 10
 MAX_SECRET_CHARS = 1024  # of a token, a scheme with its credentials
 _HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+_PAGE_TOKEN = re.compile(r"[0-9]{1,6}")  # what `page` gives (not str.isdigit: "²" is a digit to it)
 # The events that make A2A updates (`Fold.apply`): a batch without any needs no look-up.
 _PUSHED = frozenset(
     e.value
@@ -126,10 +127,11 @@ class A2aPushes:
     @staticmethod
     def page(configs: list[PushConfig], page_size: int, page_token: str) -> tuple[list[PushConfig], str]:
         """One page of a task's configs (oldest first) and the token of the next ('' after the
-        last). The token is the place of the next config: one deleted meanwhile moves the rest."""
+        last). The token is the place of the next config: one deleted meanwhile moves the rest
+        (a replaced one keeps its place)."""
         if page_size < 0:
             raise InvalidParamsError(f"pageSize must be 0 (all) or more, got {page_size}.")
-        if page_token and not (page_token.isdigit() and len(page_token) <= 6):
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):
             raise InvalidParamsError(
                 f"pageToken {page_token[:40]!r} is not one this server gave; leave it out to start from the first page."
             )

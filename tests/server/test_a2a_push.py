@@ -327,7 +327,7 @@ def test_a_task_holds_at_most_ten_configs_and_lists_them_in_pages(pushing: Serve
                 ListTaskPushNotificationConfigsRequest(task_id=task_id)
             )
             assert [c.id for c in whole.configs] == paged and whole.next_page_token == ""
-            for bad in ("not-ours", "-1"):
+            for bad in ("not-ours", "-1", "²"):  # "²" is a digit to str.isdigit, not a page
                 with pytest.raises(InvalidParamsError, match="is not one this server gave"):
                     await client.list_task_push_notification_configs(
                         ListTaskPushNotificationConfigsRequest(task_id=task_id, page_token=bad)

@@ -27,8 +27,9 @@ class PushConfigRows(Database):
 
     @until_reachable
     def save_push_config(self, config: PushConfig, limit: int) -> bool:
-        """Save `config`, replacing the task's config of the same id; False (nothing saved) when
-        the task already has `limit` others."""
+        """Save `config`, replacing the task's config of the same id (which keeps its place
+        among the task's configs: its `created_at`); False (nothing saved) when the task
+        already has `limit` others."""
         t = push_configs_table
         with self._write_lock, self.engine.begin() as conn:
             # The task's row lock (PostgreSQL; SQLite has one writer anyway) makes concurrent
@@ -41,8 +42,10 @@ class PushConfigRows(Database):
             ).scalar_one()
             if others >= limit:
                 return False
-            conn.execute(delete(t).where(t.c.task_id == config.task_id, t.c.config_id == config.config_id))
-            conn.execute(t.insert().values(**asdict(config)))
+            same = (t.c.task_id == config.task_id, t.c.config_id == config.config_id)
+            created_at = conn.execute(select(t.c.created_at).where(*same)).scalar_one_or_none()
+            conn.execute(delete(t).where(*same))
+            conn.execute(t.insert().values(**asdict(config) | {"created_at": created_at or config.created_at}))
         return True
 
     @until_reachable

@@ -14,6 +14,7 @@ from delivery.tasks.history.database import Database, until_reachable
 from delivery.tasks.history.schema import (
     TASK_ID_CHARS,
     events_table,
+    push_configs_table,
     tasks_table,
     versions_table,
     webhooks_table,
@@ -233,7 +234,8 @@ class TaskRows(Database):
 
     @until_reachable
     def purge_finished_before(self, ts: float) -> int:
-        """Delete finished tasks (and their events) that finished before ts; return how many."""
+        """Delete finished tasks (and their events, versions, webhooks and A2A push configs)
+        that finished before ts; return how many."""
         old = select(tasks_table.c.task_id).where(tasks_table.c.finished_at < ts)
         with self._write_lock, self.engine.begin() as conn:
             ids = [r.task_id for r in conn.execute(old)]
@@ -241,5 +243,6 @@ class TaskRows(Database):
                 conn.execute(delete(events_table).where(events_table.c.task_id.in_(ids)))
                 conn.execute(delete(versions_table).where(versions_table.c.task_id.in_(ids)))
                 conn.execute(delete(webhooks_table).where(webhooks_table.c.task_id.in_(ids)))
+                conn.execute(delete(push_configs_table).where(push_configs_table.c.task_id.in_(ids)))
                 conn.execute(delete(tasks_table).where(tasks_table.c.task_id.in_(ids)))
         return len(ids)

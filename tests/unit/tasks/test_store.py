@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from delivery.errors import TaskNotFoundError
 from delivery.events import Event
 from delivery.tasks.records import DocumentVersion, TaskRecord, TaskStatus
-from delivery.tasks.store import RememberedRequest, TaskStore, WebhookDelivery
+from delivery.tasks.store import PushConfig, RememberedRequest, TaskStore, WebhookDelivery
 from tests.support.real_services import fresh_postgres_database
 
 
@@ -76,6 +76,25 @@ def test_events_append_in_batches_load_in_order_and_purge(store):
     assert store.load_events("t-ev") == []
     with pytest.raises(TaskNotFoundError):
         store.get("t-ev")
+
+
+def test_push_configs_are_bounded_per_task_keep_their_place_when_replaced_and_go_with_their_task(store):
+    store.save(record("t-push", status=TaskStatus.running))
+    base = time.time()
+    for n in range(3):
+        assert store.save_push_config(PushConfig("t-push", f"c{n}", f"https://r.example/{n}", base + n), limit=3)
+    assert not store.save_push_config(PushConfig("t-push", "c3", "https://r.example/3", base + 3), limit=3)
+    # Replacing one is not adding one, and it keeps its place (paging reads them in this order).
+    assert store.save_push_config(PushConfig("t-push", "c0", "https://r.example/moved", base + 9, token="t"), limit=3)
+    configs = store.push_configs(["t-push"])["t-push"]
+    assert [(c.config_id, c.url, c.created_at, c.token) for c in configs] == [
+        ("c0", "https://r.example/moved", base, "t"),
+        ("c1", "https://r.example/1", base + 1, None),
+        ("c2", "https://r.example/2", base + 2, None),
+    ]
+    store.save(record("t-push", status=TaskStatus.succeeded, finished_at=base - 100))
+    assert store.purge_finished_before(base) >= 1
+    assert store.push_configs(["t-push"]) == {}
 
 
 def test_a_second_store_on_the_same_database_sees_the_same_data(store_url, store):
