@@ -205,6 +205,30 @@ def test_an_idempotency_key_makes_a_retried_tool_call_give_its_first_answer_and_
     asyncio.run(scenario())
 
 
+def test_confirm_delivery_with_a_key_asks_for_one_revision_however_often_it_is_retried(slow):
+    key = str(uuid.uuid4())
+    change = {"approved": False, "feedback": "Group the photos by date", "idempotency_key": key}
+
+    async def scenario() -> None:
+        async with session(slow.url) as client:
+            task_id = (await call(client, "start_delivery", requirement="Build a photo album"))["task_id"]
+            await wait_state(client, task_id, "awaiting_confirmation")
+            asked = await call(client, "confirm_delivery", task_id=task_id, **change)
+            assert asked["status"] == "running" and asked["replayed"] is False
+            again = await call(client, "confirm_delivery", task_id=task_id, **change)
+            assert again == {**asked, "replayed": True}
+            other = await tool_error(client, "confirm_delivery", task_id=task_id, approved=True, idempotency_key=key)
+            assert other.startswith("This idempotency_key was already used for a different request")
+            await wait_state(client, task_id, "awaiting_confirmation")  # the revised analysis asks again
+            package = await client.read_resource(AnyUrl(f"delivery://{task_id}/package"))
+            with zipfile.ZipFile(io.BytesIO(_blob(package))) as z:
+                feedback = json.loads(z.read("task.json"))["feedback"]
+            assert len(feedback) == 1 and "Group the photos by date" in json.dumps(feedback)
+            await call(client, "cancel_delivery", task_id=task_id)
+
+    asyncio.run(scenario())
+
+
 def test_run_delivery_called_again_with_its_key_after_a_dropped_call_follows_the_same_task_to_its_end(slow):
     key, requirement = str(uuid.uuid4()), "Build a dropped-call tracker"
     arguments = {"requirement": requirement, "idempotency_key": key}
