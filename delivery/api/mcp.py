@@ -357,7 +357,13 @@ class McpDoor:
             if started.isError or started.structuredContent is None:
                 return started
             task_id = started.structuredContent["task_id"]
-            if not await self._follow(ctx, task_id):
+            try:
+                followed = await self._follow(ctx, task_id)
+            except DomainError as exc:  # a replayed key's task purged since (TASK_RETENTION_DAYS)
+                return _error(str(exc))
+            except (OperationalError, InterfaceError):  # its stored log could not be read
+                return _error(STORE_UNREACHABLE + f" Task {task_id} goes on; follow it with get_delivery.")
+            if not followed:
                 return _error(
                     f"This server is shutting down; task {task_id} goes on on another one. Follow it with "
                     "get_delivery (the documents come with it once it has finished)."

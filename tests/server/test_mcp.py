@@ -26,6 +26,7 @@ from pydantic import AnyUrl
 from delivery.crew.roster import ROSTER
 from delivery.errors import TaskNotFoundError
 from delivery.security.auth import fingerprint
+from delivery.tasks.store import TaskStore
 from tests.support.mcp_client import call, session, tool_error, wait_state
 
 KEY = "k-mcp-5e1d"
@@ -258,6 +259,30 @@ def test_run_delivery_called_again_with_its_key_after_a_dropped_call_follows_the
     assert state is not None and state["status"] == "succeeded" and state["requirement"] == requirement
     assert count == 1  # one task, followed by both calls
     assert set(state["documents"]) == set(ROSTER.deliverable_keys)
+
+
+def test_a_retried_run_delivery_whose_task_was_purged_since_says_so(start_server, tmp_path):
+    """The key outlives its task (TASK_RETENTION_DAYS): the retry, on a process that does not
+    hold the task's log, answers that the task is gone, as a tool error."""
+    first = start_server(data_dir=str(tmp_path))
+    arguments = {"requirement": "Build a guest book", "idempotency_key": str(uuid.uuid4())}
+
+    async def run(url: str) -> Any:
+        async with session(url) as client:
+            return await client.call_tool("run_delivery", arguments)
+
+    done = asyncio.run(run(first.url))
+    assert not done.isError and done.structuredContent is not None
+    task_id = done.structuredContent["task_id"]
+    first.stop()
+    store = TaskStore(f"sqlite:///{tmp_path.resolve() / 'tasks.db'}")
+    try:
+        assert store.purge_finished_before(time.time() + 1) == 1
+    finally:
+        store.close()
+    other = start_server(data_dir=str(tmp_path))
+    retried = asyncio.run(run(other.url))
+    assert retried.isError and retried.content[0].text == str(TaskNotFoundError(task_id))  # type: ignore[union-attr]
 
 
 async def _requirement_count(client: ClientSession, requirement: str) -> int:
