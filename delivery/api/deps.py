@@ -23,7 +23,7 @@ def guard(request: Request) -> str:
     runs it on a worker thread (the counters may be in Redis)."""
     gate: Gate = request.app.state.gate
     address = client_address(request.scope.get("client"))
-    return gate.admit(request.headers, address, new_task=request.url.path == "/api/run_task")
+    return gate.admit(request.headers, address)  # a new task is counted when it is started (routes._start)
 
 
 Caller = Annotated[str, Depends(guard)]  # who is asking; the router has already run the guard

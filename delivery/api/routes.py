@@ -40,6 +40,7 @@ from delivery.documents.render import to_html
 from delivery.errors import DeliverableNotFoundError
 from delivery.runtime import Runtime
 from delivery.security.auth import Auth
+from delivery.security.gate import Gate, client_address
 from delivery.security.redaction import redacted_url
 from delivery.streaming.backend import StreamSnapshot
 from delivery.tasks.records import TaskStatus
@@ -102,10 +103,13 @@ def _stream_info(s: StreamSnapshot) -> StreamInfo:
 def run_task(
     body: RunTaskRequest, runtime: RuntimeDep, request: Request, caller: Caller, _key: IdempotencyKey = None
 ) -> RunTaskResponse | JSONResponse:
-    return run_once(request, runtime, caller, body, 202, lambda: _start(body, runtime, request))
+    return run_once(request, runtime, caller, body, 202, lambda: _start(body, runtime, request, caller))
 
 
-def _start(body: RunTaskRequest, runtime: Runtime, request: Request) -> RunTaskResponse:
+def _start(body: RunTaskRequest, runtime: Runtime, request: Request, caller: str) -> RunTaskResponse:
+    # Counted here, not in the guard: a retry answered from its Idempotency-Key starts nothing.
+    gate: Gate = request.app.state.gate
+    gate.admit_new_task(caller, client_address(request.scope.get("client")))
     tid = views.start_task(runtime, body).task_id
     auth = _auth(request)
     token = auth.stream_token(tid)[0] if auth.enabled else None

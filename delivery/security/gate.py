@@ -74,7 +74,6 @@ class Gate:
         headers: Mapping[str, str],
         address: str,
         *,
-        new_task: bool = False,
         stream_of: str | None = None,
         stream_token: str | None = None,
     ) -> str:
@@ -89,11 +88,9 @@ class Gate:
             caller, per = self.auth.caller(headers), "API key"
         if caller != ANONYMOUS:  # without keys the address is the caller, counted above
             self._limits.hit_caller(caller, per)
-        if new_task:
-            self.admit_new_task(caller, address)
         return caller
 
     def admit_new_task(self, caller: str, address: str) -> None:
-        """Count a new task of a caller already admitted (the MCP door's start tools: one request
-        there may or may not start a task) against RATE_LIMIT_RUN_TASK."""
+        """Count a new task of a caller already admitted against RATE_LIMIT_RUN_TASK: where a
+        task is about to be started (not a retry answered from its idempotency key)."""
         self._limits.hit_new_task(caller if caller != ANONYMOUS else f"ip:{address}")

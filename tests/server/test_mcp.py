@@ -282,7 +282,7 @@ def test_a_retried_run_delivery_whose_task_was_purged_since_says_so(start_server
         store.close()
     other = start_server(data_dir=str(tmp_path))
     retried = asyncio.run(run(other.url))
-    assert retried.isError and retried.content[0].text == str(TaskNotFoundError(task_id))  # type: ignore[union-attr]
+    assert retried.isError and retried.content[0].text == str(TaskNotFoundError(task_id))
 
 
 async def _requirement_count(client: ClientSession, requirement: str) -> int:

@@ -73,8 +73,13 @@ def test_a_stream_token_opens_one_task_stream_without_headers(keyed):
 
 def test_rate_limit_per_key_answers_429_with_retry_after(keyed):
     with httpx.Client(base_url=keyed.url, timeout=30) as c:
-        codes = [run(c, **{"X-API-Key": OTHER_KEY}).status_code for _ in range(6)]
+        first = run(c, **{"X-API-Key": OTHER_KEY, "Idempotency-Key": "retry-1"})
+        codes = [first.status_code] + [run(c, **{"X-API-Key": OTHER_KEY}).status_code for _ in range(5)]
         assert codes == [202] * 4 + [429] * 2  # RATE_LIMIT_RUN_TASK=4/minute, this key's first use
+        # A retry answered from its Idempotency-Key starts nothing: the limit does not refuse it.
+        retried = run(c, **{"X-API-Key": OTHER_KEY, "Idempotency-Key": "retry-1"})
+        assert retried.status_code == 202 and retried.headers["idempotent-replayed"] == "true"
+        assert retried.json() == first.json()
         limited = run(c, **{"X-API-Key": OTHER_KEY})
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
         assert "RATE_LIMIT_RUN_TASK" in limited.json()["detail"]

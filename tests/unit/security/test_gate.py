@@ -48,13 +48,13 @@ def test_without_keys_a_request_counts_once_against_its_address() -> None:
 
 def test_new_tasks_have_their_own_limit_per_caller() -> None:
     g = gate(rate_limit="100/minute", rate_limit_run_task="2/minute")
-    g.admit({}, "192.0.2.1", new_task=True)
-    g.admit({}, "192.0.2.1", new_task=True)
+    for _ in range(2):
+        g.admit_new_task(g.admit({}, "192.0.2.1"), "192.0.2.1")
     g.admit({}, "192.0.2.1")  # other requests go on
     with pytest.raises(RateLimitedError) as limited:
-        g.admit({}, "192.0.2.1", new_task=True)
+        g.admit_new_task(g.admit({}, "192.0.2.1"), "192.0.2.1")
     assert "RATE_LIMIT_RUN_TASK" in str(limited.value)
-    g.admit({}, "192.0.2.2", new_task=True)
+    g.admit_new_task(g.admit({}, "192.0.2.2"), "192.0.2.2")
 
 
 def test_a_stream_token_opens_its_task_only() -> None:
