@@ -72,6 +72,7 @@ RESOURCE_NOT_FOUND = -32002  # the code the MCP specification gives an unreadabl
 STORE_UNREACHABLE = "The task database is unreachable; retry in a few seconds (operators: check DATABASE_URL)."
 
 Model = TypeVar("Model", bound=BaseModel)
+Body = TypeVar("Body", bound=BaseModel | None)  # a tool's validated arguments (None: only a task id)
 
 
 class DeliveryState(BaseModel):
@@ -232,27 +233,16 @@ class McpDoor:
             priority: TaskPriority = TaskPriority.normal,
             idempotency_key: IdempotencyKey = None,
         ) -> CallToolResult:
-            def work(runtime: Runtime, request: Request) -> DeliveryAction:
-                body = _run_request(requirement, skip_confirmation, max_tokens, max_cost, priority)
-                _admit_new_task(request)
-                r = views.start_task(runtime, body)
-                message = "Task started. Follow it with get_delivery" + (
-                    "." if skip_confirmation else "; confirm the analysis with confirm_delivery when it asks."
-                )
-                return DeliveryAction(task_id=r.task_id, status=r.status, message=message)
-
-            def request() -> Any:
-                return _run_request(requirement, skip_confirmation, max_tokens, max_cost, priority).model_dump(
-                    mode="json"
-                )
-
-            return await self._call(
-                ctx,
-                "start_delivery",
-                self._once("start_delivery", idempotency_key, request, work),
-                audited=True,
-                requirement=requirement,
+            message = "Task started. Follow it with get_delivery" + (
+                "." if skip_confirmation else "; confirm the analysis with confirm_delivery when it asks."
             )
+            work = self._once(
+                "start_delivery",
+                idempotency_key,
+                lambda: _run_request(requirement, skip_confirmation, max_tokens, max_cost, priority),
+                _starting(message),
+            )
+            return await self._call(ctx, "start_delivery", work, audited=True, requirement=requirement)
 
         @mcp.tool(
             description="A delivery's state: status, current agent, steps done, usage, and once it has "
@@ -276,41 +266,30 @@ class McpDoor:
             ] = None,
             idempotency_key: IdempotencyKey = None,
         ) -> CallToolResult:
-            def work(runtime: Runtime, _: Request) -> DeliveryAction:
-                body = _validated(ConfirmRequest, {"approved": approved, "feedback": feedback})
+            def confirm(runtime: Runtime, _: Request, body: ConfirmRequest) -> DeliveryAction:
                 r = runtime.commands.confirm(task_id, body.approved, body.feedback)
                 return DeliveryAction(task_id=task_id, status=r.status, message=views.confirmation_message(approved))
 
-            def request() -> Any:
-                return [
-                    task_id,
-                    _validated(ConfirmRequest, {"approved": approved, "feedback": feedback}).model_dump(mode="json"),
-                ]
-
-            return await self._call(
-                ctx,
+            work = self._once(
                 "confirm_delivery",
-                self._once("confirm_delivery", idempotency_key, request, work),
-                audited=True,
-                task_id=task_id,
+                idempotency_key,
+                lambda: _validated(ConfirmRequest, {"approved": approved, "feedback": feedback}),
+                confirm,
+                task_id,
             )
+            return await self._call(ctx, "confirm_delivery", work, audited=True, task_id=task_id)
 
         @mcp.tool(
             description="Cancel a queued, running or waiting delivery.",
             annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorldHint=False),
         )
         async def cancel_delivery(ctx: Context, task_id: str, idempotency_key: IdempotencyKey = None) -> CallToolResult:
-            def work(runtime: Runtime, _: Request) -> DeliveryAction:
+            def cancel(runtime: Runtime, _: Request, __: None) -> DeliveryAction:
                 r = runtime.commands.cancel(task_id)
                 return DeliveryAction(task_id=task_id, status=r.status, message="The task is cancelled.")
 
-            return await self._call(
-                ctx,
-                "cancel_delivery",
-                self._once("cancel_delivery", idempotency_key, lambda: task_id, work),
-                audited=True,
-                task_id=task_id,
-            )
+            work = self._once("cancel_delivery", idempotency_key, lambda: None, cancel, task_id)
+            return await self._call(ctx, "cancel_delivery", work, audited=True, task_id=task_id)
 
         @mcp.tool(description="Recent deliveries, newest first.", annotations=reads)
         async def list_deliveries(
@@ -338,22 +317,13 @@ class McpDoor:
             priority: TaskPriority = TaskPriority.normal,
             idempotency_key: IdempotencyKey = None,
         ) -> CallToolResult:
-            def work(runtime: Runtime, request: Request) -> DeliveryAction:
-                body = _run_request(requirement, True, max_tokens, max_cost, priority)
-                _admit_new_task(request)
-                r = views.start_task(runtime, body)
-                return DeliveryAction(task_id=r.task_id, status=r.status, message="started")
-
-            def request() -> Any:
-                return _run_request(requirement, True, max_tokens, max_cost, priority).model_dump(mode="json")
-
-            started = await self._call(
-                ctx,
+            work = self._once(
                 "run_delivery",
-                self._once("run_delivery", idempotency_key, request, work),
-                audited=True,
-                requirement=requirement,
+                idempotency_key,
+                lambda: _run_request(requirement, True, max_tokens, max_cost, priority),
+                _starting("started"),
             )
+            started = await self._call(ctx, "run_delivery", work, audited=True, requirement=requirement)
             if started.isError or started.structuredContent is None:
                 return started
             task_id = started.structuredContent["task_id"]
@@ -374,26 +344,37 @@ class McpDoor:
     def _once(
         tool: str,
         key: str | None,
-        request: Callable[[], Any],
-        work: Callable[[Runtime, Request], DeliveryAction],
+        validate: Callable[[], Body],
+        work: Callable[[Runtime, Request, Body], DeliveryAction],
+        task_id: str = "",
     ) -> Callable[[Runtime, Request], DeliveryAction]:
-        """`work`, done once per idempotency_key as /api does it for Idempotency-Key
+        """A tool that changes a task: its arguments validated (`validate()`, once), then
+        `work`, done once per idempotency_key as /api does it for Idempotency-Key
         (delivery/api/idempotency.py): the same store, so a key's answer holds on any replica.
-        `request()`: the call's arguments as validated (JSON), which name the request: a
-        retry written differently (spaces around the requirement) is the same request."""
-        if key is None:
-            return work
+        The validated arguments name the request, so a retry written differently (spaces
+        around the requirement) is the same request."""
 
-        def keyed(runtime: Runtime, http: Request) -> DeliveryAction:
+        def checked_then_done(runtime: Runtime, http: Request) -> DeliveryAction:
+            body = validate()
+            if key is None:
+                return work(runtime, http, body)
             checked = checked_key(key, "idempotency_key")
-            what = ("MCP", tool, json.dumps(request(), sort_keys=True, default=str))
+            arguments = "" if body is None else json.dumps(body.model_dump(mode="json"), sort_keys=True)
             caller = http.scope["state"][_CALLER]
-            answer = once(runtime, caller, checked, what, 200, lambda: work(runtime, http), name="idempotency_key")
+            answer = once(
+                runtime,
+                caller,
+                checked,
+                ("MCP", tool, task_id, arguments),
+                200,
+                lambda: work(runtime, http, body),
+                name="idempotency_key",
+            )
             if isinstance(answer, Remembered):
                 return DeliveryAction.model_validate_json(answer.answer).model_copy(update={"replayed": True})
             return answer
 
-        return keyed
+        return checked_then_done
 
     async def _call(
         self,
@@ -587,9 +568,17 @@ def _address(scope: Scope) -> str:
     return client_address(scope.get("client"))
 
 
-def _admit_new_task(request: Request) -> None:
-    gate: Gate = request.app.state.gate
-    gate.admit_new_task(request.scope["state"][_CALLER], _address(request.scope))
+def _starting(message: str) -> Callable[[Runtime, Request, RunTaskRequest], DeliveryAction]:
+    """start_delivery's and run_delivery's work: count the new task against
+    RATE_LIMIT_RUN_TASK and start it (not done for a retry answered from its key)."""
+
+    def start(runtime: Runtime, request: Request, body: RunTaskRequest) -> DeliveryAction:
+        gate: Gate = request.app.state.gate
+        gate.admit_new_task(request.scope["state"][_CALLER], _address(request.scope))
+        r = views.start_task(runtime, body)
+        return DeliveryAction(task_id=r.task_id, status=r.status, message=message)
+
+    return start
 
 
 def _validated(model: type[Model], data: dict[str, Any]) -> Model:
